@@ -1,0 +1,8 @@
+"""Attention variants: functional cores on ``(batch, length, heads, head_dim)`` and Layers."""
+
+from keraformer.attentions.dot_product import (
+    MultiHeadAttention,
+    attention_probabilities,
+    dot_product_attention,
+    entropy_scale,
+)

@@ -1,0 +1,39 @@
+"""Input validation shared by layers and builders: clear errors instead of silent gathers."""
+
+import keras
+from keras import ops
+
+
+def is_concrete(x):
+    """True when ``x`` holds values now (eager execution), False inside a traced graph."""
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+        return not isinstance(x, jax.core.Tracer)
+    return True
+
+
+def check_token_ids(token_ids, vocab_size, name="token_ids"):
+    """Raise ``ValueError`` if eager ``token_ids`` fall outside ``[0, vocab_size)``.
+
+    On GPU an out-of-range gather silently returns zeros, so this is checked wherever values
+    are available; traced graphs skip the check.
+    """
+    if not is_concrete(token_ids):
+        return
+    values = ops.convert_to_numpy(token_ids)
+    if values.size and (values.max() >= vocab_size or values.min() < 0):
+        raise ValueError(f"`{name}` must lie in [0, {vocab_size}) (the vocabulary size); "
+                         f"received ids from {values.min()} to {values.max()}")
+
+
+def check_choice(name, value, choices):
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {sorted(choices)}; received {value!r}")
+    return value

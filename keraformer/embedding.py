@@ -1,0 +1,29 @@
+"""Token embedding that can also serve as the tied output projection (logits = h · Eᵀ)."""
+
+import keras
+from keras import ops
+
+from keraformer.checks import check_token_ids
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class Embedding(keras.layers.Embedding):
+    """``keras.layers.Embedding`` with a ``reverse`` mode and an eager range check.
+
+    ``layer(token_ids)`` maps ``(batch, length)`` ids to ``(batch, length, dim)`` vectors and
+    raises ``ValueError`` for ids outside the vocabulary in eager calls.
+    ``layer(hidden, reverse=True)`` maps ``(..., dim)`` to ``(..., vocab)`` logits with the
+    transposed table, which is how BERT's MLM head and T5 1.0 tie their output projection.
+    """
+
+    def call(self, inputs, reverse=False):
+        if reverse:
+            table = ops.cast(self.embeddings, self.compute_dtype)
+            return ops.matmul(inputs, ops.transpose(table))
+        check_token_ids(inputs, self.input_dim)
+        return super().call(inputs)
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return tuple(input_shape[:-1]) + (self.input_dim,)
+        return super().compute_output_shape(input_shape)

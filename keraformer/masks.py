@@ -1,0 +1,75 @@
+"""Attention masks and dtype-safe mask constants.
+
+Every mask here is boolean, ``True`` where a query may attend to a key, shaped to broadcast
+against attention logits of shape ``(batch, heads, q_len, k_len)``.
+"""
+
+import numpy as np
+from keras import ops
+
+
+def mask_value(dtype="float32"):
+    """A large negative logit for masked positions that stays finite in ``dtype``.
+
+    Adding it to any logit and taking the softmax gives an exact zero weight, and a row whose
+    keys are all masked becomes uniform instead of NaN (no ``-inf`` arithmetic).
+    """
+    return -3e4 if str(getattr(dtype, "name", dtype)) == "float16" else -1e9
+
+
+def padding_mask(token_ids, pad_id=0):
+    """Key mask ``(batch, 1, 1, length)`` that is ``False`` at padding tokens."""
+    keep = ops.not_equal(token_ids, pad_id)
+    return keep[:, None, None, :]
+
+
+def causal_mask(q_len, k_len=None, offset=0):
+    """Lower-triangular ``(1, 1, q_len, k_len)`` mask: query ``i`` sees keys ``j <= i + offset``.
+
+    ``offset`` is the number of keys before the first query (cached decoding).
+    """
+    k_len = q_len if k_len is None else k_len
+    rows = ops.arange(q_len)[:, None] + offset
+    cols = ops.arange(k_len)[None, :]
+    return ops.greater_equal(rows, cols)[None, None]
+
+
+def unilm_mask(segment_ids):
+    """UniLM sequence-to-sequence mask ``(batch, 1, length, length)``.
+
+    Tokens of segment 0 (the source) see the whole source; tokens of segment 1 (the target)
+    see the source and the target tokens up to themselves. Equivalently, query ``i`` may see key
+    ``j`` when ``cumsum(segment)[j] <= cumsum(segment)[i]``.
+    """
+    position = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
+    keep = ops.less_equal(position[:, None, :], position[:, :, None])
+    return keep[:, None]
+
+
+def combine_masks(*masks):
+    """Logical AND of boolean masks, ignoring ``None``; ``None`` when all are ``None``."""
+    result = None
+    for mask in masks:
+        if mask is None:
+            continue
+        mask = ops.cast(mask, "bool")
+        result = mask if result is None else ops.logical_and(result, mask)
+    return result
+
+
+def apply_mask(logits, mask):
+    """Replace logits where ``mask`` is ``False`` by :func:`mask_value` of their dtype."""
+    if mask is None:
+        return logits
+    fill = ops.cast(mask_value(logits.dtype), logits.dtype)
+    return ops.where(mask, logits, fill)
+
+
+def count_keys(mask, k_len):
+    """Number of keys each query may attend to, shape broadcastable to ``(..., q_len, 1)``."""
+    if mask is None:
+        return ops.cast(np.array(k_len, "float32"), "float32")
+    mask = ops.cast(mask, "float32")
+    if mask.shape[-1] == 1 and k_len != 1:
+        mask = mask * ops.ones((k_len,), "float32")
+    return ops.sum(mask, axis=-1, keepdims=True)

@@ -1,0 +1,74 @@
+"""Learned absolute position embeddings, with hierarchical decomposition for long inputs.
+
+Hierarchical decomposition (Su 2020, "hierarchically decomposed position encoding"): with a
+trained table ``p`` of ``N`` rows and ``u = (p - alpha·p_0) / (1 - alpha)``, position
+``i·N + j`` gets ``alpha·u_i + (1 - alpha)·u_j``. For ``i = 0`` this is exactly ``p_j``, so
+positions below ``N`` keep their trained vectors and the table reaches ``N²`` positions.
+"""
+
+import keras
+from keras import ops
+
+
+def hierarchical_positions(table, length, alpha=0.4):
+    """Vectors ``(length, dim)`` for positions ``0..length-1`` from a ``(N, dim)`` table."""
+    rows = table.shape[0]
+    if length > rows * rows:
+        raise ValueError(f"hierarchical positions reach {rows}² = {rows * rows} positions; "
+                         f"received an input of length {length}")
+    u = (table - alpha * table[:1]) / (1 - alpha)
+    positions = ops.arange(length)
+    outer = ops.take(u, positions // rows, axis=0)
+    inner = ops.take(u, positions % rows, axis=0)
+    return alpha * outer + (1 - alpha) * inner
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class PositionEmbedding(keras.layers.Layer):
+    """Trained position vectors added to (``merge_mode="add"``) or returned for the input.
+
+    Input ``(batch, length, dim)``; output the same shape (``"add"``) or ``(1, length, dim)``
+    (``"zero"``: the position vectors alone). Inputs longer than ``input_dim`` need
+    ``hierarchical=True`` and raise a ``ValueError`` otherwise.
+    """
+
+    def __init__(self, input_dim, output_dim, merge_mode="add", hierarchical=False, alpha=0.4,
+                 embeddings_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if merge_mode not in ("add", "zero"):
+            raise ValueError(f"`merge_mode` must be 'add' or 'zero'; received {merge_mode!r}")
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.merge_mode, self.hierarchical, self.alpha = merge_mode, hierarchical, alpha
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(name="embeddings",
+                                          shape=(self.input_dim, self.output_dim),
+                                          initializer=self.embeddings_initializer)
+
+    def position_vectors(self, length):
+        """``(length, output_dim)`` vectors for positions ``0..length-1``."""
+        table = ops.cast(self.embeddings, self.compute_dtype)
+        if length <= self.input_dim:
+            return table[:length]
+        if not self.hierarchical:
+            raise ValueError(
+                f"input length {length} exceeds the {self.input_dim} trained positions; pass "
+                f"hierarchical_position=True (or hierarchical=True) to extend them, or a "
+                f"shorter input")
+        return hierarchical_positions(table, length, self.alpha)
+
+    def call(self, inputs):
+        vectors = self.position_vectors(inputs.shape[1])[None]
+        return vectors if self.merge_mode == "zero" else inputs + vectors
+
+    def compute_output_shape(self, input_shape):
+        if self.merge_mode == "zero":
+            return (1,) + tuple(input_shape[1:2]) + (self.output_dim,)
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim,
+                "output_dim": self.output_dim, "merge_mode": self.merge_mode,
+                "hierarchical": self.hierarchical, "alpha": self.alpha,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer)}
