@@ -100,6 +100,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if isinstance(rotary, dict):
             rotary = keras.saving.deserialize_keras_object(rotary)
         self.rotary = rotary
+        self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 
     def _dense(self, units, name):
         return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
@@ -156,6 +157,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def compute_output_shape(self, query_shape, *args, **kwargs):
         return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def compute_mask(self, *args, **kwargs):
+        return None
 
     def get_config(self):
         rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)

@@ -23,7 +23,8 @@ class Embedding(keras.layers.Embedding):
         check_token_ids(inputs, self.input_dim)
         return super().call(inputs)
 
-    def compute_output_shape(self, input_shape, reverse=False):
+    def compute_output_spec(self, inputs, reverse=False):
         if reverse:
-            return tuple(input_shape[:-1]) + (self.input_dim,)
-        return super().compute_output_shape(input_shape)
+            shape = tuple(inputs.shape[:-1]) + (self.input_dim,)
+            return keras.KerasTensor(shape, dtype=self.compute_dtype)
+        return super().compute_output_spec(inputs)

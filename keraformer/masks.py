@@ -4,6 +4,7 @@ Every mask here is boolean, ``True`` where a query may attend to a key, shaped t
 against attention logits of shape ``(batch, heads, q_len, k_len)``.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -73,3 +74,43 @@ def count_keys(mask, k_len):
     if mask.shape[-1] == 1 and k_len != 1:
         mask = mask * ops.ones((k_len,), "float32")
     return ops.sum(mask, axis=-1, keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class AttentionMask(keras.layers.Layer):
+    """Boolean attention mask from token ids (and segment ids), as a graph layer.
+
+    ``mode="padding"``: ``(batch, 1, 1, length)``, keys that are not ``pad_id``;
+    ``"causal"``: padding and causal, ``(batch, 1, length, length)``;
+    ``"unilm"``: padding and the UniLM mask of ``segment_ids``. Call ``layer(token_ids)`` or
+    ``layer([token_ids, segment_ids])`` for ``"unilm"``.
+    """
+
+    MODES = ("padding", "causal", "unilm")
+
+    def __init__(self, mode="padding", pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"`mode` must be one of {self.MODES}; received {mode!r}")
+        self.mode, self.pad_id = mode, pad_id
+
+    def call(self, inputs):
+        token_ids, segment_ids = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
+        mask = padding_mask(token_ids, self.pad_id)
+        if self.mode == "causal":
+            mask = ops.logical_and(mask, causal_mask(token_ids.shape[1]))
+        elif self.mode == "unilm":
+            if segment_ids is None:
+                raise ValueError("mode='unilm' needs [token_ids, segment_ids]; received "
+                                 "token_ids alone")
+            mask = ops.logical_and(mask, unilm_mask(segment_ids))
+        return mask
+
+    def compute_output_spec(self, inputs):
+        token_ids = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        length = token_ids.shape[1]
+        rows = 1 if self.mode == "padding" else length
+        return keras.KerasTensor((token_ids.shape[0], 1, rows, length), dtype="bool")
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "pad_id": self.pad_id}

@@ -1,1 +1,3 @@
-"""keraformer.models."""
+"""Model builders: BERT, RoBERTa, RoFormer (v1, v2, GAU-α) and T5 (1.0, 1.1, mT5)."""
+
+from keraformer.models.builders import MODELS, build_transformer_model, load_pretrained
