@@ -1,0 +1,1 @@
+"""Tokenizers: WordPiece (BERT vocabularies) and SentencePiece (T5, mT5)."""
