@@ -13,7 +13,7 @@ from keras import ops
 def hierarchical_positions(table, length, alpha=0.4):
     """Vectors ``(length, dim)`` for positions ``0..length-1`` from a ``(N, dim)`` table."""
     rows = table.shape[0]
-    if length > rows * rows:
+    if isinstance(length, int) and length > rows * rows:
         raise ValueError(f"hierarchical positions reach {rows}² = {rows * rows} positions; "
                          f"received an input of length {length}")
     u = (table - alpha * table[:1]) / (1 - alpha)
@@ -47,19 +47,23 @@ class PositionEmbedding(keras.layers.Layer):
                                           initializer=self.embeddings_initializer)
 
     def position_vectors(self, length):
-        """``(length, output_dim)`` vectors for positions ``0..length-1``."""
+        """``(length, output_dim)`` vectors for positions ``0..length-1``.
+
+        ``length`` is a Python int when the input length is static, else a scalar tensor.
+        """
         table = ops.cast(self.embeddings, self.compute_dtype)
-        if length <= self.input_dim:
-            return table[:length]
-        if not self.hierarchical:
+        if isinstance(length, int) and length > self.input_dim and not self.hierarchical:
             raise ValueError(
                 f"input length {length} exceeds the {self.input_dim} trained positions; pass "
                 f"hierarchical_position=True (or hierarchical=True) to extend them, or a "
                 f"shorter input")
+        if not self.hierarchical:
+            return table[:length]
         return hierarchical_positions(table, length, self.alpha)
 
     def call(self, inputs):
-        vectors = self.position_vectors(inputs.shape[1])[None]
+        length = inputs.shape[1] if inputs.shape[1] is not None else ops.shape(inputs)[1]
+        vectors = self.position_vectors(length)[None]
         return vectors if self.merge_mode == "zero" else inputs + vectors
 
     def compute_output_shape(self, input_shape):
