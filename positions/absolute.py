@@ -57,7 +57,7 @@ class PositionEmbedding(keras.layers.Layer):
                 f"input length {length} exceeds the {self.input_dim} trained positions; pass "
                 f"hierarchical_position=True (or hierarchical=True) to extend them, or a "
                 f"shorter input")
-        if not self.hierarchical:
+        if not self.hierarchical or isinstance(length, int) and length <= self.input_dim:
             return table[:length]
         return hierarchical_positions(table, length, self.alpha)
 
