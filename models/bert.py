@@ -268,7 +268,7 @@ def hf_to_google(key, array, prefix, transposed):
     to Google names (``bert/encoder/layer_0/attention/self/query/kernel``).
     """
     if not transposed:  # tf_model.h5: keep the path from the model's main layer on
-        key = re.sub(r"^.*?(?:tf_\w+?_model|mlm___cls|nsp___cls)/", "", key)
+        key = re.sub(r"^(?:.*?/)?tf_[a-z_]+/(?:mlm___|nsp___)?", "", key)
         key = re.sub(r"layer_\._(\d+)", r"layer.\1", key).replace("/", ".")
         key = re.sub(r"_embeddings\.(weight|embeddings)$", "_embeddings", key)
     if key.endswith(("position_ids", "decoder.weight", "decoder.bias")):
