@@ -4,8 +4,6 @@
 computes ``W_o · (act(W_0 x) ⊙ W_1 x)`` (Shazeer 2020, "GLU Variants Improve Transformer").
 """
 
-import functools
-
 import keras
 from keras import ops
 
@@ -13,16 +11,21 @@ from keras import ops
 APPROXIMATE_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
+@keras.saving.register_keras_serializable(package="keraformer")
+def gelu_approximate(x):
+    """The tanh approximation of GELU (``gelu_new`` in Hugging Face configs)."""
+    return keras.activations.gelu(x, approximate=True)
+
+
 def activation_by_name(name):
-    """Keras activation for a checkpoint config name (``gelu`` is the exact erf form, as in BERT)."""
-    if name in ("gelu", "gelu_exact"):
-        return functools.partial(keras.activations.gelu, approximate=False)
+    """A serializable Keras activation for a checkpoint config name.
+
+    ``gelu`` is the exact erf form (BERT); ``gelu_new``/``gelu_pytorch_tanh`` the tanh form.
+    """
     if name in APPROXIMATE_GELU:
-        return functools.partial(keras.activations.gelu, approximate=True)
-    if name == "swish":
-        return keras.activations.silu
+        return gelu_approximate
     try:
-        return keras.activations.get(name)
+        return keras.activations.get({"swish": "silu", "gelu_exact": "gelu"}.get(name, name))
     except ValueError:
         raise ValueError(f"`activation` must be a Keras activation name or one of "
                          f"{APPROXIMATE_GELU}; received {name!r}") from None
