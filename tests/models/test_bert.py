@@ -282,3 +282,34 @@ def test_fit_reduces_loss_with_dropout(random_bert):
     labels = (ids[:, 1] % 2).astype("int32")
     history = classifier.fit([ids, segments], labels, epochs=8, batch_size=4, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
+def test_keras_file_round_trip_and_jit(application, tmp_path):
+    import keras
+    model = build_transformer_model(model="bert", application=application, **CONFIG,
+                                    with_pool=application == "encoder",
+                                    hierarchical_position=True)
+    ids, segments = batch()
+    before = np.asarray(model([ids, segments]))
+    model.save(str(tmp_path / "bert.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "bert.keras"))  # safe mode
+    np.testing.assert_array_equal(before, np.asarray(loaded([ids, segments])))
+    loaded.compile(jit_compile=True)
+    np.testing.assert_allclose(loaded.predict([ids, segments], verbose=0), before, atol=1e-5)
+
+
+def test_mixed_bfloat16_is_close_to_float32():
+    import keras
+    ids, segments = batch()
+    reference = build_transformer_model(model="bert", **CONFIG)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = build_transformer_model(model="bert", **CONFIG)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(reference.get_weights())
+    want = np.asarray(reference([ids, segments]))
+    got = np.asarray(keras.ops.cast(mixed([ids, segments]), "float32"))
+    assert np.isfinite(got).all()
+    assert np.abs(got - want)[ids != 0].max() < 0.1  # bfloat16 keeps ~3 significant digits
