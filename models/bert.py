@@ -202,6 +202,10 @@ class BERT(Transformer):
             return array[self.keep_tokens]
         return array
 
+    def save_pretrained(self, directory):
+        """Write a Hugging Face directory (``config.json`` + ``model.safetensors``)."""
+        return save_pretrained(self, directory)
+
     def from_hf_names(self, arrays, transposed):
         converted = (hf_to_google(key, array, self.prefix, transposed)
                      for key, array in arrays.items())
@@ -298,3 +302,50 @@ def hf_to_google(key, array, prefix, transposed):
         name = key.rsplit(".", 1)[0].replace(".", "/") + "/kernel"
         return name, array.T if transposed else array
     return key.replace(".", "/"), array
+
+
+HF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                  "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                  "initializer_range", "layer_norm_eps", "pad_token_id")
+
+
+def google_to_hf(name, array):
+    """Inverse of :func:`hf_to_google` for PyTorch names (Linear kernels transposed)."""
+    if name == "cls/predictions/output_bias":
+        return "cls.predictions.bias", array
+    if name.startswith("cls/seq_relationship/"):
+        leaf = "weight" if name.endswith("output_weights") else "bias"
+        return "cls.seq_relationship." + leaf, array
+    key = re.sub(r"/layer_(\d+)/", r"/layer/\1/", name).replace("/", ".")
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight", array
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias", array
+    if key.endswith("_embeddings"):
+        return key + ".weight", array
+    if key.endswith(".kernel"):
+        return key[: -len("kernel")] + "weight", array.T
+    return key, array
+
+
+def save_pretrained(builder, directory):
+    """Write ``builder``'s weights as a Hugging Face BERT directory (``config.json`` +
+    ``model.safetensors``) that ``transformers.BertModel.from_pretrained`` loads."""
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    arrays = dict(google_to_hf(n, a) for n, a in builder.checkpoint_arrays().items())
+    if "cls.predictions.bias" in arrays:  # the decoder is tied to the word embeddings
+        arrays["cls.predictions.decoder.bias"] = arrays["cls.predictions.bias"]
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+              os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config = {k: builder.config[k] for k in HF_CONFIG_KEYS if k in builder.config}
+    config.update(model_type="bert", architectures=["BertForPreTraining"],
+                  vocab_size=builder.vocab_size, hidden_act=builder.activation)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return directory

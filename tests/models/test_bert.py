@@ -313,3 +313,17 @@ def test_mixed_bfloat16_is_close_to_float32():
     got = np.asarray(keras.ops.cast(mixed([ids, segments]), "float32"))
     assert np.isfinite(got).all()
     assert np.abs(got - want)[ids != 0].max() < 0.1  # bfloat16 keeps ~3 significant digits
+
+
+def test_save_pretrained_loads_in_transformers(checkpoint_dirs, hf_outputs, tmp_path):
+    ids, segments, hidden, pooled, logits = hf_outputs
+    builder = load_pretrained(checkpoint_dirs["google"], with_pool=True, with_mlm="linear",
+                              return_keras_model=False)
+    builder.save_pretrained(str(tmp_path / "export"))
+    exported = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "export")).eval()
+    with torch.no_grad():
+        out = exported(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segments),
+                       attention_mask=torch.tensor(ids != 0), output_hidden_states=True)
+    real = ids != 0
+    assert np.abs(out.hidden_states[-1].numpy() - hidden)[real].max() < 1e-4
+    assert np.abs(out.prediction_logits.numpy() - logits)[real].max() < 1e-3
