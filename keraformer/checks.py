@@ -1,6 +1,7 @@
 """Input validation shared by layers and builders: clear errors instead of silent gathers."""
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -37,3 +38,13 @@ def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {sorted(choices)}; received {value!r}")
     return value
+
+
+def check_positive_ints(**values):
+    """Raise ``TypeError``/``ValueError`` unless every keyword value is an integer >= 1."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"`{name}` must be an integer; received {value!r} of type "
+                            f"{type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"`{name}` must be >= 1; received {value}")

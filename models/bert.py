@@ -11,6 +11,7 @@ import re
 import keras
 import numpy as np
 
+from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask
@@ -49,6 +50,13 @@ class BERT(Transformer):
          self.intermediate_size) = self.require("vocab_size", "hidden_size",
                                                 "num_hidden_layers", "num_attention_heads",
                                                 "intermediate_size")
+        check_positive_ints(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                            num_hidden_layers=self.num_layers,
+                            num_attention_heads=self.heads,
+                            intermediate_size=self.intermediate_size)
+        if self.hidden_size % self.heads:
+            raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of "
+                             f"`num_attention_heads` ({self.heads})")
         if self.keep_tokens is not None:
             self.vocab_size = len(self.keep_tokens)
         self.max_position = max_position or self.config.get("max_position_embeddings", 512)
