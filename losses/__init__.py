@@ -1,1 +1,5 @@
-"""keraformer.losses."""
+"""keraformer.losses: EMO for language models and logit adjustment for long-tailed labels."""
+
+from keraformer.losses.emo import EMOLoss, emo_distance, emo_loss, emo_token_losses
+from keraformer.losses.logit_adjustment import (LogitAdjustedLoss, adjust_logits,
+                                                 logit_adjusted_loss)

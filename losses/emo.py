@@ -1,0 +1,144 @@
+"""EMO: earth mover distance optimisation for auto-regressive language models.
+
+Ren et al. 2023, "EMO: Earth Mover Distance Optimization for Auto-regressive Language
+Modeling". With ``E`` the row-L2-normalised cost embedding matrix (a frozen copy of the output
+embeddings), the transport cost from the one-hot target ``y`` to the model distribution
+``p = softmax(logits)`` is ``emo = 1 − ⟨E[y], p·E⟩`` (one minus the expected cosine similarity
+between the target token and the predicted tokens). Training uses, per token,
+``0.5·(CE + stop_gradient(CE / emo)·emo)``: the EMO gradient rescaled to the size of the
+cross-entropy gradient, added to cross-entropy.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+MODES = ("combined", "emo")
+
+
+def normalized_cost_embeddings(cost_embeddings):
+    """Rows of ``(vocab, dim)`` scaled to unit L2 norm, in float32 and without gradient."""
+    cost = ops.cast(ops.stop_gradient(ops.convert_to_tensor(cost_embeddings)), "float32")
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(cost), axis=-1, keepdims=True), 1e-24))
+    return cost / norm
+
+
+def token_cross_entropy(labels, log_probs):
+    """``−log p[y]`` per token: labels ``(...)`` int, log-probabilities ``(..., vocab)``."""
+    picked = ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1)
+    return -ops.squeeze(picked, axis=-1)
+
+
+def emo_distance(labels, probs, cost):
+    """``1 − ⟨cost[y], probs·cost⟩`` per token, shape ``labels.shape``.
+
+    ``labels (...)`` int, ``probs (..., vocab)`` float32, ``cost (vocab, dim)`` unit rows.
+    """
+    expected_embedding = ops.matmul(probs, cost)
+    target_embedding = ops.take(cost, labels, axis=0)
+    return 1.0 - ops.sum(target_embedding * expected_embedding, axis=-1)
+
+
+def check_sparse_labels(y_true, logits):
+    """Labels must have the logits' shape without the last (vocabulary) axis."""
+    if tuple(y_true.shape) != tuple(logits.shape[:-1]) and None not in y_true.shape:
+        raise ValueError(f"`y_true` must be sparse labels of shape logits.shape[:-1] = "
+                         f"{tuple(logits.shape[:-1])}; received shape {tuple(y_true.shape)}")
+
+
+def token_weights(y_true, mask=None, ignore_index=None, sample_weight=None):
+    """Per-token weight ``mask · [y != ignore_index] · sample_weight`` and the token count.
+
+    The count (the denominator of the mean) counts unmasked, non-ignored tokens; sample weights
+    of shape ``(batch,)`` or any prefix of the label shape broadcast over the trailing axes.
+    """
+    keep = ops.ones(ops.shape(y_true), "float32")
+    if mask is not None:
+        keep = keep * ops.cast(mask, "float32")
+    if ignore_index is not None:
+        keep = keep * ops.cast(ops.not_equal(y_true, ignore_index), "float32")
+    count = ops.sum(keep)
+    if sample_weight is not None:
+        weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        while len(weight.shape) < len(keep.shape):
+            weight = ops.expand_dims(weight, -1)
+        keep = keep * weight
+    return keep, count
+
+
+def emo_token_losses(y_true, logits, cost_embeddings, mode="combined", ignore_index=None):
+    """Per-token EMO losses ``(...)`` for labels ``(...)`` and logits ``(..., vocab)``.
+
+    ``mode="combined"`` gives ``0.5·(CE + stop_gradient(CE/emo)·emo)``, ``"emo"`` the pure
+    transport cost ``emo``. Ignored labels are replaced by 0 (their loss is later weighted 0).
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+    labels = ops.cast(y_true, "int32")
+    if ignore_index is not None:
+        labels = ops.where(ops.equal(labels, ignore_index), 0, labels)
+    log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    emo = emo_distance(labels, ops.exp(log_probs), normalized_cost_embeddings(cost_embeddings))
+    if mode == "emo":
+        return emo
+    ce = token_cross_entropy(labels, log_probs)
+    ratio = ops.stop_gradient(ce / ops.maximum(emo, 1e-12))
+    return 0.5 * (ce + ratio * emo)
+
+
+def emo_loss(y_true, logits, cost_embeddings, mask=None, ignore_index=None,
+             sample_weight=None, mode="combined"):
+    """EMO training loss averaged over the unmasked tokens (a float32 scalar).
+
+    ``y_true (...)`` integer labels, ``logits (..., vocab)`` of any rank, ``cost_embeddings
+    (vocab, dim)`` (the output embeddings; rows are L2-normalised here and get no gradient).
+    ``mask (...)`` (``True``/1 = counted) and ``ignore_index`` exclude tokens; ``sample_weight``
+    scales each token's term. ``mode="combined"`` (default) is ``0.5·(CE + sg(CE/emo)·emo)``,
+    ``"emo"`` the pure ``emo = 1 − ⟨E[y], softmax(logits)·E⟩``.
+    """
+    y_true = ops.convert_to_tensor(y_true)
+    check_sparse_labels(y_true, logits)
+    vocab = cost_embeddings.shape[0]
+    if logits.shape[-1] is not None and vocab is not None and logits.shape[-1] != vocab:
+        raise ValueError(f"`cost_embeddings` must have one row per vocabulary entry "
+                         f"({logits.shape[-1]} = logits.shape[-1]); received shape "
+                         f"{tuple(cost_embeddings.shape)}")
+    losses = emo_token_losses(y_true, logits, cost_embeddings, mode, ignore_index)
+    weights, count = token_weights(y_true, mask, ignore_index, sample_weight)
+    return ops.sum(losses * weights) / ops.maximum(count, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class EMOLoss(keras.losses.Loss):
+    """Keras loss wrapper of :func:`emo_loss` for ``model.compile``.
+
+    ``cost_embeddings (vocab, dim)``: a frozen copy of the output embedding matrix (kept as a
+    NumPy array and stored in the config). ``y_pred`` are logits ``(..., vocab)``, ``y_true``
+    sparse labels ``(...)``. The result is the mean over the tokens whose label is not
+    ``ignore_index`` (use it for padding), each scaled by ``sample_weight``; ``reduction`` is
+    kept for Keras compatibility but the mean is always over the counted tokens.
+    """
+
+    def __init__(self, cost_embeddings, mode="combined", ignore_index=None,
+                 name="emo_loss", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+        cost = np.asarray(ops.convert_to_numpy(cost_embeddings), dtype="float32")
+        if cost.ndim != 2:
+            raise ValueError(f"`cost_embeddings` must be a (vocab, dim) matrix; received shape "
+                             f"{cost.shape}")
+        self.cost_embeddings, self.mode, self.ignore_index = cost, mode, ignore_index
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return emo_loss(y_true, y_pred, self.cost_embeddings,
+                        ignore_index=self.ignore_index, sample_weight=sample_weight,
+                        mode=self.mode)
+
+    def call(self, y_true, y_pred):
+        return emo_token_losses(y_true, y_pred, self.cost_embeddings, self.mode,
+                                self.ignore_index)
+
+    def get_config(self):
+        return {**super().get_config(), "cost_embeddings": self.cost_embeddings.tolist(),
+                "mode": self.mode, "ignore_index": self.ignore_index}
