@@ -1,1 +1,3 @@
 """Tokenizers: WordPiece (BERT vocabularies) and SentencePiece (T5, mT5)."""
+
+from keraformer.tokenizers.wordpiece import Tokenizer
