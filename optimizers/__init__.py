@@ -1,1 +1,4 @@
-"""keraformer.optimizers."""
+"""Optimizers with momentum-folded gradient accumulation, and recompute for activations."""
+
+from keraformer.optimizers.accumulation import SGD, AdamW
+from keraformer.optimizers.recompute import recompute_grad
