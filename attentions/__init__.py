@@ -6,3 +6,4 @@ from keraformer.attentions.dot_product import (
     dot_product_attention,
     entropy_scale,
 )
+from keraformer.attentions.linear import LinearAttention, linear_attention

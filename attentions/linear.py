@@ -1,0 +1,217 @@
+"""Kernelised linear attention (Katharopoulos et al. 2020; Shen et al. 2021), O(n) in length.
+
+Softmax attention ``softmax(q kᵀ) v`` costs ``O(n²)``. Replacing the exponential kernel by a
+feature map ``φ`` gives ``out_i = φ(q_i)·S / φ(q_i)·z`` with ``S = Σ_j φ(k_j) v_jᵀ`` and
+``z = Σ_j φ(k_j)``, which is linear in the length. ``feature_map="elu"`` is
+``φ(x) = elu(x) + 1`` ("Transformers are RNNs"); ``feature_map="softmax"`` is Efficient
+Attention: a softmax over the features of each query and over the positions of each key feature.
+Causal attention sums over ``j <= i`` with chunked prefix sums: quadratic inside chunks of
+``chunk_size`` positions and one ``(d, d_v)`` state per chunk, so memory is
+``O(n·(chunk_size + d·d_v/chunk_size))`` per head instead of ``O(n·d·d_v)``.
+"""
+
+import keras
+from keras import ops
+
+from keraformer.checks import check_choice, check_positive_ints
+from keraformer.masks import mask_value
+
+FEATURE_MAPS = ("elu", "softmax")
+TINY = 1e-30  # floor of a normaliser that is zero only when every key is masked
+
+
+def key_padding_weights(mask, k_len):
+    """Boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` → float32
+    ``(batch, k_len)`` (1 keeps a key, 0 drops it); ``None`` stays ``None``."""
+    if mask is None:
+        return None
+    shape = tuple(mask.shape)
+    is_2d = len(shape) == 2
+    is_4d = len(shape) == 4 and shape[1] == 1 and shape[2] == 1
+    if not (is_2d or is_4d) or shape[-1] not in (None, k_len):
+        raise ValueError(f"`mask` must be a key padding mask of shape (batch, {k_len}) or "
+                         f"(batch, 1, 1, {k_len}); received shape {shape}")
+    mask = ops.cast(mask, "float32")
+    return mask if is_2d else mask[:, 0, 0, :]
+
+
+def pad_to_multiple(x, size, axis=1):
+    """Zero-pad ``axis`` of ``x`` up to a multiple of ``size``."""
+    length = ops.shape(x)[axis]
+    extra = (size - length % size) % size
+    widths = [[0, 0] for _ in x.shape]
+    widths[axis] = [0, extra]
+    return ops.pad(x, widths)
+
+
+def exclusive_cumsum(x, axis=1):
+    """``Σ_{t' < t} x_{t'}`` along ``axis`` (zero at the first position)."""
+    widths = [[0, 0] for _ in x.shape]
+    widths[axis] = [1, 0]
+    summed = ops.cumsum(ops.pad(x, widths), axis=axis)
+    return ops.take(summed, ops.arange(ops.shape(x)[axis]), axis=axis)
+
+
+def kernel_products(a, b, v, causal=False, chunk_size=64):
+    """Unnormalised kernel attention ``out_i = Σ_j (a_i·b_j) v_j`` over ``j <= i`` if causal.
+
+    ``a`` ``(batch, q_len, heads, d)``, ``b`` ``(batch, k_len, heads, d)``, ``v``
+    ``(batch, k_len, heads, e)``; returns ``(batch, q_len, heads, e)``. The causal form splits
+    the sequence into chunks: exact lower-triangular products inside a chunk plus the prefix
+    state ``Σ b_j v_jᵀ`` of the previous chunks.
+    """
+    if not causal:
+        state = ops.einsum("bkhd,bkhe->bhde", b, v)
+        return ops.einsum("bqhd,bhde->bqhe", a, state)
+    batch, length = ops.shape(a)[0], ops.shape(a)[1]
+    heads, e = a.shape[2], v.shape[-1]
+    size = min(chunk_size, length) if isinstance(length, int) else chunk_size
+
+    def chunked(x):
+        x = pad_to_multiple(x, size)
+        return ops.reshape(x, (batch, -1, size, heads, x.shape[-1]))
+
+    a, b, v = chunked(a), chunked(b), chunked(v)
+    lower = ops.cast(ops.tril(ops.ones((size, size))), a.dtype)
+    scores = ops.einsum("bcihd,bcjhd->bchij", a, b) * lower
+    local = ops.einsum("bchij,bcjhe->bcihe", scores, v)
+    states = exclusive_cumsum(ops.einsum("bcjhd,bcjhe->bchde", b, v), axis=1)
+    carried = ops.einsum("bcihd,bchde->bcihe", a, states)
+    out = ops.reshape(local + carried, (batch, -1, heads, e))
+    return out[:, :length]
+
+
+def elu_features(x):
+    """``φ(x) = elu(x) + 1 > 0`` (Katharopoulos et al. 2020)."""
+    return ops.elu(x) + 1.0
+
+
+def with_ones(v):
+    """Append a constant-one feature to ``v`` so one pass yields numerator and normaliser."""
+    return ops.concatenate([v, ops.ones_like(v[..., :1])], axis=-1)
+
+
+def elu_linear_attention(q, k, v, keep, causal, chunk_size):
+    """``φ(q_i)·Σ_j φ(k_j) v_jᵀ / φ(q_i)·Σ_j φ(k_j)`` with ``φ = elu + 1``."""
+    a, b = elu_features(q), elu_features(k)
+    if keep is not None:
+        b = b * keep[:, :, None, None]
+    both = kernel_products(a, b, with_ones(v), causal, chunk_size)
+    return both[..., :-1] / ops.maximum(both[..., -1:], TINY)
+
+
+def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
+    """Efficient Attention: ``softmax_features(q_i) · Σ_j softmax_positions(k)_j v_jᵀ``.
+
+    The softmax over key positions runs over unmasked keys (``j <= i`` when causal: the
+    normaliser becomes a running sum, folded into the query side). A single shift by the
+    largest key feature keeps the exponentials finite.
+    """
+    a = ops.softmax(q, axis=-1)
+    if keep is not None:
+        k = ops.where(keep[:, :, None, None] > 0, k, mask_value("float32"))
+    b = ops.exp(k - ops.stop_gradient(ops.max(k, axis=1, keepdims=True)))
+    if keep is not None:
+        b = b * keep[:, :, None, None]
+    if causal:
+        a = a / ops.maximum(ops.cumsum(b, axis=1), TINY)
+        return kernel_products(a, b, v, causal, chunk_size)
+    b = b / ops.maximum(ops.sum(b, axis=1, keepdims=True), TINY)
+    return kernel_products(a, b, v)
+
+
+def check_qkv(q, k, v):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"`{name}` must have shape (batch, length, heads, head_dim); "
+                             f"received shape {tuple(x.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"`q` and `k` must share head_dim; received {q.shape[-1]} and "
+                         f"{k.shape[-1]}")
+
+
+def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64):
+    """Linear attention on ``(batch, length, heads, head_dim)`` tensors, in float32.
+
+    ``mask``: boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)``; masked
+    keys never contribute. ``causal``: query ``i`` sees keys ``j <= i`` (needs
+    ``q_len == k_len``), computed chunk by chunk (``chunk_size``). ``feature_map``: ``"elu"``
+    (``φ = elu + 1``, Katharopoulos et al. 2020) or ``"softmax"`` (Shen et al. 2021). Returns
+    ``(batch, q_len, heads, d_v)`` in ``v``'s dtype.
+    """
+    check_choice("feature_map", feature_map, FEATURE_MAPS)
+    check_positive_ints(chunk_size=chunk_size)
+    check_qkv(q, k, v)
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"causal linear attention needs q_len == k_len; received "
+                         f"{q.shape[1]} and {k.shape[1]}")
+    keep = key_padding_weights(mask, k.shape[1])
+    q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
+    attend = elu_linear_attention if feature_map == "elu" else softmax_linear_attention
+    return ops.cast(attend(q32, k32, v32, keep, causal, chunk_size), v.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class LinearAttention(keras.layers.Layer):
+    """Multi-head linear attention: Dense projections around :func:`linear_attention`.
+
+    Call with ``query (batch, q_len, dim)``, optional ``key``/``value`` (default ``query``), a
+    boolean key padding ``mask`` ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` and ``causal``;
+    returns ``(batch, q_len, output_dim)`` (``output_dim`` defaults to ``dim``). Sublayers
+    ``query``, ``key``, ``value``, ``output`` as in :class:`MultiHeadAttention`.
+    """
+
+    def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,
+                 feature_map="elu", chunk_size=64, kernel_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        check_positive_ints(heads=heads, head_size=head_size, chunk_size=chunk_size)
+        self.heads, self.head_size = heads, head_size
+        self.key_size = key_size or head_size
+        self.output_dim, self.use_bias = output_dim, use_bias
+        self.feature_map = check_choice("feature_map", feature_map, FEATURE_MAPS)
+        self.chunk_size = chunk_size
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
+
+    def _dense(self, units, name, input_shape):
+        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+                                   kernel_initializer=self.kernel_initializer,
+                                   dtype=self.dtype_policy)
+        layer.build(input_shape)
+        return layer
+
+    def build(self, query_shape, key_shape=None, value_shape=None):
+        key_shape = key_shape or query_shape
+        value_shape = value_shape or key_shape
+        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
+        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
+        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
+        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
+                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+
+    def split_heads(self, x, size):
+        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
+
+    def call(self, query, key=None, value=None, mask=None, causal=False):
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self.split_heads(self.query_dense(query), self.key_size)
+        k = self.split_heads(self.key_dense(key), self.key_size)
+        v = self.split_heads(self.value_dense(value), self.head_size)
+        out = linear_attention(q, k, v, mask, causal, self.feature_map, self.chunk_size)
+        out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
+        return self.output_dense(out)
+
+    def compute_output_shape(self, query_shape, *args, **kwargs):
+        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
+                "key_size": self.key_size, "output_dim": self.output_dim,
+                "use_bias": self.use_bias, "feature_map": self.feature_map,
+                "chunk_size": self.chunk_size,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
