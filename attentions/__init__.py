@@ -6,4 +6,5 @@ from keraformer.attentions.dot_product import (
     dot_product_attention,
     entropy_scale,
 )
+from keraformer.attentions.gated import GatedAttentionUnit, ScaleOffset
 from keraformer.attentions.linear import LinearAttention, linear_attention
