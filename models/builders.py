@@ -14,8 +14,14 @@ from keraformer.models.base import hf_weight_files, read_config
 MODELS = {
     "bert": "keraformer.models.bert:BERT",
     "roberta": "keraformer.models.bert:RoBERTa",
+    "roformer": "keraformer.models.roformer:RoFormer",
+    "roformer_v2": "keraformer.models.roformer:RoFormerV2",
+    "gau_alpha": "keraformer.models.roformer:GAUAlpha",
+    "t5": "keraformer.models.t5:T5",
+    "t5.1.1": "keraformer.models.t5:T5v11",
+    "mt5": "keraformer.models.t5:MT5",
 }
-HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta"}
+HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "roformer": "roformer", "mt5": "mt5"}
 OWN_CONFIG = "keraformer.json"
 OWN_WEIGHTS = "model.weights.h5"
 
@@ -70,7 +76,11 @@ def detect_format(directory):
         raise ValueError(f"no config (config.json, bert_config.json or {OWN_CONFIG}) in "
                          f"{directory!r}; it holds {sorted(files)}")
     with open(config_path) as f:
-        model_type = json.load(f).get("model_type")
+        config = json.load(f)
+    model_type = config.get("model_type")
+    if model_type == "t5":  # T5 1.0 and 1.1 share Hugging Face's model_type
+        model_type = "t5.1.1" if config.get("feed_forward_proj", "relu").startswith(
+            "gated") else "t5"
     if hf_weight_files(directory)[0] is not None:
         return "huggingface", config_path, HF_MODEL_TYPES.get(model_type, model_type)
     if any(name.endswith(".index") for name in files):

@@ -1,0 +1,521 @@
+"""T5 (Raffel et al. 2020), T5.1.1 and mT5 (Xue et al. 2021): encoder-decoder builders.
+
+Pre-norm blocks with T5's RMS norm (scale only), no biases, unscaled attention logits and a
+relative position bias computed once per stack (bidirectional in the encoder, causal in the
+decoder) and shared by all its layers; cross-attention has no position bias. T5 1.0 uses a ReLU
+feed-forward and an output projection tied to the shared embedding (decoder output scaled by
+``d_model^-0.5``); T5.1.1 and mT5 a gated-GELU feed-forward and an untied output projection.
+
+``builder.encoder``: ``token_ids (batch, src_len)`` -> hidden states ``(batch, src_len,
+d_model)``, exactly zero at padding (id 0) so that ``builder.decoder`` can recover the source
+padding mask from them. ``builder.decoder``: ``[encoder_output, decoder_token_ids]`` ->
+next-token probabilities ``(batch, tgt_len, vocab)``. ``builder.model``: ``[encoder_token_ids,
+decoder_token_ids]`` -> probabilities, trainable with ``model.fit`` (teacher forcing).
+``builder.generate`` decodes with a key/value cache (see ``keraformer.generation``).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keraformer import generation
+from keraformer.attentions import MultiHeadAttention
+from keraformer.checks import check_positive_ints
+from keraformer.embedding import Embedding
+from keraformer.feedforward import FeedForward
+from keraformer.masks import padding_mask
+from keraformer.models.base import Transformer
+from keraformer.normalization import LayerNormalization
+from keraformer.positions import RelativePositionBias
+
+
+def feed_forward_kind(proj):
+    """``(activation, glu)`` of a Hugging Face ``feed_forward_proj`` such as ``gated-gelu``."""
+    parts = str(proj).split("-")
+    if len(parts) > 2 or len(parts) == 2 and parts[0] != "gated":
+        raise ValueError(f"`feed_forward_proj` must be 'ACT' or 'gated-ACT' (e.g. 'relu', "
+                         f"'gated-gelu'); received {proj!r}")
+    activation = "gelu_new" if proj == "gated-gelu" else parts[-1]
+    return activation, len(parts) == 2
+
+
+def rms_norm(epsilon, name):
+    """T5's normalisation: ``x / sqrt(mean(x²) + eps) · scale`` (no mean, no bias)."""
+    return LayerNormalization(rms=True, center=False, epsilon=epsilon, name=name)
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class T5Block(keras.layers.Layer):
+    """One pre-norm T5 layer: self-attention, optional cross-attention, feed-forward.
+
+    Call ``block(x, position_bias, attention_mask=None, causal=False, context=None, context_mask=None)``
+    with ``x (batch, length, d_model)``, the stack's shared ``position_bias (1, heads, length,
+    length)``, boolean masks broadcasting to ``(batch, heads, q_len, k_len)`` and, for decoder
+    blocks, the encoder output ``context (batch, src_len, d_model)``. Returns
+    ``(batch, length, d_model)``. ``step`` is the cached single-position form for decoding.
+    """
+
+    def __init__(self, heads, head_size, intermediate_size, activation="relu", glu=False,
+                 cross_attention=False, epsilon=1e-6, dropout_rate=0.0,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.head_size, self.intermediate_size = heads, head_size, intermediate_size
+        self.activation, self.glu, self.has_cross_attention = activation, glu, cross_attention
+        self.epsilon, self.dropout_rate = epsilon, dropout_rate
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _attention(self, name):
+        return MultiHeadAttention(self.heads, self.head_size, use_bias=False, scale=1.0,
+                                  dropout_rate=self.dropout_rate,
+                                  kernel_initializer=self.kernel_initializer, name=name,
+                                  dtype=self.dtype_policy)
+
+    def _norm(self, name):
+        return LayerNormalization(rms=True, center=False, epsilon=self.epsilon, name=name,
+                                  dtype=self.dtype_policy)
+
+    def build(self, input_shape, *args, **kwargs):
+        self.self_attention = self._attention("self_attention")
+        self.self_attention_norm = self._norm("self_attention_norm")
+        layers = [self.self_attention, self.self_attention_norm]
+        if self.has_cross_attention:
+            self.cross_attention = self._attention("cross_attention")
+            self.cross_attention_norm = self._norm("cross_attention_norm")
+            layers += [self.cross_attention, self.cross_attention_norm]
+        self.feedforward = FeedForward(self.intermediate_size, self.activation, glu=self.glu,
+                                       use_bias=False, dropout_rate=self.dropout_rate,
+                                       kernel_initializer=self.kernel_initializer,
+                                       name="feedforward", dtype=self.dtype_policy)
+        self.feedforward_norm = self._norm("feedforward_norm")
+        for layer in layers + [self.feedforward, self.feedforward_norm]:
+            layer.build(input_shape)
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
+
+    def call(self, x, position_bias, attention_mask=None, causal=False, context=None,
+             context_mask=None, training=None):
+        h = self.self_attention_norm(x)
+        h = self.self_attention(h, mask=attention_mask, bias=position_bias, causal=causal,
+                                training=training)
+        x = x + self.dropout(h, training=training)
+        if self.has_cross_attention:
+            h = self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask,
+                                     training=training)
+            x = x + self.dropout(h, training=training)
+        h = self.feedforward(self.feedforward_norm(x), training=training)
+        return x + self.dropout(h, training=training)
+
+    def context_key_value(self, context):
+        """Cross-attention keys and values of the encoder output, computed once per input."""
+        return self.cross_attention.project_key_value(context, context)
+
+    def step(self, x, position_bias, cache, index, key_mask, context_mask):
+        """Decode positions ``index..index+len-1`` of ``x (batch, len, d_model)``.
+
+        ``cache`` holds ``key``/``value`` ``(batch, max_len, heads, head_size)`` of this
+        layer's self-attention (written at ``index``) and the cross-attention
+        ``context_key``/``context_value``; ``key_mask`` marks the valid cached keys. Returns the
+        output and the updated cache.
+        """
+        h = self.self_attention_norm(x)
+        q = self.self_attention.project_query(h)
+        k, v = self.self_attention.project_key_value(h, h)
+        keys = ops.slice_update(cache["key"], (0, index, 0, 0), ops.cast(k, cache["key"].dtype))
+        values = ops.slice_update(cache["value"], (0, index, 0, 0),
+                                  ops.cast(v, cache["value"].dtype))
+        x = x + self.self_attention.attend(q, keys, values, mask=key_mask, bias=position_bias)
+        h = self.cross_attention_norm(x)
+        q = self.cross_attention.project_query(h)
+        x = x + self.cross_attention.attend(q, cache["context_key"], cache["context_value"],
+                                            mask=context_mask)
+        x = x + self.feedforward(self.feedforward_norm(x))
+        return x, {**cache, "key": keys, "value": values}
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
+                "intermediate_size": self.intermediate_size, "activation": self.activation,
+                "glu": self.glu, "cross_attention": self.has_cross_attention,
+                "epsilon": self.epsilon, "dropout_rate": self.dropout_rate,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class ZeroPadding(keras.layers.Layer):
+    """Zero the hidden states ``(batch, length, dim)`` where ``token_ids`` equal ``pad_id``."""
+
+    def __init__(self, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = pad_id
+
+    def call(self, x, token_ids):
+        keep = ops.cast(ops.not_equal(token_ids, self.pad_id), x.dtype)
+        return x * keep[..., None]
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}
+
+
+def context_mask(encoder_output):
+    """Key mask ``(batch, 1, 1, src_len)``: ``False`` where the encoder output is all zero."""
+    return ops.any(ops.not_equal(encoder_output, 0), axis=-1)[:, None, None, :]
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class ContextMask(keras.layers.Layer):
+    """The source padding mask recovered from a zero-padded encoder output (see ``ZeroPadding``).
+
+    Input ``(batch, src_len, d_model)``; output boolean ``(batch, 1, 1, src_len)``.
+    """
+
+    def call(self, encoder_output):
+        return context_mask(encoder_output)
+
+    def compute_output_spec(self, encoder_output):
+        return keras.KerasTensor((encoder_output.shape[0], 1, 1, encoder_output.shape[1]),
+                                 dtype="bool")
+
+
+class T5(Transformer):
+    """T5 1.0 builder (ReLU feed-forward, tied and scaled output projection).
+
+    Config keys are Hugging Face's (``vocab_size``, ``d_model``, ``d_kv``, ``d_ff``,
+    ``num_layers``, ``num_decoder_layers``, ``num_heads``, ``relative_attention_num_buckets``,
+    ``relative_attention_max_distance``, ``feed_forward_proj``, ``layer_norm_epsilon``,
+    ``tie_word_embeddings``, ``decoder_start_token_id``, ``eos_token_id``, ``pad_token_id``,
+    ``dropout_rate``); ``feed_forward_proj`` and ``tie_word_embeddings`` default to the
+    version's values.
+    """
+
+    APPLICATIONS = ("encoder", "seq2seq")
+    version = "t5"
+    default_feed_forward = "relu"
+    default_tied = True
+    honours_tie_word_embeddings = True
+    norm_name, final_norm_name = "layer_norm", "final_layer_norm"
+
+    def __init__(self, config, application="encoder", dropout_rate=None, name=None):
+        super().__init__(config, application)
+        (self.vocab_size, self.d_model, self.head_size, self.d_ff, self.num_layers,
+         self.heads) = self.require("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
+                                    "num_heads")
+        self.num_decoder_layers = self.config.get("num_decoder_layers") or self.num_layers
+        self.num_buckets = self.config.get("relative_attention_num_buckets", 32)
+        self.max_distance = self.config.get("relative_attention_max_distance", 128)
+        check_positive_ints(vocab_size=self.vocab_size, d_model=self.d_model,
+                            d_kv=self.head_size, d_ff=self.d_ff, num_layers=self.num_layers,
+                            num_decoder_layers=self.num_decoder_layers, num_heads=self.heads,
+                            relative_attention_num_buckets=self.num_buckets,
+                            relative_attention_max_distance=self.max_distance)
+        self.feed_forward_proj = self.config.get("feed_forward_proj", self.default_feed_forward)
+        self.activation, self.glu = feed_forward_kind(self.feed_forward_proj)
+        self.tied = self.output_tied()
+        self.epsilon = self.config.get("layer_norm_epsilon", 1e-6)
+        self.dropout_rate = (self.config.get("dropout_rate", 0.1) if dropout_rate is None
+                             else dropout_rate)
+        self.pad_id = self.config.get("pad_token_id", 0) or 0
+        self.start_id = self.config.get("decoder_start_token_id", 0) or 0
+        eos = self.config.get("eos_token_id", 1)
+        self.end_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.name = name or self.version.replace(".", "_")
+        self.initializer = keras.initializers.RandomNormal(
+            stddev=self.config.get("initializer_factor", 1.0) * 0.05)
+
+    def output_tied(self):
+        """Whether logits use the shared embedding scaled by ``d_model^-0.5`` (T5 1.0).
+
+        transformers 5 writes ``scale_decoder_outputs`` (and always ``tie_word_embeddings:
+        true``); older configs say ``tie_word_embeddings: false`` for T5.1.1.
+        """
+        scale = self.config.get("scale_decoder_outputs")
+        if scale is None and self.honours_tie_word_embeddings:
+            scale = self.config.get("tie_word_embeddings")
+        return self.default_tied if scale is None else bool(scale)
+
+    # -- layers ---------------------------------------------------------------------------
+    def make_blocks(self, count, cross_attention, prefix):
+        return [T5Block(self.heads, self.head_size, self.d_ff, self.activation, glu=self.glu,
+                        cross_attention=cross_attention, epsilon=self.epsilon,
+                        dropout_rate=self.dropout_rate, kernel_initializer=self.initializer,
+                        name=f"{prefix}-Transformer-{i}") for i in range(count)]
+
+    def build(self):
+        self.token_embedding = Embedding(self.vocab_size, self.d_model,
+                                         embeddings_initializer=self.initializer,
+                                         name="Embedding-Token")
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="Dropout")
+        self.encoder_bias = RelativePositionBias(self.heads, self.num_buckets,
+                                                 self.max_distance, bidirectional=True,
+                                                 name="Encoder-Relative-Position")
+        self.decoder_bias = RelativePositionBias(self.heads, self.num_buckets,
+                                                 self.max_distance, bidirectional=False,
+                                                 name="Decoder-Relative-Position")
+        self.encoder_blocks = self.make_blocks(self.num_layers, False, "Encoder")
+        self.decoder_blocks = self.make_blocks(self.num_decoder_layers, True, "Decoder")
+        self.encoder_norm = rms_norm(self.epsilon, "Encoder-Output-Norm")
+        self.decoder_norm = rms_norm(self.epsilon, "Decoder-Output-Norm")
+        if self.tied:
+            self.output_scale = keras.layers.Rescaling(self.d_model ** -0.5,
+                                                       name="Decoder-Output-Scale")
+        else:
+            self.output_dense = keras.layers.Dense(self.vocab_size, use_bias=False,
+                                                   kernel_initializer=self.initializer,
+                                                   name="Decoder-Output-LM")
+        self.encoder = self.build_encoder()
+        self.decoder = self.build_decoder()
+        encoder_ids = keras.Input((None,), dtype="int32", name="Encoder-Input-Token")
+        decoder_ids = keras.Input((None,), dtype="int32", name="Decoder-Input-Token")
+        probs = self.decoder([self.encoder(encoder_ids), decoder_ids])
+        self.model = keras.Model([encoder_ids, decoder_ids], probs, name=self.name)
+        return self.model
+
+    def build_encoder(self):
+        token_ids = keras.Input((None,), dtype="int32", name="Encoder-Input-Token")
+        x = self.dropout(self.token_embedding(token_ids))
+        bias = self.encoder_bias(x, x)
+        mask = PaddingMask(self.pad_id, name="Encoder-Attention-Mask")(token_ids)
+        for block in self.encoder_blocks:
+            x = block(x, bias, attention_mask=mask)
+        x = self.dropout(self.encoder_norm(x))
+        x = ZeroPadding(self.pad_id, name="Encoder-Output-Padding")(x, token_ids)
+        return keras.Model(token_ids, x, name=f"{self.name}_encoder")
+
+    def build_decoder(self):
+        context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
+        token_ids = keras.Input((None,), dtype="int32", name="Decoder-Input-Token")
+        mask = ContextMask(name="Decoder-Context-Mask")(context)
+        x = self.dropout(self.token_embedding(token_ids))
+        bias = self.decoder_bias(x, x)
+        for block in self.decoder_blocks:
+            x = block(x, bias, causal=True, context=context, context_mask=mask)
+        logits = self.logits(self.dropout(self.decoder_norm(x)))
+        probs = keras.layers.Activation("softmax", dtype="float32",
+                                        name="Decoder-Output-Softmax")(logits)
+        return keras.Model([context, token_ids], probs, name=f"{self.name}_decoder")
+
+    def logits(self, x):
+        """Vocabulary logits of the final decoder states (tied and scaled, or untied)."""
+        if self.tied:
+            return self.token_embedding(self.output_scale(x), reverse=True)
+        return self.output_dense(x)
+
+    # -- cached decoding ------------------------------------------------------------------
+    def initial_cache(self, encoder_output, max_length):
+        """Decoding state for ``encoder_output (batch, src_len, d_model)``: per decoder layer
+        an empty self-attention cache ``(batch, max_length, heads, d_kv)`` and the
+        cross-attention keys/values, computed once; plus the source mask."""
+        encoder_output = ops.convert_to_tensor(encoder_output, self.decoder_norm.compute_dtype)
+        batch = ops.shape(encoder_output)[0]
+        empty = ops.zeros((batch, max_length, self.heads, self.head_size),
+                          self.decoder_norm.compute_dtype)
+        layers = []
+        for block in self.decoder_blocks:
+            k, v = block.context_key_value(encoder_output)
+            layers.append({"key": empty, "value": empty, "context_key": k, "context_value": v})
+        # (batch, 1, 1, src_len) with the batch axis first so that beams can reorder it
+        return {"layers": layers, "context_mask": context_mask(encoder_output)}
+
+    def decode_step(self, token_ids, index, cache):
+        """Log-probabilities ``(batch, vocab)`` of the token after ``token_ids (batch, 1)``
+        placed at position ``index``, and the updated cache (see ``initial_cache``)."""
+        x = self.token_embedding(token_ids)
+        max_length = ops.shape(cache["layers"][0]["key"])[1]
+        keys = ops.zeros((1, max_length, 1))
+        bias = self.decoder_bias(x, keys, offset=index)
+        key_mask = (ops.arange(max_length) <= index)[None, None, None, :]
+        layers = []
+        for block, layer_cache in zip(self.decoder_blocks, cache["layers"]):
+            x, layer_cache = block.step(x, bias, layer_cache, index, key_mask,
+                                        cache["context_mask"])
+            layers.append(layer_cache)
+        logits = ops.cast(self.logits(self.decoder_norm(x))[:, -1], "float32")
+        return ops.log_softmax(logits, axis=-1), {**cache, "layers": layers}
+
+    def full_decode_step(self, encoder_output):
+        """A step function that recomputes the decoder over the whole prefix (no cache)."""
+        def step(token_ids, index, cache):
+            tokens = ops.slice_update(cache["tokens"], (0, index), token_ids)
+            probs = self.decoder([cache["context"], tokens[:, :index + 1]])
+            log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+            return log_probs, {**cache, "tokens": tokens}
+        return step
+
+    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True,
+                 compile=True, **kwargs):
+        """Decode a batch of source ``token_ids (batch, src_len)`` with
+        ``keraformer.generation.generate`` (``method``: ``greedy``, ``beam`` or ``sample``;
+        ``beam_size``, ``top_k``, ``top_p``, ``min_length``, ``seed``... in ``kwargs``).
+        Returns int32 ``(batch, ≤ max_length)`` generated ids (after the start token),
+        padded with ``pad_token_id`` after the end id."""
+        encoder_output = self.encoder(ops.convert_to_tensor(np.asarray(token_ids, "int32")))
+        if use_cache:
+            step, cache = self.decode_step, self.initial_cache(encoder_output, max_length)
+        else:
+            batch = ops.shape(encoder_output)[0]
+            step = self.full_decode_step(encoder_output)
+            cache = {"context": encoder_output,
+                     "tokens": ops.zeros((batch, max_length), "int32")}
+        if compile and use_cache:
+            step = generation.compile_step(step)
+        return generation.generate(step, cache, self.start_id, self.end_id,
+                                   max_length=max_length, method=method,
+                                   pad_id=self.pad_id, **kwargs)
+
+    # -- checkpoint names -----------------------------------------------------------------
+    def attention_mapping(self, prefix, attention):
+        return {prefix + "q": attention.query_dense.kernel,
+                prefix + "k": attention.key_dense.kernel,
+                prefix + "v": attention.value_dense.kernel,
+                prefix + "o": attention.output_dense.kernel}
+
+    def feedforward_mapping(self, prefix, ffn):
+        p = prefix + "DenseReluDense/"
+        if self.glu:
+            return {p + "wi_0/kernel": ffn.input_dense.kernel,
+                    p + "wi_1/kernel": ffn.gate_dense.kernel,
+                    p + "wo/kernel": ffn.output_dense.kernel}
+        return {p + "wi/kernel": ffn.input_dense.kernel, p + "wo/kernel": ffn.output_dense.kernel}
+
+    def block_mapping(self, stack, i, block):
+        """Checkpoint names of layer ``i`` of ``stack`` (``encoder`` or ``decoder``)."""
+        p = f"{stack}/block_{i:03d}/"
+        norm = self.norm_name
+        mapping = self.attention_mapping(p + "layer_000/SelfAttention/", block.self_attention)
+        mapping[p + f"layer_000/{norm}/scale"] = block.self_attention_norm.gamma
+        ff = "layer_001/"
+        if block.has_cross_attention:
+            mapping.update(self.attention_mapping(p + "layer_001/EncDecAttention/",
+                                                  block.cross_attention))
+            mapping[p + f"layer_001/{norm}/scale"] = block.cross_attention_norm.gamma
+            ff = "layer_002/"
+        mapping.update(self.feedforward_mapping(p + ff, block.feedforward))
+        mapping[p + ff + f"{norm}/scale"] = block.feedforward_norm.gamma
+        return mapping
+
+    def variable_mapping(self):
+        bias = "block_000/layer_000/SelfAttention/relative_attention_bias"
+        mapping = {"shared/embedding": self.token_embedding.embeddings,
+                   f"encoder/{bias}": self.encoder_bias.embeddings,
+                   f"decoder/{bias}": self.decoder_bias.embeddings,
+                   f"encoder/{self.final_norm_name}/scale": self.encoder_norm.gamma,
+                   f"decoder/{self.final_norm_name}/scale": self.decoder_norm.gamma}
+        for stack, blocks in (("encoder", self.encoder_blocks),
+                              ("decoder", self.decoder_blocks)):
+            for i, block in enumerate(blocks):
+                mapping.update(self.block_mapping(stack, i, block))
+        if not self.tied:
+            mapping["decoder/logits/kernel"] = self.output_dense.kernel
+        return mapping
+
+    def to_keras(self, name, array):
+        if name.endswith("relative_attention_bias"):
+            return array.T  # Google stores (heads, buckets)
+        return array
+
+    to_checkpoint = to_keras
+
+    def assign(self, arrays):
+        """As the base class, with a hint when the checkpoint is of another T5 version."""
+        looks_like = checkpoint_version(arrays)
+        if looks_like is not None and looks_like[0] != self.glu:
+            raise ValueError(
+                f"the checkpoint looks like {looks_like[1]} (it has "
+                f"{'wi_0/wi_1' if looks_like[0] else 'wi'} feed-forward kernels) but the model "
+                f"was built as {self.version!r} with feed_forward_proj="
+                f"{self.feed_forward_proj!r}; build it with model="
+                f"{'t5.1.1 or mt5' if looks_like[0] else 't5'!r}")
+        super().assign(arrays)
+
+    def from_hf_names(self, arrays, transposed):
+        converted = (hf_to_google(key, array, self.norm_name, self.final_norm_name, transposed)
+                     for key, array in arrays.items())
+        result = {name: value for name, value in converted if name is not None}
+        if self.tied:
+            result.pop("decoder/logits/kernel", None)
+        elif "decoder/logits/kernel" not in result and "shared/embedding" in result:
+            # transformers 5 saves T5.1.1/mT5 with lm_head tied to the shared embedding
+            result["decoder/logits/kernel"] = result["shared/embedding"].T
+        return result
+
+
+class T5v11(T5):
+    """T5.1.1: gated-GELU feed-forward (``wi_0``, ``wi_1``, ``wo``), untied output projection
+    (``decoder/logits/kernel``), no output scaling."""
+
+    version = "t5.1.1"
+    default_feed_forward = "gated-gelu"
+    default_tied = False
+
+
+class MT5(T5v11):
+    """mT5: T5.1.1's architecture; Google checkpoints name the norms ``rms_norm``."""
+
+    version = "mt5"
+    honours_tie_word_embeddings = False  # always true in mT5 configs, yet mT5 is untied
+    norm_name, final_norm_name = "rms_norm", "rms_norm"
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class PaddingMask(keras.layers.Layer):
+    """Key mask ``(batch, 1, 1, length)`` of ``token_ids (batch, length)``, ``False`` at padding."""
+
+    def __init__(self, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = pad_id
+
+    def call(self, token_ids):
+        return padding_mask(token_ids, self.pad_id)
+
+    def compute_output_spec(self, token_ids):
+        return keras.KerasTensor((token_ids.shape[0], 1, 1, token_ids.shape[1]), dtype="bool")
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id}
+
+
+def checkpoint_version(arrays):
+    """``(gated, description)`` judged from a checkpoint's feed-forward names, or ``None``."""
+    names = list(arrays)
+    if any(name.endswith("DenseReluDense/wi_0/kernel") for name in names):
+        return True, "T5.1.1/mT5 (gated feed-forward)"
+    if any(name.endswith("DenseReluDense/wi/kernel") for name in names):
+        return False, "T5 1.0 (ReLU feed-forward)"
+    return None
+
+
+HF_LAYER_NAMES = {"SelfAttention": "SelfAttention", "EncDecAttention": "EncDecAttention"}
+
+
+def hf_to_google(key, array, norm_name, final_norm_name, transposed):
+    """One Hugging Face T5 variable as ``(google_name, array)``; ``(None, None)`` to drop.
+
+    ``encoder.block.0.layer.0.SelfAttention.q.weight`` (PyTorch ``(out, in)``) becomes
+    ``encoder/block_000/layer_000/SelfAttention/q``; ``lm_head.weight`` becomes
+    ``decoder/logits/kernel``; relative biases keep Google's ``(heads, buckets)`` layout.
+    """
+    parts = key.split(".")
+    leaf = parts[-1]
+    if key in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        return ("shared/embedding", array) if key == "shared.weight" else (None, None)
+    if key == "lm_head.weight":
+        return "decoder/logits/kernel", array.T if transposed else array
+    if len(parts) == 3 and parts[1] == "final_layer_norm":
+        return f"{parts[0]}/{final_norm_name}/scale", array
+    if len(parts) < 6 or parts[1] != "block" or parts[3] != "layer":
+        raise ValueError(f"unexpected variable {key!r} in a Hugging Face T5 checkpoint")
+    prefix = f"{parts[0]}/block_{int(parts[2]):03d}/layer_{int(parts[4]):03d}/"
+    module = parts[5]
+    if module == "layer_norm":
+        return prefix + f"{norm_name}/scale", array
+    if module in HF_LAYER_NAMES and parts[6] == "relative_attention_bias":
+        return prefix + f"{module}/relative_attention_bias", array.T
+    kernel = array.T if transposed and leaf == "weight" else array
+    if module in HF_LAYER_NAMES:
+        return prefix + f"{module}/{parts[6]}", kernel
+    if module == "DenseReluDense":
+        return prefix + f"DenseReluDense/{parts[6]}/kernel", kernel
+    raise ValueError(f"unexpected variable {key!r} in a Hugging Face T5 checkpoint")
