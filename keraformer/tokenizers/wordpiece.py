@@ -1,31 +1,41 @@
 """BERT's WordPiece tokenizer: basic splitting, then greedy longest-match sub-words.
 
-Basic splitting cleans the text (drops NUL, U+FFFD and control characters, maps whitespace to
-spaces), isolates every CJK ideograph, optionally lower-cases and strips accents (NFD, drop
-combining marks), and splits punctuation (Unicode ``P*`` plus the ASCII symbols) into tokens
-of their own. Each word is then cut greedily into the longest vocabulary pieces, the pieces
-after the first prefixed ``##``; a word with no such cut, or longer than 100 characters,
-becomes ``[UNK]``. The ids equal Hugging Face's ``BertTokenizer`` on the same vocabulary.
+The special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` written in the text are cut out first
+and kept whole. The rest is split into words: the text is cleaned (NUL, U+FFFD and control
+characters dropped, whitespace turned into spaces), every CJK ideograph is isolated, the text
+is NFC-normalised and split on whitespace; each word is optionally lower-cased with its
+accents stripped (NFD, combining marks dropped) and split around punctuation (Unicode ``P*``
+plus every ASCII symbol such as ``$ ^ `` ``). Each word is then cut greedily into the longest
+vocabulary pieces, pieces after the first prefixed ``##``; a word with no such cut, or longer
+than 100 characters, becomes ``[UNK]`` (Wu et al. 2016, "Google's Neural Machine Translation
+System"; Devlin et al. 2019, BERT). The ids equal Hugging Face's pure-Python BERT tokenizer
+(``BertTokenizerLegacy`` in transformers 5) on the same vocabulary.
 """
 
+import numbers
 import os
+import re
 import unicodedata
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+SPECIAL_TOKEN_PATTERN = re.compile(
+    "(" + "|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)) + ")")
+STRUCTURAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]")
 MAX_WORD_CHARS = 100
+CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+              (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+NO_SPACE_BEFORE = set(".,!?;:%)]}'\u3001\u3002\uff0c\uff01\uff1f")
+NO_SPACE_AFTER = set("([{$'")
 
 
 def is_cjk(char):
-    """CJK Unified Ideographs and their extensions and compatibility blocks."""
+    """True for a CJK Unified Ideograph (any extension block) or compatibility ideograph."""
     cp = ord(char)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F
-            or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
+    return any(low <= cp <= high for low, high in CJK_RANGES)
 
 
 def is_punctuation(char):
-    """Unicode punctuation, and every ASCII non-alphanumeric printable symbol ($, ^, `...)."""
+    """Unicode punctuation (``P*``) and every printable ASCII non-alphanumeric (``$ ^ ` ~``)."""
     cp = ord(char)
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
         return True
@@ -33,53 +43,54 @@ def is_punctuation(char):
 
 
 def is_whitespace(char):
+    """Space, tab, newline, carriage return and Unicode space separators (``Zs``)."""
     return char in " \t\n\r" or unicodedata.category(char) == "Zs"
 
 
-def is_control(char):
-    if char in "\t\n\r":
-        return False
-    return unicodedata.category(char).startswith("C")
+def is_dropped(char):
+    """NUL, U+FFFD and control/format characters (``C*``) other than tab and newlines."""
+    if char in ("\x00", "\ufffd"):
+        return True
+    return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
 
 
 def clean_text(text):
-    """Drop NUL, U+FFFD and control characters; turn whitespace into spaces."""
-    out = []
-    for char in text:
-        if char in ("\x00", "\ufffd") or is_control(char):
-            continue
-        out.append(" " if is_whitespace(char) else char)
-    return "".join(out)
+    """Drop NUL, U+FFFD and control characters; turn every whitespace into a space."""
+    return "".join(" " if is_whitespace(c) else c for c in text if not is_dropped(c))
 
 
 def strip_accents(text):
+    """Decompose (NFD) and drop the non-spacing combining marks (``Mn``): ``é`` -> ``e``."""
     return "".join(c for c in unicodedata.normalize("NFD", text)
                    if unicodedata.category(c) != "Mn")
 
 
 def split_punctuation(word):
-    """``"don't!"`` -> ``["don", "'", "t", "!"]``."""
-    pieces, current = [], []
+    """Every punctuation character becomes a word of its own: ``don't!`` -> ``don ' t !``."""
+    pieces, current = [], ""
     for char in word:
         if is_punctuation(char):
             if current:
-                pieces.append("".join(current))
-                current = []
+                pieces.append(current)
+                current = ""
             pieces.append(char)
         else:
-            current.append(char)
-    if current:
-        pieces.append("".join(current))
-    return pieces
+            current += char
+    return pieces + [current] if current else pieces
 
 
-def basic_words(text, do_lower_case=True, never_split=SPECIAL_TOKENS):
-    """Words of ``text`` before WordPiece: cleaned, CJK isolated, punctuation split."""
+def split_special_tokens(text):
+    """``text`` cut around the literal special tokens: ``"a[MASK]b"`` -> ``a, [MASK], b``."""
+    return [chunk for chunk in SPECIAL_TOKEN_PATTERN.split(text) if chunk]
+
+
+def basic_words(text, do_lower_case=True):
+    """Words of ``text`` (no special tokens in it) before WordPiece, in BERT's order."""
     text = clean_text(text)
     text = "".join(f" {c} " if is_cjk(c) else c for c in text)
     words = []
-    for word in text.split():
-        if word in never_split:
+    for word in unicodedata.normalize("NFC", text).split():
+        if word in SPECIAL_TOKENS:  # formed once control characters were dropped
             words.append(word)
             continue
         if do_lower_case:
@@ -89,97 +100,145 @@ def basic_words(text, do_lower_case=True, never_split=SPECIAL_TOKENS):
 
 
 def word_pieces(word, vocab, unk="[UNK]"):
-    """Greedy longest-match-first WordPiece split of one word."""
+    """Greedy longest-match-first WordPiece split of one word; ``[unk]`` if none exists."""
     if len(word) > MAX_WORD_CHARS:
         return [unk]
     pieces, start = [], 0
     while start < len(word):
-        end = len(word)
-        while end > start:
+        for end in range(len(word), start, -1):
             piece = word[start:end] if start == 0 else "##" + word[start:end]
             if piece in vocab:
                 break
-            end -= 1
-        if end == start:
+        else:
             return [unk]
         pieces.append(piece)
         start = end
     return pieces
 
 
+class MissingVocabularyError(FileNotFoundError, ValueError):
+    """The vocabulary file does not exist (both a ``FileNotFoundError`` and a ``ValueError``)."""
+
+
 def load_vocab(vocab):
-    """``{token: id}`` from a ``vocab.txt`` path (one token per line) or a dict."""
+    """``{token: id}`` from a ``vocab.txt`` path (token of line ``i`` gets id ``i``) or a dict."""
     if isinstance(vocab, dict):
-        return dict(vocab)
+        for token, index in vocab.items():
+            if not isinstance(token, str) or isinstance(index, bool) \
+                    or not isinstance(index, numbers.Integral):
+                raise TypeError(f"`vocab_path` as a dict must map str tokens to int ids; "
+                                f"received {token!r}: {index!r}")
+        return {token: int(index) for token, index in vocab.items()}
     if not isinstance(vocab, (str, os.PathLike)):
-        raise TypeError(f"`vocab_path` must be a path to vocab.txt or a dict of token -> id; "
+        raise TypeError(f"`vocab_path` must be a path to a vocab.txt or a dict of token -> id; "
                         f"received {type(vocab).__name__}")
-    if not os.path.exists(vocab):
-        raise FileNotFoundError(f"`vocab_path` {str(vocab)!r} does not exist")
+    if not os.path.isfile(vocab):
+        raise MissingVocabularyError(f"`vocab_path` must be an existing vocab.txt file; "
+                                f"{os.fspath(vocab)!r} does not exist or is not a file")
     with open(vocab, encoding="utf-8") as f:
-        return {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+        tokens = [line.rstrip("\n") for line in f]
+    return {token: i for i, token in enumerate(tokens) if token}
 
 
 class Tokenizer:
-    """WordPiece tokenizer for BERT-family vocabularies.
+    """WordPiece tokenizer for BERT-family vocabularies (``vocab.txt`` or a token->id dict).
 
     ``encode(first, second=None, maxlen=None)`` returns ``(token_ids, segment_ids)`` for
-    ``[CLS] first [SEP] (second [SEP])``. ``maxlen`` is an explicit request to cut the pair
-    to at most ``maxlen`` tokens: tokens are removed from the end of the longer segment first
-    (bert4keras' rule). ``rematch(text, tokens)`` maps each token back to the positions of
-    its characters in ``text``.
+    ``[CLS] first [SEP]`` or ``[CLS] first [SEP] second [SEP]`` (segments 0 then 1).
+    ``maxlen`` is an explicit request to cut the result to at most ``maxlen`` tokens: one
+    token at a time is removed from the end of the currently longer text (the first on a
+    tie), as bert4keras does; the special tokens are never removed. Without ``maxlen`` nothing
+    is cut. ``rematch(text, tokens)`` maps each token back to the indices of the characters
+    of ``text`` it came from, for span extraction.
     """
 
     def __init__(self, vocab_path, do_lower_case=True):
         self.vocab = load_vocab(vocab_path)
         self.inverse = {i: token for token, i in self.vocab.items()}
-        self.do_lower_case = do_lower_case
+        self.do_lower_case = bool(do_lower_case)
         missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in self.vocab]
         if missing:
-            raise ValueError(f"vocabulary lacks the special tokens {missing}")
+            raise ValueError(f"`vocab_path` must hold the special tokens [UNK], [CLS] and "
+                             f"[SEP]; the vocabulary lacks {missing}")
+
+    def __len__(self):
+        return len(self.vocab)
+
+    @property
+    def vocab_size(self):
+        return len(self.vocab)
+
+    @property
+    def pad_id(self):
+        """Id of ``[PAD]``; 0 when the vocabulary has none (BERT's padding id)."""
+        return self.vocab.get("[PAD]", 0)
+
+    @property
+    def unk_id(self):
+        return self.vocab["[UNK]"]
+
+    @property
+    def cls_id(self):
+        return self.vocab["[CLS]"]
+
+    @property
+    def sep_id(self):
+        return self.vocab["[SEP]"]
+
+    @property
+    def mask_id(self):
+        """Id of ``[MASK]``, or ``None`` when the vocabulary has none."""
+        return self.vocab.get("[MASK]")
 
     def token_to_id(self, token):
+        """Id of ``token``; the ``[UNK]`` id for a token outside the vocabulary."""
         return self.vocab.get(token, self.vocab["[UNK]"])
 
     def id_to_token(self, token_id):
-        if token_id not in self.inverse:
-            raise ValueError(f"`token_id` must lie in the vocabulary (size {len(self.vocab)});"
-                             f" received {token_id}")
-        return self.inverse[token_id]
-
-    pad_id = property(lambda self: self.vocab.get("[PAD]", 0))
-    unk_id = property(lambda self: self.vocab["[UNK]"])
-    cls_id = property(lambda self: self.vocab["[CLS]"])
-    sep_id = property(lambda self: self.vocab["[SEP]"])
-    mask_id = property(lambda self: self.vocab.get("[MASK]"))
-
-    def never_split(self):
-        return tuple(t for t in SPECIAL_TOKENS if t in self.vocab)
+        """Token of ``token_id``; ``ValueError`` for an id outside the vocabulary."""
+        try:
+            return self.inverse[int(token_id)]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"`token_id` must be an id of the vocabulary (size "
+                             f"{len(self.vocab)}); received {token_id!r}") from None
 
     def pieces(self, text):
-        """WordPiece tokens of ``text`` without ``[CLS]``/``[SEP]``."""
+        """WordPiece tokens of ``text``, without the added ``[CLS]``/``[SEP]``."""
         if not isinstance(text, str):
             raise TypeError(f"`text` must be a str; received {type(text).__name__}")
-        return [piece for word in basic_words(text, self.do_lower_case, self.never_split())
-                for piece in word_pieces(word, self.vocab)]
+        tokens = []
+        for chunk in split_special_tokens(text):
+            if chunk in SPECIAL_TOKENS:
+                tokens.append(chunk)
+                continue
+            for word in basic_words(chunk, self.do_lower_case):
+                tokens.extend(word_pieces(word, self.vocab))
+        return tokens
 
     def tokenize(self, text):
-        """``[CLS]`` + WordPiece tokens + ``[SEP]``."""
+        """``["[CLS]", *pieces(text), "[SEP]"]``."""
         return ["[CLS]"] + self.pieces(text) + ["[SEP]"]
 
     def encode(self, first, second=None, maxlen=None):
-        """``(token_ids, segment_ids)`` of ``[CLS] first [SEP] (second [SEP])``."""
+        """``(token_ids, segment_ids)`` of ``[CLS] first [SEP]`` (+ ``second [SEP]``).
+
+        Both are lists of ints of equal length; segment ids are 0 for ``[CLS] first [SEP]``
+        and 1 for ``second [SEP]``. See the class docstring for ``maxlen``.
+        """
         first_pieces = self.pieces(first)
         second_pieces = None if second is None else self.pieces(second)
         if maxlen is not None:
-            if not isinstance(maxlen, int) or maxlen < (3 if second is None else 4):
-                raise ValueError(f"`maxlen` must be an int of at least "
-                                 f"{3 if second is None else 4}; received {maxlen!r}")
-            budget = maxlen - (2 if second is None else 3)
-            while len(first_pieces) + len(second_pieces or ()) > budget:
-                longer = (second_pieces if second_pieces is not None
-                          and len(second_pieces) > len(first_pieces) else first_pieces)
+            specials = 2 if second is None else 3
+            if isinstance(maxlen, bool) or not isinstance(maxlen, numbers.Integral) \
+                    or maxlen < specials:
+                raise ValueError(f"`maxlen` must be None or an int >= {specials} (room for "
+                                 f"the special tokens); received {maxlen!r}")
+            second_pieces = second_pieces if second_pieces is not None else []
+            while len(first_pieces) + len(second_pieces) > maxlen - specials:
+                longer = second_pieces if len(second_pieces) > len(first_pieces) \
+                    else first_pieces
                 longer.pop()
+            second_pieces = None if second is None else second_pieces
         tokens = ["[CLS]"] + first_pieces + ["[SEP]"]
         segments = [0] * len(tokens)
         if second_pieces is not None:
@@ -188,52 +247,91 @@ class Tokenizer:
         return [self.token_to_id(t) for t in tokens], segments
 
     def decode(self, token_ids):
-        """Text from ids: special tokens dropped, ``##`` pieces joined to their word."""
-        text = ""
-        for token in (self.id_to_token(int(i)) for i in token_ids):
-            if token in SPECIAL_TOKENS and token != "[UNK]":
+        """Readable text from ids: ``[PAD]/[CLS]/[SEP]`` dropped, ``##`` pieces glued on.
+
+        Spaces separate words except between CJK characters, before closing and after
+        opening punctuation; re-encoding the result gives the same word pieces.
+        """
+        text, previous = "", None
+        for token in (self.id_to_token(i) for i in token_ids):
+            if token in STRUCTURAL_TOKENS:
                 continue
-            if token.startswith("##"):
+            if token.startswith("##") and previous is not None:
                 text += token[2:]
-            elif len(token) == 1 and (is_cjk(token) or is_punctuation(token)):
+            elif previous is None or token in NO_SPACE_BEFORE or previous in NO_SPACE_AFTER \
+                    or (is_cjk(token[0]) and is_cjk(previous[-1])):
                 text += token
             else:
-                text += (" " if text else "") + token
+                text += " " + token
+            previous = token
         return text
 
-    def rematch(self, text, tokens):
-        """For each token, the indices in ``text`` of the characters it came from.
+    def comparable(self, text):
+        """``text`` as rematch compares it: NFD, and lower-cased without marks if lowering."""
+        if self.do_lower_case:
+            return strip_accents(text.lower()).replace("\u03c2", "\u03c3")  # final sigma
+        return unicodedata.normalize("NFD", text)
 
-        Special tokens get ``[]``; ``[UNK]`` gets the characters of the word it replaced.
+    def comparable_characters(self, text):
+        """Comparable characters of ``text`` with the index each came from and word starts."""
+        chars, origins, starts, after_space = [], [], [], True
+        for index, char in enumerate(text):
+            if is_dropped(char):
+                continue
+            if is_whitespace(char) or char.isspace():
+                after_space = True
+                continue
+            for c in self.comparable(char):
+                chars.append(c)
+                origins.append(index)
+                starts.append(after_space)
+                after_space = False
+        return "".join(chars), origins, starts
+
+    def rematch(self, text, tokens):
+        """For each token, the sorted indices of the characters of ``text`` it came from.
+
+        ``tokens`` is ``tokenize(text)`` or ``pieces(text)`` (or a prefix of them). The
+        ``[CLS]`` and ``[SEP]`` framing a ``tokenize`` output get ``[]``, as do special
+        tokens not written in ``text``; ``[UNK]`` gets the characters of the word it
+        replaced. A character that decomposes into several tokens (a Hangul syllable into
+        its jamo) belongs to each of them.
         """
-        normalized, char_map = [], []
-        for i, char in enumerate(text):
-            if self.do_lower_case:
-                char = strip_accents(char.lower())
-            for c in char:
-                if c in ("\x00", "\ufffd") or is_control(c) or is_whitespace(c):
-                    continue
-                normalized.append(c)
-                char_map.append(i)
-        normalized = "".join(normalized)
+        chars, origins, starts = self.comparable_characters(text)
+        framed = len(tokens) >= 2 and tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
         mapping, offset = [], 0
-        for token in tokens:
-            if token in SPECIAL_TOKENS and token != "[UNK]":
+        for position, token in enumerate(tokens):
+            if framed and position in (0, len(tokens) - 1):
                 mapping.append([])
                 continue
-            piece = token[2:] if token.startswith("##") else token
-            if token == "[UNK]":
-                end = offset + 1
-                while end < len(normalized) and not is_punctuation(normalized[end]) \
-                        and not is_cjk(normalized[end]) and char_map[end] == char_map[end - 1] + 1:
-                    end += 1
-                mapping.append(char_map[offset:end])
+            if token in SPECIAL_TOKENS:
+                literal = self.comparable(token)
+                if chars.startswith(literal, offset):
+                    end = offset + len(literal)
+                elif token == "[UNK]":
+                    end = self.unknown_word_end(chars, starts, offset)
+                else:
+                    mapping.append([])
+                    continue
+                mapping.append(sorted(set(origins[offset:end])))
                 offset = end
                 continue
-            start = normalized.find(piece, offset)
+            piece = self.comparable(token[2:] if token.startswith("##") else token)
+            start = chars.find(piece, offset) if piece else -1
             if start < 0:
                 mapping.append([])
                 continue
-            mapping.append(char_map[start:start + len(piece)])
+            mapping.append(sorted(set(origins[start:start + len(piece)])))
             offset = start + len(piece)
         return mapping
+
+    @staticmethod
+    def unknown_word_end(chars, starts, offset):
+        """End of the basic word starting at ``chars[offset]`` (which ``[UNK]`` replaced)."""
+        if offset >= len(chars) or is_punctuation(chars[offset]) or is_cjk(chars[offset]):
+            return min(offset + 1, len(chars))
+        end = offset + 1
+        while end < len(chars) and not starts[end] and not is_punctuation(chars[end]) \
+                and not is_cjk(chars[end]):
+            end += 1
+        return end
