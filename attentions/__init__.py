@@ -8,3 +8,4 @@ from keraformer.attentions.dot_product import (
 )
 from keraformer.attentions.gated import GatedAttentionUnit, ScaleOffset
 from keraformer.attentions.linear import LinearAttention, linear_attention
+from keraformer.attentions.vq import VQAttention, quantize, vq_attention

@@ -1,0 +1,278 @@
+"""VQ-key attention (Lingle 2023, "Transformer-VQ: Linear-Time Transformers via Vector
+Quantization").
+
+Keys are replaced by their nearest codeword ``k̂_j = C[z_j]`` (L2) from a per-head codebook
+``C`` ``(heads, codes, head_dim)``. Softmax attention over ``k̂`` then only needs, per code,
+the count ``N_c`` and the sum ``S_c`` of the values whose keys chose it:
+``out_i = Σ_c exp(s·q_i·C_c)·S_c / Σ_c exp(s·q_i·C_c)·N_c``, which is ``O(n·codes)`` and never
+forms an ``n × n`` matrix. Causal attention walks blocks of ``block_size`` positions: exact
+softmax over the quantised keys inside the block plus the per-code counts and sums of all
+earlier blocks (the block-recurrent cache), one softmax over both, ``O(n·(block_size +
+codes))``. The result equals ``dot_product_attention(q, quantize(k), v)`` exactly.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keraformer.attentions.linear import exclusive_cumsum, key_padding_weights, pad_to_multiple
+from keraformer.checks import check_positive_ints
+from keraformer.masks import apply_mask
+
+
+def quantize(k, codebook):
+    """Nearest codeword (squared L2) of each key: ``(k̂, one_hot)``.
+
+    ``k`` ``(batch, length, heads, d)``, ``codebook`` ``(heads, codes, d)``; returns ``k̂``
+    ``(batch, length, heads, d)`` and the float32 one-hot codes ``(batch, length, heads, codes)``.
+    """
+    k = ops.cast(k, "float32")
+    codebook = ops.cast(codebook, "float32")
+    distances = (ops.sum(ops.square(codebook), axis=-1)
+                 - 2.0 * ops.einsum("bnhd,hcd->bnhc", k, codebook))
+    one_hot = ops.one_hot(ops.argmin(distances, axis=-1), codebook.shape[1], dtype="float32")
+    return ops.einsum("bnhc,hcd->bnhd", one_hot, codebook), one_hot
+
+
+def code_logits(q, codebook, counts, scale):
+    """``s·q·C_c + log N_c`` with codes that no key chose masked out."""
+    logits = ops.einsum("...hd,hcd->...hc", q, codebook) * scale
+    return apply_mask(logits + ops.log(ops.maximum(counts, 1.0)), counts > 0)
+
+
+def straight_through_terms(q, weights, delta_values, delta_counts, scale):
+    """First-order terms that carry the straight-through gradient of the cached keys.
+
+    ``delta`` is ``k - stop_gradient(k)``: zero in value, so attention over the codes equals
+    attention over ``k̂ + delta`` to first order in ``delta``. ``weights`` are ``P_c / N_c``;
+    returns the extra numerator ``s Σ_c w_c q·D_c`` and denominator ``s Σ_c w_c q·Δ_c``.
+    """
+    weighted_q = ops.einsum("bqhc,bqhd->bqhcd", weights, q) * scale
+    numerator = ops.einsum("bqhcd,bhcde->bqhe", weighted_q, delta_values)
+    denominator = ops.einsum("bqhcd,bhcd->bqh", weighted_q, delta_counts)
+    return numerator, denominator[..., None]
+
+
+def vq_attention_global(q, k, v, codebook, keep, scale, straight_through):
+    """Non-causal VQ attention from per-code value sums and counts, ``O(n·codes)``."""
+    _, one_hot = quantize(k, codebook)
+    if keep is not None:
+        one_hot = one_hot * keep[:, :, None, None]
+    counts = ops.sum(one_hot, axis=1)                         # (b, h, c)
+    sums = ops.einsum("bjhc,bjhe->bhce", one_hot, v)
+    probs = ops.softmax(code_logits(q, codebook, counts[:, None], scale), axis=-1)
+    weights = probs / ops.maximum(counts[:, None], 1.0)       # P_c / N_c
+    out = ops.einsum("bqhc,bhce->bqhe", weights, sums)
+    if not straight_through:
+        return out
+    delta = k - ops.stop_gradient(k)
+    delta_values = ops.einsum("bjhc,bjhd,bjhe->bhcde", one_hot, delta, v)
+    delta_counts = ops.einsum("bjhc,bjhd->bhcd", one_hot, delta)
+    extra, norm = straight_through_terms(q, weights, delta_values, delta_counts, scale)
+    return (out + extra) / (1.0 + norm)
+
+
+def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_through):
+    """Causal VQ attention, block by block with a per-code cache of earlier blocks."""
+    batch, length = ops.shape(q)[0], ops.shape(q)[1]
+    heads, codes = q.shape[2], codebook.shape[1]
+    size = min(block_size, length) if isinstance(length, int) else block_size
+    quantized, one_hot = quantize(k, codebook)
+    if keep is None:
+        keep = ops.ones((batch, length), "float32")
+    one_hot = one_hot * keep[:, :, None, None]
+    if straight_through:
+        quantized = quantized + (k - ops.stop_gradient(k))
+
+    def blocks(x):
+        x = pad_to_multiple(x, size)
+        return ops.reshape(x, (batch, -1, size) + tuple(x.shape[2:]))
+
+    qb, kb, vb, hot, kept = (blocks(x) for x in (q, quantized, v, one_hot, keep))
+    counts = exclusive_cumsum(ops.sum(hot, axis=2), axis=1)            # (b, g, h, c)
+    sums = exclusive_cumsum(ops.einsum("bgjhc,bgjhe->bghce", hot, vb), axis=1)
+    cached = code_logits(qb, codebook, counts[:, :, None], scale)     # (b, g, i, h, c)
+    local = ops.einsum("bgihd,bgjhd->bgihj", qb, kb) * scale
+    allowed = ops.logical_and(ops.tril(ops.ones((size, size), "bool"))[:, None, :],
+                              kept[:, :, None, None, :] > 0)
+    probs = ops.softmax(ops.concatenate([cached, apply_mask(local, allowed)], axis=-1), axis=-1)
+    weights = probs[..., :codes] / ops.maximum(counts[:, :, None], 1.0)
+    out = (ops.einsum("bgihc,bghce->bgihe", weights, sums)
+           + ops.einsum("bgihj,bgjhe->bgihe", probs[..., codes:], vb))
+    if straight_through:
+        delta = blocks(k - ops.stop_gradient(k))
+        delta_values = exclusive_cumsum(
+            ops.einsum("bgjhc,bgjhd,bgjhe->bghcde", hot, delta, vb), axis=1)
+        delta_counts = exclusive_cumsum(ops.einsum("bgjhc,bgjhd->bghcd", hot, delta), axis=1)
+        extra, norm = causal_straight_through_terms(qb, weights, delta_values, delta_counts,
+                                                    scale)
+        out = (out + extra) / (1.0 + norm)
+    return ops.reshape(out, (batch, -1, heads, v.shape[-1]))[:, :length]
+
+
+def causal_straight_through_terms(q, weights, delta_values, delta_counts, scale):
+    """:func:`straight_through_terms` with one cache per block ``g``."""
+    weighted_q = ops.einsum("bgihc,bgihd->bgihcd", weights, q) * scale
+    numerator = ops.einsum("bgihcd,bghcde->bgihe", weighted_q, delta_values)
+    denominator = ops.einsum("bgihcd,bghcd->bgih", weighted_q, delta_counts)
+    return numerator, denominator[..., None]
+
+
+def check_vq_inputs(q, k, v, codebook):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"`{name}` must have shape (batch, length, heads, head_dim); "
+                             f"received shape {tuple(x.shape)}")
+    expected = (k.shape[2], None, k.shape[3])
+    if len(codebook.shape) != 3 or codebook.shape[0] != expected[0] \
+            or codebook.shape[2] != expected[2]:
+        raise ValueError(f"`codebook` must have shape (heads={expected[0]}, codes, "
+                         f"head_dim={expected[2]}); received shape {tuple(codebook.shape)}")
+
+
+def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, scale=None,
+                 straight_through=False):
+    """Softmax attention over nearest-codeword keys, linear in length; ``(batch, q_len, heads,
+    d_v)`` in ``v``'s dtype.
+
+    ``codebook`` ``(heads, codes, head_dim)``; ``mask`` a boolean key padding mask
+    ``(batch, k_len)`` or ``(batch, 1, 1, k_len)``; ``causal`` (needs ``q_len == k_len``) uses
+    blocks of ``block_size`` (default 64); ``scale`` defaults to ``1/sqrt(head_dim)``.
+    Keys get no gradient from the ``argmin`` itself; ``straight_through=True`` gives them the
+    straight-through estimate (the gradient that softmax attention over ``k̂`` would give
+    ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training.
+    """
+    check_vq_inputs(q, k, v, codebook)
+    block_size = 64 if block_size is None else block_size
+    check_positive_ints(block_size=block_size)
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError(f"causal VQ attention needs q_len == k_len; received {q.shape[1]} "
+                         f"and {k.shape[1]}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    keep = key_padding_weights(mask, k.shape[1])
+    q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
+    codebook = ops.cast(codebook, "float32")
+    if causal:
+        out = vq_attention_causal(q32, k32, v32, codebook, keep, scale, block_size,
+                                  straight_through)
+    else:
+        out = vq_attention_global(q32, k32, v32, codebook, keep, scale, straight_through)
+    return ops.cast(out, v.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class VQAttention(keras.layers.Layer):
+    """Multi-head attention with vector-quantised keys (Transformer-VQ), linear in length.
+
+    Projections as in :class:`MultiHeadAttention` (sublayers ``query``, ``key``, ``value``,
+    ``output``) around :func:`vq_attention` with a learned codebook of ``codes`` codewords per
+    head. Training (``training=True``) passes straight-through gradients to the keys, adds the
+    commitment loss ``commitment·mean‖k − sg(k̂)‖²`` with ``add_loss`` and updates the
+    codebook by exponential-moving-average k-means (``decay``; Laplace smoothing
+    ``epsilon``), as Transformer-VQ and VQ-VAE-2 do: the EMA update is the k-means step
+    itself, needs no learning rate, does not depend on the optimizer and avoids the dead
+    codes that a gradient-trained codebook gets. The codebook is ``codebook_sums /
+    codebook_counts`` (non-trainable weights). Call ``layer(query, key=None, value=None,
+    mask=None, causal=False, training=None)``; returns ``(batch, q_len, output_dim or dim)``.
+    """
+
+    def __init__(self, heads, head_size, codes=64, key_size=None, output_dim=None,
+                 use_bias=True, block_size=64, commitment=1e-4, decay=0.99, epsilon=1e-5,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        check_positive_ints(heads=heads, head_size=head_size, codes=codes,
+                            block_size=block_size)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"`decay` must lie in [0, 1); received {decay!r}")
+        self.heads, self.head_size, self.codes = heads, head_size, codes
+        self.key_size = key_size or head_size
+        self.output_dim, self.use_bias, self.block_size = output_dim, use_bias, block_size
+        self.commitment, self.decay, self.epsilon = commitment, decay, epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
+
+    def _dense(self, units, name, input_shape):
+        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+                                   kernel_initializer=self.kernel_initializer,
+                                   dtype=self.dtype_policy)
+        layer.build(input_shape)
+        return layer
+
+    def build(self, query_shape, key_shape=None, value_shape=None):
+        key_shape = key_shape or query_shape
+        value_shape = value_shape or key_shape
+        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
+        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
+        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
+        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
+                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+        shape = (self.heads, self.codes, self.key_size)
+        self.codebook_sums = self.add_weight(name="codebook_sums", shape=shape,
+                                             initializer="random_normal", trainable=False,
+                                             dtype="float32")
+        self.codebook_counts = self.add_weight(name="codebook_counts", shape=shape[:2],
+                                               initializer="ones", trainable=False,
+                                               dtype="float32")
+
+    @property
+    def codebook(self):
+        """Codewords ``(heads, codes, key_size)``: EMA sums over Laplace-smoothed EMA counts."""
+        counts = self.codebook_counts
+        total = ops.sum(counts, axis=-1, keepdims=True)
+        smoothed = (counts + self.epsilon) / (total + self.codes * self.epsilon) * total
+        return self.codebook_sums / smoothed[..., None]
+
+    def split_heads(self, x, size):
+        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
+
+    def call(self, query, key=None, value=None, mask=None, causal=False, training=None):
+        key = query if key is None else key
+        value = key if value is None else value
+        q = self.split_heads(self.query_dense(query), self.key_size)
+        k = self.split_heads(self.key_dense(key), self.key_size)
+        v = self.split_heads(self.value_dense(value), self.head_size)
+        codebook = self.codebook
+        if training:
+            self.add_commitment_loss(k, codebook, mask)
+        out = vq_attention(q, k, v, codebook, mask, causal, self.block_size,
+                           straight_through=bool(training))
+        if training:
+            self.ema_update(k, codebook, mask)
+        out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
+        return self.output_dense(out)
+
+    def kept_codes(self, k, codebook, mask):
+        """Quantised keys and one-hot codes with padding keys zeroed, float32."""
+        quantized, one_hot = quantize(k, codebook)
+        keep = key_padding_weights(mask, k.shape[1])
+        keep = ops.ones(ops.shape(k)[:2], "float32") if keep is None else keep
+        return quantized, one_hot * keep[:, :, None, None], keep
+
+    def add_commitment_loss(self, k, codebook, mask):
+        k = ops.cast(k, "float32")
+        quantized, _, keep = self.kept_codes(ops.stop_gradient(k), codebook, mask)
+        error = ops.sum(ops.square(k - ops.stop_gradient(quantized)), axis=(2, 3)) * keep
+        self.add_loss(self.commitment * ops.sum(error) / ops.maximum(ops.sum(keep), 1.0))
+
+    def ema_update(self, k, codebook, mask):
+        k = ops.stop_gradient(ops.cast(k, "float32"))
+        _, one_hot, _ = self.kept_codes(k, codebook, mask)
+        counts = ops.sum(one_hot, axis=(0, 1))
+        sums = ops.einsum("bnhc,bnhd->hcd", one_hot, k)
+        self.codebook_counts.assign(self.decay * self.codebook_counts
+                                    + (1.0 - self.decay) * counts)
+        self.codebook_sums.assign(self.decay * self.codebook_sums + (1.0 - self.decay) * sums)
+
+    def compute_output_shape(self, query_shape, *args, **kwargs):
+        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def compute_mask(self, *args, **kwargs):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
+                "codes": self.codes, "key_size": self.key_size, "output_dim": self.output_dim,
+                "use_bias": self.use_bias, "block_size": self.block_size,
+                "commitment": self.commitment, "decay": self.decay, "epsilon": self.epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
