@@ -14,8 +14,8 @@ tokens and evaluated, without any fine-tuning, on longer ones with:
   training too, so this row (and "entropy only") uses a second model trained with it.
 
 The factor is chosen per evaluation length ``L`` (``1`` at the training length). Accuracy is
-over every position that has a token ``shift`` places back. Fixed seeds; about 2.5 minutes of CPU time
-with the defaults (2 CPU cores):
+over every position that has a token ``shift`` places back. Fixed seeds; about 2.5 minutes
+of CPU time with the defaults (2 CPU cores):
 
     python examples/rope_extrapolation.py
     python examples/rope_extrapolation.py --steps 800 --eval-tokens 16384 --lengths 64 256 1024

@@ -43,6 +43,15 @@ class RelativePositionBias(keras.layers.Layer):
     def __init__(self, heads, num_buckets=32, max_distance=128, bidirectional=True,
                  embeddings_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
+        for name, value in (("heads", heads), ("num_buckets", num_buckets),
+                            ("max_distance", max_distance)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; received {value!r}")
+        minimum = 4 if bidirectional else 2
+        if num_buckets < minimum or max_distance <= num_buckets // minimum:
+            raise ValueError(f"T5 buckets need `num_buckets` >= {minimum} and `max_distance` > "
+                             f"the {num_buckets // minimum} exact buckets; received "
+                             f"num_buckets={num_buckets}, max_distance={max_distance}")
         self.heads, self.num_buckets = heads, num_buckets
         self.max_distance, self.bidirectional = max_distance, bidirectional
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)

@@ -26,6 +26,7 @@ def rotary_frequencies(dim, base=10000.0, scaling=None, factor=1.0):
 
 
 def check_rotary_options(scaling, factor):
+    """Raise ``ValueError`` for an unknown ``scaling`` or a non-positive ``factor``."""
     if scaling not in SCALINGS:
         raise ValueError(f"`scaling` must be one of {SCALINGS}; received {scaling!r}")
     if not factor > 0:
@@ -49,6 +50,9 @@ def apply_rotary(x, positions=None, base=10000, interleaved=True, scaling=None, 
     if positions is None:
         positions = ops.arange(ops.shape(x)[1], dtype="float32")
     positions = ops.cast(positions, "float32")
+    if len(positions.shape) not in (1, 2):
+        raise ValueError(f"`positions` must have shape (length,) or (batch, length); received "
+                         f"shape {tuple(positions.shape)}")
     if len(positions.shape) == 1:
         positions = positions[None]
     angles = positions[..., None] * rotary_frequencies(dim, base, scaling, factor)

@@ -56,6 +56,28 @@ def test_bias_layer_and_offset_rows():
     np.testing.assert_allclose(step[0, :, 0], full[0, :, 4])
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_offset_rows_equal_the_full_bias(bidirectional):
+    layer = RelativePositionBias(heads=2, num_buckets=16, max_distance=12,
+                                 bidirectional=bidirectional,
+                                 embeddings_initializer="random_normal")
+    k = np.zeros((2, 30, 4), "float32")
+    full = np.asarray(layer(k, k))
+    for offset, q_len in [(0, 3), (5, 4), (20, 10), (29, 1)]:
+        rows = np.asarray(layer(k[:, :q_len], k, offset=offset))
+        assert rows.shape == (1, 2, q_len, 30)
+        np.testing.assert_array_equal(rows[0], full[0, :, offset:offset + q_len])
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="heads"):
+        RelativePositionBias(heads=0)
+    with pytest.raises(ValueError, match="num_buckets"):
+        RelativePositionBias(heads=2, num_buckets=2)
+    with pytest.raises(ValueError, match="max_distance"):
+        RelativePositionBias(heads=2, num_buckets=32, max_distance=8)
+
+
 def test_layer_round_trips_through_keras_file(tmp_path):
     q = keras.Input((None, 4))
     k = keras.Input((None, 4))

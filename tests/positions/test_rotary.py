@@ -85,6 +85,17 @@ def test_bad_input_is_rejected():
         RotaryEmbedding(scaling="linear", factor=0)
     with pytest.raises(ValueError, match="shape"):
         apply_rotary(np.zeros((4, 8), "float32"))
+    with pytest.raises(ValueError, match="positions"):
+        apply_rotary(np.zeros((1, 4, 8), "float32"), positions=np.zeros((1, 1, 4)))
+
+
+def test_half_precision_input_keeps_its_dtype():
+    x = np.random.RandomState(4).randn(2, 6, 8).astype("float16")
+    positions = np.array([0, 1, 2, 300, 301, 302])
+    got = apply_rotary(x, positions)
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    want = numpy_rotary(x.astype("float32"), positions)
+    np.testing.assert_allclose(np.asarray(got, "float32"), want, atol=5e-3)
 
 
 def test_layer_round_trips_through_keras_file(tmp_path):
