@@ -1,0 +1,182 @@
+"""RoFormer against Hugging Face transformers' PyTorch RoFormer, masks, long inputs, attention
+swapping and checkpoint round trips."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keraformer import checkpoints
+from keraformer.models import build_transformer_model, load_pretrained
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+CONFIG = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=48, max_position_embeddings=64, type_vocab_size=2,
+              hidden_act="gelu", pad_token_id=0)
+
+
+def hf_directory(path, **overrides):
+    """A random tiny Hugging Face RoFormerForMaskedLM saved with save_pretrained."""
+    torch.manual_seed(0)
+    config = transformers.RoFormerConfig(**{**CONFIG, "embedding_size": 32, **overrides})
+    model = transformers.RoFormerForMaskedLM(config).eval()
+    with torch.no_grad():  # LayerNorm params away from (1, 0) so they are really checked
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def batch(rng, lengths, width, vocab=61):
+    """Token ids with real tokens then padding (id 0), and segment ids (second half 1)."""
+    tokens = np.zeros((len(lengths), width), "int32")
+    segments = np.zeros_like(tokens)
+    for row, n in enumerate(lengths):
+        tokens[row, :n] = rng.integers(1, vocab, n)
+        segments[row, n // 2:n] = 1
+    return tokens, segments
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hf_roformer"))
+    return hf_directory(path), path
+
+
+def test_hidden_states_and_mlm_logits_match_transformers(hf):
+    model, path = hf
+    rng = np.random.default_rng(1)
+    tokens, segments = batch(rng, [11, 7, 3], 11)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                    token_type_ids=torch.tensor(segments, dtype=torch.long),
+                    attention_mask=torch.tensor(tokens > 0, dtype=torch.long),
+                    output_hidden_states=True)
+    expected_hidden = out.hidden_states[-1].numpy()
+    encoder = load_pretrained(path)
+    hidden = keras.ops.convert_to_numpy(encoder([tokens, segments]))
+    real = tokens > 0
+    np.testing.assert_allclose(hidden[real], expected_hidden[real], atol=1e-4, rtol=0)
+    mlm = load_pretrained(path, with_mlm="linear")
+    logits = keras.ops.convert_to_numpy(mlm([tokens, segments]))
+    np.testing.assert_allclose(logits[real], out.logits.numpy()[real], atol=1e-3, rtol=0)
+
+
+def test_embedding_size_below_hidden_size_uses_the_projection(tmp_path):
+    path = str(tmp_path)
+    model = hf_directory(path, embedding_size=16)
+    rng = np.random.default_rng(2)
+    tokens, segments = batch(rng, [9, 5], 9)
+    with torch.no_grad():
+        expected = model.roformer(input_ids=torch.tensor(tokens, dtype=torch.long),
+                                  token_type_ids=torch.tensor(segments, dtype=torch.long),
+                                  attention_mask=torch.tensor(tokens > 0, dtype=torch.long)
+                                  ).last_hidden_state.numpy()
+    hidden = keras.ops.convert_to_numpy(load_pretrained(path)([tokens, segments]))
+    np.testing.assert_allclose(hidden[tokens > 0], expected[tokens > 0], atol=1e-4, rtol=0)
+
+
+def test_rotary_value_config_is_refused():
+    with pytest.raises(ValueError, match="rotary_value"):
+        build_transformer_model(model="roformer", rotary_value=True, **CONFIG)
+
+
+@pytest.fixture(scope="module")
+def builders():
+    """One builder per application, sharing random weights (the MLM head too)."""
+    built = {}
+    for application in ("encoder", "lm", "unilm"):
+        keras.utils.set_random_seed(3)
+        built[application] = build_transformer_model(
+            model="roformer", application=application, with_mlm="linear",
+            return_keras_model=False, **CONFIG)
+    return built
+
+
+@pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
+def test_padding_does_not_change_real_positions(builders, application):
+    model = builders[application].model
+    rng = np.random.default_rng(4)
+    tokens, segments = batch(rng, [8], 8)
+    padded_tokens = np.pad(tokens, ((0, 0), (0, 5)))
+    padded_segments = np.pad(segments, ((0, 0), (0, 5)))
+    short = keras.ops.convert_to_numpy(model([tokens, segments]))
+    long = keras.ops.convert_to_numpy(model([padded_tokens, padded_segments]))
+    np.testing.assert_allclose(long[:, :8], short, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("application", ["lm", "unilm"])
+def test_causal_applications_do_not_see_the_future(builders, application):
+    model = builders[application].model
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(1, 61, (1, 10)).astype("int32")
+    segments = np.zeros_like(tokens) if application == "lm" else np.array([[0] * 4 + [1] * 6])
+    changed = tokens.copy()
+    changed[0, 7:] = (changed[0, 7:] % 60) + 1  # new tokens at positions 7..9 only
+    a = keras.ops.convert_to_numpy(model([tokens, segments]))
+    b = keras.ops.convert_to_numpy(model([changed, segments]))
+    np.testing.assert_allclose(a[:, :7], b[:, :7], atol=1e-5, rtol=0)
+    assert np.abs(a[:, 7:] - b[:, 7:]).max() > 1e-3
+
+
+def test_encoder_sees_the_whole_sequence(builders):
+    model = builders["encoder"].model
+    tokens = np.arange(1, 11, dtype="int32")[None]
+    changed = tokens.copy()
+    changed[0, -1] = 50
+    a = keras.ops.convert_to_numpy(model([tokens, np.zeros_like(tokens)]))
+    b = keras.ops.convert_to_numpy(model([changed, np.zeros_like(tokens)]))
+    assert np.abs(a[:, 0] - b[:, 0]).max() > 1e-5  # float32 noise here is ~1e-7
+
+
+def test_inputs_longer_than_max_position_embeddings(builders):
+    model = builders["encoder"].model
+    rng = np.random.default_rng(6)
+    tokens, segments = batch(rng, [150], 150)  # > max_position_embeddings = 64
+    logits = keras.ops.convert_to_numpy(model([tokens, segments]))
+    assert logits.shape == (1, 150, 61) and np.isfinite(logits).all()
+
+
+def test_google_checkpoint_round_trip_and_load(builders, tmp_path):
+    builder = builders["lm"]
+    prefix = builder.save_weights_as_checkpoint(str(tmp_path / "model.ckpt"))
+    saved = checkpoints.read_tf_checkpoint(str(tmp_path))
+    names = set(saved)
+    assert "bert/encoder/layer_1/attention/self/query/kernel" in names
+    assert "cls/predictions/output_bias" in names
+    assert not any("position_embeddings" in n for n in names)
+    for name, value in builder.checkpoint_arrays().items():
+        np.testing.assert_array_equal(saved[name], value)
+    with open(tmp_path / "bert_config.json", "w") as f:
+        json.dump(CONFIG, f)
+    loaded = load_pretrained(str(tmp_path), model="roformer", application="lm",
+                             with_mlm="linear")
+    tokens = np.arange(1, 9, dtype="int32")[None]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded([tokens, np.zeros_like(tokens)])),
+        keras.ops.convert_to_numpy(builder.model([tokens, np.zeros_like(tokens)])))
+    assert prefix is not None or os.path.exists(str(tmp_path / "model.ckpt.index"))
+
+
+def test_with_pool_entropy_scaling_and_recompute_build():
+    model = build_transformer_model(model="roformer", with_pool=True, entropy_scaling=True,
+                                    recompute=True, **CONFIG)
+    tokens = np.arange(1, 6, dtype="int32")[None]
+    pooled = keras.ops.convert_to_numpy(model([tokens, np.zeros_like(tokens)]))
+    assert pooled.shape == (1, 32) and np.abs(pooled).max() <= 1.0
+
+
+def test_unknown_attention_is_refused():
+    with pytest.raises(ValueError, match="attention"):
+        build_transformer_model(model="roformer", attention="sparse", **CONFIG)
+
+
+def test_unilm_with_linear_attention_is_refused():
+    with pytest.raises(ValueError, match="unilm"):
+        build_transformer_model(model="roformer", application="unilm", attention="linear",
+                                **CONFIG)
