@@ -24,7 +24,7 @@ def compile_step(step):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
-        return tf.function(step, reduce_retracing=True)
+        return tf.function(step)
     if backend == "jax":
         import jax
         return jax.jit(step)

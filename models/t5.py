@@ -48,8 +48,8 @@ def rms_norm(epsilon, name):
 class T5Block(keras.layers.Layer):
     """One pre-norm T5 layer: self-attention, optional cross-attention, feed-forward.
 
-    Call ``block(x, position_bias, attention_mask=None, causal=False, context=None, context_mask=None)``
-    with ``x (batch, length, d_model)``, the stack's shared ``position_bias (1, heads, length,
+    Call ``block(x, position_bias, attention_mask=None, causal=False, context=None,
+    context_mask=None)`` with ``x (batch, length, d_model)``, the stack's shared ``position_bias (1, heads, length,
     length)``, boolean masks broadcasting to ``(batch, heads, q_len, k_len)`` and, for decoder
     blocks, the encoder output ``context (batch, src_len, d_model)``. Returns
     ``(batch, length, d_model)``. ``step`` is the cached single-position form for decoding.
@@ -360,7 +360,9 @@ class T5(Transformer):
             cache = {"context": encoder_output,
                      "tokens": ops.zeros((batch, max_length), "int32")}
         if compile and use_cache:
-            step = generation.compile_step(step)
+            if getattr(self, "compiled_step", None) is None:  # trace once per builder
+                self.compiled_step = generation.compile_step(self.decode_step)
+            step = self.compiled_step
         return generation.generate(step, cache, self.start_id, self.end_id,
                                    max_length=max_length, method=method,
                                    pad_id=self.pad_id, **kwargs)
