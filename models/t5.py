@@ -265,37 +265,41 @@ class T5(Transformer):
             self.output_dense = keras.layers.Dense(self.vocab_size, use_bias=False,
                                                    kernel_initializer=self.initializer,
                                                    name="Decoder-Output-LM")
-        self.encoder = self.build_encoder()
-        self.decoder = self.build_decoder()
+        self.zero_padding = ZeroPadding(self.pad_id, name="Encoder-Output-Padding")
+        self.encoder_mask = PaddingMask(self.pad_id, name="Encoder-Attention-Mask")
+        self.context_mask = ContextMask(name="Decoder-Context-Mask")
+        self.output_softmax = keras.layers.Activation("softmax", dtype="float32",
+                                                      name="Decoder-Output-Softmax")
+        # three flat graphs over the same layers (a nested model would not reload from .keras)
         encoder_ids = keras.Input((None,), dtype="int32", name="Encoder-Input-Token")
         decoder_ids = keras.Input((None,), dtype="int32", name="Decoder-Input-Token")
-        probs = self.decoder([self.encoder(encoder_ids), decoder_ids])
+        context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
+        self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
+                                   name=f"{self.name}_encoder")
+        self.decoder = keras.Model([context, decoder_ids], self.decode(context, decoder_ids),
+                                   name=f"{self.name}_decoder")
+        probs = self.decode(self.encode(encoder_ids), decoder_ids)
         self.model = keras.Model([encoder_ids, decoder_ids], probs, name=self.name)
         return self.model
 
-    def build_encoder(self):
-        token_ids = keras.Input((None,), dtype="int32", name="Encoder-Input-Token")
+    def encode(self, token_ids):
+        """Encoder graph: ids ``(batch, src_len)`` to zero-padded states."""
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.encoder_bias(x, x)
-        mask = PaddingMask(self.pad_id, name="Encoder-Attention-Mask")(token_ids)
+        mask = self.encoder_mask(token_ids)
         for block in self.encoder_blocks:
             x = block(x, bias, attention_mask=mask)
         x = self.dropout(self.encoder_norm(x))
-        x = ZeroPadding(self.pad_id, name="Encoder-Output-Padding")(x, token_ids)
-        return keras.Model(token_ids, x, name=f"{self.name}_encoder")
+        return self.zero_padding(x, token_ids)
 
-    def build_decoder(self):
-        context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
-        token_ids = keras.Input((None,), dtype="int32", name="Decoder-Input-Token")
-        mask = ContextMask(name="Decoder-Context-Mask")(context)
+    def decode(self, context, token_ids):
+        """Decoder graph: encoder states and ids ``(batch, tgt_len)`` to probabilities."""
+        mask = self.context_mask(context)
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.decoder_bias(x, x)
         for block in self.decoder_blocks:
             x = block(x, bias, causal=True, context=context, context_mask=mask)
-        logits = self.logits(self.dropout(self.decoder_norm(x)))
-        probs = keras.layers.Activation("softmax", dtype="float32",
-                                        name="Decoder-Output-Softmax")(logits)
-        return keras.Model([context, token_ids], probs, name=f"{self.name}_decoder")
+        return self.output_softmax(self.logits(self.dropout(self.decoder_norm(x))))
 
     def logits(self, x):
         """Vocabulary logits of the final decoder states (tied and scaled, or untied)."""

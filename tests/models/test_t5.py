@@ -171,3 +171,33 @@ def test_google_checkpoint_round_trip(pair, tmp_path):
     other = "t5" if version != "t5" else "t5.1.1"
     with pytest.raises(ValueError, match="looks like T5"):
         build_transformer_model(checkpoint_path=prefix, model=other, **CONFIG)
+
+
+def test_fit_keras_save_and_own_format_round_trip(tmp_path):
+    builder = build_transformer_model(model="t5.1.1", return_keras_model=False, **CONFIG)
+    enc = sources(16, seed=5)
+    targets = np.where(enc > 0, enc, 0)
+    dec = np.concatenate([np.zeros((16, 1), "int32"), targets[:, :-1]], axis=1)
+    builder.model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                          loss=keras.losses.SparseCategoricalCrossentropy())
+    history = builder.model.fit([enc, dec], targets, sample_weight=(targets > 0) * 1.0,
+                                epochs=4, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    expected = np.asarray(builder.model([enc, dec]))
+    path = str(tmp_path / "t5.keras")
+    builder.model.save(path)
+    restored = keras.saving.load_model(path)  # safe mode: no Lambda layers
+    np.testing.assert_allclose(np.asarray(restored([enc, dec])), expected, atol=1e-6, rtol=0)
+    builder.save(str(tmp_path / "own"))
+    reloaded = load_pretrained(str(tmp_path / "own"), return_keras_model=False)
+    np.testing.assert_allclose(np.asarray(reloaded.model([enc, dec])), expected, atol=1e-6,
+                               rtol=0)
+
+
+def test_bad_config_raises_named_errors():
+    with pytest.raises(ValueError, match="d_kv"):
+        build_transformer_model(model="t5", **{k: v for k, v in CONFIG.items() if k != "d_kv"})
+    with pytest.raises(ValueError, match="feed_forward_proj"):
+        build_transformer_model(model="t5", **{**CONFIG, "feed_forward_proj": "gelu-gated"})
+    with pytest.raises(ValueError, match="num_heads"):
+        build_transformer_model(model="mt5", **{**CONFIG, "num_heads": 0})
