@@ -7,6 +7,7 @@ bucketing spends the other half on positive offsets.
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -45,7 +46,7 @@ class RelativePositionBias(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("heads", heads), ("num_buckets", num_buckets),
                             ("max_distance", max_distance)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; received {value!r}")
         minimum = 4 if bidirectional else 2
         if num_buckets < minimum or max_distance <= num_buckets // minimum:
