@@ -61,7 +61,7 @@ def rematerialized_call(fn, layers, args, kwargs):
 
     def forward(*floats):
         if not saved:  # the forward pass: remember the state the random ops start from
-            saved.extend(keras.ops.convert_to_tensor(v.value) for v in state)
+            saved.extend(keras.ops.copy(v.value) for v in state)
         else:  # the recomputation: start the random ops from the same state
             for variable, value in zip(state, saved):
                 variable.assign(value)
