@@ -44,10 +44,12 @@ class RoFormer(BERT):
     """
 
     default_attention = "softmax"
+    config_defaults = {}
 
     def __init__(self, config, application="encoder", with_pool=False, with_mlm=None,
                  keep_tokens=None, dropout_rate=None, recompute=False, entropy_scaling=False,
                  attention=None, attention_options=None, rotary_base=10000, name=None):
+        config = {**self.config_defaults, **config}
         super().__init__(config, application, with_pool=with_pool, with_mlm=with_mlm,
                          keep_tokens=keep_tokens, dropout_rate=dropout_rate,
                          recompute=recompute, entropy_scaling=entropy_scaling, name=name)
@@ -253,20 +255,16 @@ class GAUAlpha(RoFormerV2):
     default_attention = "gau"
     layer_prefix = "GAU_alpha"
 
-    def __init__(self, config, application="encoder", **kwargs):
-        config = dict(config)
-        config.setdefault("hidden_act", "swish")
-        config.setdefault("num_attention_heads", 1)
-        super().__init__(config, application, **kwargs)
-        self.key_size = self.config.get("attention_key_size", 128)
+    config_defaults = {"hidden_act": "swish", "num_attention_heads": 1}
 
     def block_options(self):
         options = super().block_options()
         gau = self.attention == "gau"
+        key_size = self.config.get("attention_key_size", 128)
         options["feedforward"] = not gau
         if gau:
             options["attention_options"] = {
-                "units": self.intermediate_size, "key_size": self.key_size,
+                "units": self.intermediate_size, "key_size": key_size,
                 "activation": self.activation, "normalization": "softmax_plus",
                 "min_length": 16, **self.attention_options}
         return options
