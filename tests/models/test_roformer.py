@@ -180,3 +180,60 @@ def test_unilm_with_linear_attention_is_refused():
     with pytest.raises(ValueError, match="unilm"):
         build_transformer_model(model="roformer", application="unilm", attention="linear",
                                 **CONFIG)
+
+
+SMALL = dict(vocab_size=12, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+             intermediate_size=32, hidden_act="relu", hidden_dropout_prob=0.0,
+             attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="module", params=["linear", "vq"])
+def swapped(request):
+    """A RoFormerV2 language model whose attention is swapped, trained for a few steps on
+    ``next = current % 10 + 1`` sequences; returns the model and the loss history."""
+    keras.utils.set_random_seed(7)
+    builder = build_transformer_model(model="roformer_v2", application="lm",
+                                      attention=request.param, with_mlm="linear",
+                                      return_keras_model=False, **SMALL)
+    rng = np.random.default_rng(8)
+    tokens = (rng.integers(0, 10, (32, 1)) + np.arange(17)) % 10 + 1
+    x, y = tokens[:, :-1].astype("int32"), tokens[:, 1:].astype("int32")
+    builder.model.compile(keras.optimizers.Adam(1e-2),
+                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = builder.model.fit([x, np.zeros_like(x)], y, batch_size=16, epochs=6, verbose=0)
+    return request.param, builder, history.history["loss"]
+
+
+def test_swapped_attention_trains(swapped):
+    attention, builder, losses = swapped
+    kind = type(builder.blocks[0].attention).__name__
+    assert kind == {"linear": "LinearAttention", "vq": "VQAttention"}[attention]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_swapped_attention_stays_causal(swapped):
+    _, builder, _ = swapped
+    rng = np.random.default_rng(9)
+    tokens = rng.integers(1, 12, (1, 10)).astype("int32")
+    changed = tokens.copy()
+    changed[0, 6:] = changed[0, 6:] % 11 + 1
+    a = keras.ops.convert_to_numpy(builder.model([tokens, np.zeros_like(tokens)]))
+    b = keras.ops.convert_to_numpy(builder.model([changed, np.zeros_like(tokens)]))
+    np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-5, rtol=0)
+    assert np.abs(a[:, 6:] - b[:, 6:]).max() > 1e-4
+
+
+def test_swapped_attention_checkpoint_round_trip(swapped, tmp_path):
+    attention, builder, _ = swapped
+    builder.save_weights_as_checkpoint(str(tmp_path / "model.ckpt"))
+    saved = checkpoints.read_tf_checkpoint(str(tmp_path))
+    assert "bert/encoder/layer_0/attention/query/kernel" in saved
+    fresh = build_transformer_model(checkpoint_path=str(tmp_path / "model.ckpt"),
+                                    model="roformer_v2", application="lm",
+                                    attention=attention, with_mlm="linear",
+                                    return_keras_model=False, **SMALL)
+    tokens = np.arange(1, 9, dtype="int32")[None]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(fresh.model([tokens, np.zeros_like(tokens)])),
+        keras.ops.convert_to_numpy(builder.model([tokens, np.zeros_like(tokens)])),
+        atol=1e-6, rtol=0)
