@@ -25,11 +25,11 @@ class FoldedAccumulation:
     """Cycle bookkeeping shared by the folded optimizers (``self.accumulation_steps``)."""
 
     def cycle_flags(self, dtype):
-        """``(starts, ends, cycle)``: 1.0/0.0 flags for this micro-step and the 1-based cycle."""
+        """``(starts, ends, cycle)``: booleans for this micro-step and the 1-based cycle."""
         steps = self.accumulation_steps
         t = ops.cast(self.iterations, "int32")
-        starts = ops.cast(ops.equal(t % steps, 0), dtype)
-        ends = ops.cast(ops.equal((t + 1) % steps, 0), dtype)
+        starts = ops.equal(t % steps, 0)
+        ends = ops.equal((t + 1) % steps, 0)
         cycle = ops.cast(t // steps + 1, dtype)
         return starts, ends, cycle
 
@@ -40,14 +40,22 @@ class FoldedAccumulation:
         return super()._get_current_learning_rate()
 
     def _apply_weight_decay(self, variables):
-        if self.weight_decay is None:
-            return
-        for variable in variables:
-            if self._use_weight_decay(variable):
-                _, ends, _ = self.cycle_flags(variable.dtype)
-                lr = ops.cast(self.learning_rate, variable.dtype)
-                wd = ops.cast(self.weight_decay, variable.dtype)
-                variable.assign(variable - variable * wd * lr * ends)
+        """Weight decay is applied in ``update_step``, once per cycle, at its end."""
+
+    def decayed(self, variable, lr):
+        """The variable after decoupled weight decay ``w − w·wd·lr`` (if it applies)."""
+        if self.weight_decay is None or not self._use_weight_decay(variable):
+            return ops.convert_to_tensor(variable)
+        wd = ops.cast(self.weight_decay, variable.dtype)
+        return ops.convert_to_tensor(variable) * (1 - wd * lr)
+
+    def fold(self, moment, value, decay, gain, starts):
+        """``moment·decay + gain·value`` at a cycle start, else ``moment + gain·value``.
+
+        ``ops.cond`` skips the decay inside the cycle; both branches are pure (JAX-safe).
+        """
+        return ops.cond(starts, lambda: moment * decay + gain * value,
+                        lambda: moment + gain * value)
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -73,17 +81,22 @@ class AdamW(FoldedAccumulation, keras.optimizers.AdamW):
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype) / self.accumulation_steps
+        g = ops.cast(gradient, dtype)
+        k = self.accumulation_steps
         starts, ends, cycle = self.cycle_flags(dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
-        decay_1 = 1 - starts * (1 - beta_1)  # beta_1 at a cycle start, 1 inside the cycle
-        decay_2 = 1 - starts * (1 - beta_2)
-        self.assign(m, m * decay_1 + (1 - beta_1) * g)
-        self.assign(v, v * decay_2 + (1 - beta_2) * ops.square(g) * self.accumulation_steps)
+        new_m = self.fold(ops.convert_to_tensor(m), g, beta_1, (1 - beta_1) / k, starts)
+        new_v = self.fold(ops.convert_to_tensor(v), ops.square(g), beta_2, (1 - beta_2) / k,
+                          starts)
+        self.assign(m, new_m)
+        self.assign(v, new_v)
         alpha = lr * ops.sqrt(1 - ops.power(beta_2, cycle)) / (1 - ops.power(beta_1, cycle))
-        self.assign_sub(variable, ends * m * alpha / (ops.sqrt(v) + self.epsilon))
+        self.assign(variable, ops.cond(
+            ends, lambda: self.decayed(variable, lr) - new_m * alpha / (ops.sqrt(new_v)
+                                                                        + self.epsilon),
+            lambda: ops.convert_to_tensor(variable)))
 
     def get_config(self):
         config = super().get_config()
@@ -117,15 +130,18 @@ class SGD(FoldedAccumulation, keras.optimizers.SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         if self.accumulation_steps == 1:
+            self.assign(variable, self.decayed(variable, ops.cast(learning_rate, variable.dtype)))
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype) / self.accumulation_steps
         starts, ends, _ = self.cycle_flags(dtype)
         momentum = ops.cast(self.momentum, dtype)
         m = self.momentums[self._get_variable_index(variable)]
-        self.assign(m, m * (1 - starts * (1 - momentum)) - lr * g)
-        self.assign_add(variable, ends * m)
+        new_m = self.fold(ops.convert_to_tensor(m), ops.cast(gradient, dtype), momentum,
+                          -lr / self.accumulation_steps, starts)
+        self.assign(m, new_m)
+        self.assign(variable, ops.cond(ends, lambda: self.decayed(variable, lr) + new_m,
+                                       lambda: ops.convert_to_tensor(variable)))
 
     def get_config(self):
         config = super().get_config()
