@@ -49,8 +49,8 @@ class T5Block(keras.layers.Layer):
     """One pre-norm T5 layer: self-attention, optional cross-attention, feed-forward.
 
     Call ``block(x, position_bias, attention_mask=None, causal=False, context=None,
-    context_mask=None)`` with ``x (batch, length, d_model)``, the stack's shared ``position_bias (1, heads, length,
-    length)``, boolean masks broadcasting to ``(batch, heads, q_len, k_len)`` and, for decoder
+    context_mask=None)`` with ``x (batch, length, d_model)``, the stack's shared
+    ``position_bias (1, heads, length, length)``, boolean masks broadcasting to ``(batch, heads, q_len, k_len)`` and, for decoder
     blocks, the encoder output ``context (batch, src_len, d_model)``. Returns
     ``(batch, length, d_model)``. ``step`` is the cached single-position form for decoding.
     """
@@ -493,7 +493,7 @@ def checkpoint_version(arrays):
     return None
 
 
-HF_LAYER_NAMES = {"SelfAttention": "SelfAttention", "EncDecAttention": "EncDecAttention"}
+HF_ATTENTIONS = ("SelfAttention", "EncDecAttention")
 
 
 def hf_to_google(key, array, norm_name, final_norm_name, transposed):
@@ -517,10 +517,10 @@ def hf_to_google(key, array, norm_name, final_norm_name, transposed):
     module = parts[5]
     if module == "layer_norm":
         return prefix + f"{norm_name}/scale", array
-    if module in HF_LAYER_NAMES and parts[6] == "relative_attention_bias":
+    if module in HF_ATTENTIONS and parts[6] == "relative_attention_bias":
         return prefix + f"{module}/relative_attention_bias", array.T
     kernel = array.T if transposed and leaf == "weight" else array
-    if module in HF_LAYER_NAMES:
+    if module in HF_ATTENTIONS:
         return prefix + f"{module}/{parts[6]}", kernel
     if module == "DenseReluDense":
         return prefix + f"DenseReluDense/{parts[6]}/kernel", kernel

@@ -13,7 +13,8 @@ CORPUS = ["the cat sat on the mat", "a dog ran in the park with 42 balls",
           "über café naïve résumé", "Hello, world! How are you today?",
           "numbers 0123456789 and symbols #@% (brackets)", "Translate English to German: yes"]
 TEXTS = ["Hello <extra_id_0> world", "the cat<extra_id_1>sat   on  the mat",
-         "Zürich 東京 $3.50 naïve!!", "x <extra_id_99> y <extra_id_5>", "  leading and trailing  ",
+         "Zürich 東京 $3.50 naïve!!", "x <extra_id_99> y <extra_id_5>",
+         "  leading and trailing  ",
          "Translate English to German: The park has 7 dogs.\nNew line\tand tab", "",
          "<extra_id_3>", "résumé (café) #1 @home 100%"]
 
