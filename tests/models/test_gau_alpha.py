@@ -172,3 +172,12 @@ def test_long_input_matches_reference(checkpoint, builders):
 def test_with_pool_is_refused():
     with pytest.raises(ValueError, match="with_pool"):
         build_transformer_model(model="gau_alpha", with_pool=True, **CONFIG)
+
+
+def test_keras_file_round_trip_in_safe_mode(builders, tmp_path):
+    model = builders["unilm"].model
+    model.save(str(tmp_path / "gau.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "gau.keras"))
+    tokens, segments = inputs(6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded([tokens, segments])),
+                                  keras.ops.convert_to_numpy(model([tokens, segments])))
