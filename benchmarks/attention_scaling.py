@@ -110,13 +110,19 @@ def run_variant(variant, lengths, args):
     command = [sys.executable, __file__, "--child", variant, "--min-seconds",
                str(args.min_seconds), "--lengths", *map(str, lengths)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=args.timeout)
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode:
-        print(f"  {variant}: child stopped with code {done.returncode} after "
-              f"{[r['n'] for r in rows]}; {done.stderr.strip().splitlines()[-1:]}")
-    return {r["n"]: r for r in rows}
+    rows, deadline = {}, time.monotonic() + args.timeout
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, env=env) as child:
+        for line in child.stdout:  # one JSON line per finished length
+            if line.startswith("{"):
+                row = json.loads(line)
+                rows[row["n"]] = row
+                print(f"  n = {row['n']:>6}: {row['seconds'] * 1e3:9.1f} ms", flush=True)
+            if time.monotonic() > deadline:
+                child.kill()
+                print(f"  {variant}: stopped after --timeout {args.timeout:.0f} s")
+                break
+    return rows
 
 
 def growth_exponent(results, minimum=1024):
