@@ -22,6 +22,11 @@ def entropy_scale(length, base=512):
     return ops.log(length) / math.log(base)
 
 
+def length(x):
+    """Axis 1 of ``x``: a Python int when static, else a scalar tensor (traced graphs)."""
+    return x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+
+
 def attention_mask(q_len, k_len, mask=None, causal=False):
     """Combine a user mask with the causal mask; ``None`` when nothing is masked.
 
@@ -41,9 +46,9 @@ def attention_probabilities(q, k, mask=None, bias=None, causal=False, scale=None
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     logits = ops.einsum("bqhd,bkhd->bhqk", ops.cast(q, "float32"), ops.cast(k, "float32"))
     logits = logits * scale
-    mask = attention_mask(q.shape[1], k.shape[1], mask, causal)
+    mask = attention_mask(length(q), length(k), mask, causal)
     if entropy_scaling:
-        logits = logits * entropy_scale(count_keys(mask, k.shape[1]), scaling_base)
+        logits = logits * entropy_scale(count_keys(mask, length(k)), scaling_base)
     if bias is not None:
         logits = logits + ops.cast(bias, "float32")
     return ops.softmax(apply_mask(logits, mask), axis=-1)
@@ -68,8 +73,8 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
                                         scaling_base)
         return weighted_values(probs, v)
     if mask is not None:
-        mask = ops.broadcast_to(ops.cast(mask, "bool"),
-                                (ops.shape(q)[0], q.shape[2], q.shape[1], k.shape[1]))
+        mask = ops.broadcast_to(ops.cast(mask, "bool"), (ops.shape(q)[0], q.shape[2],
+                                                         length(q), length(k)))
     return ops.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
                                      is_causal=causal)
 

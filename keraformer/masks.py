@@ -98,7 +98,7 @@ class AttentionMask(keras.layers.Layer):
         token_ids, segment_ids = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
         mask = padding_mask(token_ids, self.pad_id)
         if self.mode == "causal":
-            mask = ops.logical_and(mask, causal_mask(token_ids.shape[1]))
+            mask = ops.logical_and(mask, causal_mask(ops.shape(token_ids)[1]))
         elif self.mode == "unilm":
             if segment_ids is None:
                 raise ValueError("mode='unilm' needs [token_ids, segment_ids]; received "

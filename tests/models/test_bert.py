@@ -327,3 +327,16 @@ def test_save_pretrained_loads_in_transformers(checkpoint_dirs, hf_outputs, tmp_
     real = ids != 0
     assert np.abs(out.hidden_states[-1].numpy() - hidden)[real].max() < 1e-4
     assert np.abs(out.prediction_logits.numpy() - logits)[real].max() < 1e-3
+
+
+@pytest.mark.parametrize("application, entropy", [("encoder", False), ("lm", True)])
+def test_traced_graph_with_unknown_length(application, entropy):
+    """Compiled predict/evaluate trace with length None; masks and attention must cope."""
+    import tensorflow as tf
+    model = build_transformer_model(model="bert", application=application, **CONFIG,
+                                    entropy_scaling=entropy)
+    spec = tf.TensorSpec((None, None), tf.int32)
+    traced = tf.function(lambda a, b: model([a, b]), input_signature=[spec, spec])
+    ids, segments = batch()
+    np.testing.assert_allclose(np.asarray(traced(ids, segments)),
+                               np.asarray(model([ids, segments])), atol=1e-5)
