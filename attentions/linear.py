@@ -151,8 +151,32 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
     return ops.cast(attend(q32, k32, v32, keep, causal, chunk_size), v.dtype)
 
 
+class ProjectedHeads:
+    """Query/key/value/output ``Dense`` projections and head splitting shared by the
+    attention layers that take ``heads``, ``head_size``, ``key_size`` and ``output_dim``."""
+
+    def _dense(self, units, name, input_shape):
+        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+                                   kernel_initializer=self.kernel_initializer,
+                                   dtype=self.dtype_policy)
+        layer.build(input_shape)
+        return layer
+
+    def build_projections(self, query_shape, key_shape=None, value_shape=None):
+        key_shape = key_shape or query_shape
+        value_shape = value_shape or key_shape
+        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
+        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
+        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
+        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
+                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+
+    def split_heads(self, x, size):
+        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
+
+
 @keras.saving.register_keras_serializable(package="keraformer")
-class LinearAttention(keras.layers.Layer):
+class LinearAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head linear attention: Dense projections around :func:`linear_attention`.
 
     Call with ``query (batch, q_len, dim)``, optional ``key``/``value`` (default ``query``), a
@@ -174,24 +198,8 @@ class LinearAttention(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
 
-    def _dense(self, units, name, input_shape):
-        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                   kernel_initializer=self.kernel_initializer,
-                                   dtype=self.dtype_policy)
-        layer.build(input_shape)
-        return layer
-
     def build(self, query_shape, key_shape=None, value_shape=None):
-        key_shape = key_shape or query_shape
-        value_shape = value_shape or key_shape
-        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
-        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
-        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
-        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
-                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
-
-    def split_heads(self, x, size):
-        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
+        self.build_projections(query_shape, key_shape, value_shape)
 
     def call(self, query, key=None, value=None, mask=None, causal=False):
         key = query if key is None else key

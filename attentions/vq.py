@@ -16,7 +16,8 @@ import math
 import keras
 from keras import ops
 
-from keraformer.attentions.linear import exclusive_cumsum, key_padding_weights, pad_to_multiple
+from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum,
+                                          key_padding_weights, pad_to_multiple)
 from keraformer.checks import check_positive_ints
 from keraformer.masks import apply_mask
 
@@ -162,7 +163,7 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
-class VQAttention(keras.layers.Layer):
+class VQAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head attention with vector-quantised keys (Transformer-VQ), linear in length.
 
     Projections as in :class:`MultiHeadAttention` (sublayers ``query``, ``key``, ``value``,
@@ -192,21 +193,8 @@ class VQAttention(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
 
-    def _dense(self, units, name, input_shape):
-        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                   kernel_initializer=self.kernel_initializer,
-                                   dtype=self.dtype_policy)
-        layer.build(input_shape)
-        return layer
-
     def build(self, query_shape, key_shape=None, value_shape=None):
-        key_shape = key_shape or query_shape
-        value_shape = value_shape or key_shape
-        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
-        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
-        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
-        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
-                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+        self.build_projections(query_shape, key_shape, value_shape)
         shape = (self.heads, self.codes, self.key_size)
         self.codebook_sums = self.add_weight(name="codebook_sums", shape=shape,
                                              initializer="random_normal", trainable=False,
@@ -222,9 +210,6 @@ class VQAttention(keras.layers.Layer):
         total = ops.sum(counts, axis=-1, keepdims=True)
         smoothed = (counts + self.epsilon) / (total + self.codes * self.epsilon) * total
         return self.codebook_sums / smoothed[..., None]
-
-    def split_heads(self, x, size):
-        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
 
     def call(self, query, key=None, value=None, mask=None, causal=False, training=None):
         key = query if key is None else key
