@@ -340,3 +340,22 @@ def test_traced_graph_with_unknown_length(application, entropy):
     ids, segments = batch()
     np.testing.assert_allclose(np.asarray(traced(ids, segments)),
                                np.asarray(model([ids, segments])), atol=1e-5)
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG, "model_type": "bert"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="pickle.*safetensors"):
+        load_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="pickle"):
+        build_transformer_model(checkpoint_path=str(tmp_path / "pytorch_model.bin"), **CONFIG)
+
+
+def test_truncated_safetensors_is_a_clear_error(checkpoint_dirs, tmp_path):
+    import shutil
+    target = tmp_path / "cut"
+    shutil.copytree(checkpoint_dirs["safetensors"], target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        load_pretrained(str(target))
