@@ -1,7 +1,9 @@
 """Checkpoint readers and writers: Google TF bundles, safetensors and HDF5, all as NumPy.
 
 Every reader returns ``{variable_name: np.ndarray}`` and never executes code from the file
-(no pickle). Errors name the file and what was wrong with it.
+(no pickle). Errors name the file and what was wrong with it. The writers produce Google TF
+bundles, safetensors files and Hugging Face model directories (``config.json`` +
+``model.safetensors``).
 """
 
 import glob
@@ -91,6 +93,61 @@ def read_safetensors(path):
         array = np.frombuffer(data[start:end], dtype=np_dtype).reshape(info["shape"])
         arrays[name] = array.astype("float32") if dtype == "bfloat16" else array.copy()
     return arrays
+
+
+def write_safetensors(path, arrays, metadata=None):
+    """Write ``{name: array}`` as one ``.safetensors`` file and return ``path``.
+
+    The format: an 8-byte little-endian header length, a JSON header ``{name: {"dtype",
+    "shape", "data_offsets"}}`` (plus ``"__metadata__"``, string to string) padded with
+    spaces to a multiple of 8 bytes, then each tensor's little-endian bytes in C order, back
+    to back in header order. Names are sorted so the same arrays always give the same file.
+    """
+    names = {SAFETENSORS_DTYPES[code]: code for code in SAFETENSORS_DTYPES}
+    header, tensors, offset = {}, [], 0
+    if metadata is not None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError(f"`metadata` must map strings to strings; received {metadata!r}")
+        header["__metadata__"] = dict(metadata)
+    for name in sorted(arrays):
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"tensor names must be non-empty strings other than "
+                             f"'__metadata__'; received {name!r}")
+        array = np.asarray(arrays[name])
+        code = names.get(array.dtype.name)
+        if code is None:
+            raise ValueError(f"tensor {name!r} has dtype {array.dtype.name!r}, which "
+                             f"safetensors cannot store; expected one of {sorted(names)}")
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        data = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": code, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        tensors.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for data in tensors:
+            f.write(data)
+    return path
+
+
+def write_hf_directory(directory, arrays, config):
+    """Write a Hugging Face model directory: ``config`` as ``config.json`` and the PyTorch-named
+    ``{name: array}`` as ``model.safetensors`` (metadata ``format: pt``, which
+    ``transformers`` expects). Returns ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, "model.safetensors"), arrays,
+                      metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return directory
 
 
 def read_sharded_safetensors(index_path):

@@ -11,6 +11,7 @@ import re
 import keras
 import numpy as np
 
+from keraformer import checkpoints
 from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
@@ -211,8 +212,24 @@ class BERT(Transformer):
         return array
 
     def save_pretrained(self, directory):
-        """Write a Hugging Face directory (``config.json`` + ``model.safetensors``)."""
-        return save_pretrained(self, directory)
+        """Write a Hugging Face directory (``config.json`` + ``model.safetensors``) that
+        ``transformers`` loads (``BertModel``, ``BertForPreTraining``...); returns it.
+        Subclasses change what is written through ``hf_arrays`` and ``hf_config``."""
+        return checkpoints.write_hf_directory(directory, self.hf_arrays(), self.hf_config())
+
+    def hf_arrays(self):
+        """The weights as ``{PyTorch name: array}`` (Linear weights ``(out, in)``)."""
+        arrays = dict(google_to_hf(n, a) for n, a in self.checkpoint_arrays().items())
+        if "cls.predictions.bias" in arrays:  # the decoder is tied to the word embeddings
+            arrays["cls.predictions.decoder.bias"] = arrays["cls.predictions.bias"]
+        return arrays
+
+    def hf_config(self):
+        """The Hugging Face ``config.json`` dict of this architecture."""
+        config = {k: self.config[k] for k in HF_CONFIG_KEYS if k in self.config}
+        config.update(model_type="bert", architectures=["BertForPreTraining"],
+                      vocab_size=int(self.vocab_size), hidden_act=self.activation)
+        return config
 
     def from_hf_names(self, arrays, transposed):
         converted = (hf_to_google(key, array, self.prefix, transposed)
@@ -336,24 +353,3 @@ def google_to_hf(name, array):
         return key[: -len("kernel")] + "weight", array.T
     return key, array
 
-
-def save_pretrained(builder, directory):
-    """Write ``builder``'s weights as a Hugging Face BERT directory (``config.json`` +
-    ``model.safetensors``) that ``transformers.BertModel.from_pretrained`` loads."""
-    import json
-    import os
-
-    from safetensors.numpy import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    arrays = dict(google_to_hf(n, a) for n, a in builder.checkpoint_arrays().items())
-    if "cls.predictions.bias" in arrays:  # the decoder is tied to the word embeddings
-        arrays["cls.predictions.decoder.bias"] = arrays["cls.predictions.bias"]
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
-              os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    config = {k: builder.config[k] for k in HF_CONFIG_KEYS if k in builder.config}
-    config.update(model_type="bert", architectures=["BertForPreTraining"],
-                  vocab_size=builder.vocab_size, hidden_act=builder.activation)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return directory
