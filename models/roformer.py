@@ -20,6 +20,7 @@ every block while keeping the rest of the model.
 """
 
 import keras
+import numpy as np
 
 from keraformer.embedding import Embedding
 from keraformer.masks import AttentionMask
@@ -40,7 +41,9 @@ class RoFormer(BERT):
     size). With a non-softmax attention the blocks get the padding mask and ``causal=True``
     for ``application="lm"``; ``"unilm"`` needs an attention that takes full boolean masks.
     Hugging Face ``roformer`` directories load too (the sinusoidal buffer is dropped; an
-    ``embedding_size`` below ``hidden_size`` adds the ``embeddings_project`` mapping).
+    ``embedding_size`` below ``hidden_size`` adds the ``embeddings_project`` mapping), and
+    ``save_pretrained`` writes one (``RoFormerModel``, ``RoFormerForMaskedLM``, or
+    ``RoFormerForCausalLM`` with ``is_decoder`` for ``application="lm"``).
     """
 
     default_attention = "softmax"
@@ -198,9 +201,58 @@ class RoFormer(BERT):
         return {name.replace(old, f"{self.prefix}/encoder/embedding_hidden_mapping_in/"): value
                 for name, value in converted.items()}
 
-    def save_pretrained(self, directory):
-        raise NotImplementedError("RoFormer has no Hugging Face export yet; use "
-                                  "save_weights_as_checkpoint or save")
+    # -- Hugging Face export -----------------------------------------------------------
+    def check_hf_export(self):
+        """Refuse options that ``transformers``' RoFormer cannot express (it would compute
+        something else with the same weights)."""
+        refusals = [
+            (self.attention != "softmax", "attention", "'softmax'", self.attention),
+            (self.rotary_base != 10000, "rotary_base", "10000", self.rotary_base),
+            (self.with_pool, "with_pool", "False (transformers' RoFormer has no pooler)",
+             self.with_pool),
+            (self.application == "unilm", "application",
+             "'encoder' or 'lm' (transformers has no UniLM mask)", self.application),
+            (self.entropy_scaling, "entropy_scaling", "False", self.entropy_scaling),
+            (self.segment_embedding is None, "type_vocab_size", "at least 1",
+             self.config.get("type_vocab_size")),
+        ]
+        for refused, argument, expected, received in refusals:
+            if refused:
+                raise ValueError(f"save_pretrained: `{argument}` must be {expected} for a "
+                                 f"Hugging Face RoFormer; received {received!r}. Use "
+                                 f"save_weights_as_checkpoint or save instead")
+
+    def hf_max_positions(self):
+        """Rows of transformers' sinusoidal table, which bounds its input length."""
+        return self.config.get("max_position_embeddings") or 1536
+
+    def hf_arrays(self):
+        """BERT's PyTorch names under ``roformer.``, the embedding projection as
+        ``roformer.embeddings_project`` and the sinusoidal table transformers stores."""
+        self.check_hf_export()
+        model = f"{self.prefix}."
+        project = f"{self.prefix}.encoder.embedding_hidden_mapping_in."
+        arrays = {}
+        for name, array in super().hf_arrays().items():
+            if name.startswith(project):
+                name = "roformer.embeddings_project." + name[len(project):]
+            elif name.startswith(model):
+                name = "roformer." + name[len(model):]
+            arrays[name] = array
+        arrays["roformer.encoder.embed_positions.weight"] = rotary_table(
+            self.hf_max_positions(), self.hidden_size // self.heads)
+        return arrays
+
+    def hf_config(self):
+        config = super().hf_config()
+        mlm_class = "RoFormerForCausalLM" if self.application == "lm" else "RoFormerForMaskedLM"
+        config.update(model_type="roformer",
+                      architectures=[mlm_class if self.with_mlm else "RoFormerModel"],
+                      embedding_size=self.embedding_size,
+                      max_position_embeddings=self.hf_max_positions(),
+                      is_decoder=self.application == "lm", rotary_value=False,
+                      tie_word_embeddings=True)
+        return config
 
 
 class RoFormerV2(RoFormer):
@@ -244,6 +296,14 @@ class RoFormerV2(RoFormer):
     def head_mapping(self):
         return {}
 
+    def save_pretrained(self, directory):
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be saved as a Hugging Face directory: transformers "
+            f"has no port of RoFormerV2 or GAU-α (bias-free layers, parameter-free RMS norms"
+            f"{', gated attention units' if isinstance(self, GAUAlpha) else ''}), so no "
+            f"transformers class could load it; use save_weights_as_checkpoint (Google / "
+            f"bert4keras format) or save (keraformer's own format)")
+
 
 class GAUAlpha(RoFormerV2):
     """GAU-α builder: RoFormerV2's embeddings and norms, each layer one gated attention unit
@@ -278,3 +338,12 @@ class GAUAlpha(RoFormerV2):
                 p + "o_dense/kernel": gau.o_dense.kernel,
                 p + "q_scaleoffset/gamma": gau.q_scaleoffset.gamma,
                 p + "k_scaleoffset/gamma": gau.k_scaleoffset.gamma}
+
+
+def rotary_table(positions, dim):
+    """``(positions, dim)`` float32 table of transformers' RoFormer: ``sin(p·θ_i)`` in the
+    first ``ceil(dim/2)`` features, ``cos(p·θ_i)`` in the rest, ``θ_i = 10000^(-2i/dim)``,
+    computed in float64 as transformers does."""
+    angles = np.arange(positions)[:, None] / np.power(10000.0, 2 * np.arange(
+        (dim + 1) // 2) / dim)
+    return np.concatenate([np.sin(angles), np.cos(angles[:, :dim // 2])], 1).astype("float32")

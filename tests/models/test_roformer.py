@@ -237,3 +237,71 @@ def test_swapped_attention_checkpoint_round_trip(swapped, tmp_path):
         keras.ops.convert_to_numpy(fresh.model([tokens, np.zeros_like(tokens)])),
         keras.ops.convert_to_numpy(builder.model([tokens, np.zeros_like(tokens)])),
         atol=1e-6, rtol=0)
+
+
+def random_roformer(application, with_mlm, seed=10, **overrides):
+    """A tiny RoFormer builder whose every weight (norms and biases too) is random."""
+    keras.utils.set_random_seed(seed)
+    builder = build_transformer_model(model="roformer", application=application,
+                                      with_mlm=with_mlm, return_keras_model=False,
+                                      **{**CONFIG, **overrides})
+    rng = np.random.default_rng(seed)
+    for variable in builder.model.weights:
+        variable.assign(rng.normal(0.0, 0.3, variable.shape).astype("float32"))
+    return builder
+
+
+EXPORTS = [("encoder", "linear", {}, "RoFormerForMaskedLM"),
+           ("encoder", False, {}, "RoFormerModel"),
+           ("lm", "linear", {"embedding_size": 16}, "RoFormerForCausalLM")]
+
+
+@pytest.mark.parametrize("application, with_mlm, overrides, hf_class", EXPORTS)
+def test_save_pretrained_loads_in_transformers_and_back(application, with_mlm, overrides,
+                                                        hf_class, tmp_path):
+    builder = random_roformer(application, with_mlm, **overrides)
+    path = str(tmp_path)
+    builder.save_pretrained(path)
+    with open(os.path.join(path, "config.json")) as f:
+        assert json.load(f)["architectures"] == [hf_class]
+    hf, info = getattr(transformers, hf_class).from_pretrained(path, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    tokens, segments = batch(np.random.default_rng(11), [10, 6, 2], 10)
+    with torch.no_grad():
+        out = hf.eval()(input_ids=torch.tensor(tokens, dtype=torch.long),
+                        token_type_ids=torch.tensor(segments, dtype=torch.long),
+                        attention_mask=torch.tensor(tokens > 0, dtype=torch.long),
+                        output_hidden_states=True)
+    real = tokens > 0
+    hidden = keras.Model(builder.model.inputs,
+                         builder.model.get_layer("Transformer-1").output)([tokens, segments])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(hidden)[real],
+                               out.hidden_states[-1].numpy()[real], atol=1e-4, rtol=0)
+    ours = keras.ops.convert_to_numpy(builder.model([tokens, segments]))
+    if with_mlm:
+        np.testing.assert_allclose(ours[real], out.logits.numpy()[real], atol=1e-4, rtol=0)
+    loaded = load_pretrained(path, application=application, with_mlm=with_mlm,
+                             return_keras_model=False)
+    reloaded = loaded.checkpoint_arrays()
+    for name, value in builder.checkpoint_arrays().items():
+        np.testing.assert_array_equal(reloaded[name], value)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.model([tokens, segments])),
+                                  ours)
+
+
+@pytest.mark.parametrize("options, argument", [({"with_pool": True}, "with_pool"),
+                                               ({"attention": "linear"}, "attention"),
+                                               ({"application": "unilm"}, "application")])
+def test_save_pretrained_refuses_what_transformers_cannot_express(options, argument, tmp_path):
+    builder = build_transformer_model(model="roformer", return_keras_model=False,
+                                      **{**CONFIG, **options})
+    with pytest.raises(ValueError, match=argument):
+        builder.save_pretrained(str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+@pytest.mark.parametrize("model", ["roformer_v2", "gau_alpha"])
+def test_roformer_v2_and_gau_alpha_have_no_hugging_face_export(model, tmp_path):
+    builder = build_transformer_model(model=model, return_keras_model=False, **SMALL)
+    with pytest.raises(NotImplementedError, match="transformers has no port"):
+        builder.save_pretrained(str(tmp_path))
