@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keraformer import generation
+from keraformer import checkpoints, generation
 from keraformer.attentions import MultiHeadAttention
 from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
@@ -447,6 +447,42 @@ class T5(Transformer):
             result["decoder/logits/kernel"] = result["shared/embedding"].T
         return result
 
+    # -- Hugging Face export -----------------------------------------------------------
+    def hf_config(self):
+        """The Hugging Face ``config.json`` dict of this architecture.
+
+        ``tie_word_embeddings`` says whether logits use the shared embedding scaled by
+        ``d_model^-0.5`` (T5 1.0) or an own ``lm_head`` (T5.1.1, mT5), as in Google's
+        converted configs; transformers 5 reads it as ``scale_decoder_outputs``. An mT5 built
+        tied is written as ``t5``, since ``MT5ForConditionalGeneration`` never scales.
+        """
+        mt5 = self.version == "mt5" and not self.tied
+        return {
+            "model_type": "mt5" if mt5 else "t5",
+            "architectures": ["MT5ForConditionalGeneration" if mt5
+                              else "T5ForConditionalGeneration"],
+            "vocab_size": int(self.vocab_size), "d_model": self.d_model, "d_kv": self.head_size,
+            "d_ff": self.d_ff, "num_layers": self.num_layers,
+            "num_decoder_layers": self.num_decoder_layers, "num_heads": self.heads,
+            "relative_attention_num_buckets": self.num_buckets,
+            "relative_attention_max_distance": self.max_distance,
+            "feed_forward_proj": self.feed_forward_proj, "layer_norm_epsilon": self.epsilon,
+            "dropout_rate": self.dropout_rate,
+            "initializer_factor": self.config.get("initializer_factor", 1.0),
+            "tie_word_embeddings": self.tied, "is_encoder_decoder": True,
+            "pad_token_id": self.pad_id, "eos_token_id": self.config.get("eos_token_id", 1),
+            "decoder_start_token_id": self.start_id,
+        }
+
+    def save_pretrained(self, directory):
+        """Write a Hugging Face directory (``config.json`` + ``model.safetensors``) that
+        ``T5ForConditionalGeneration`` / ``MT5ForConditionalGeneration`` (and ``T5Model``,
+        ``T5EncoderModel``) load with the same outputs; returns it. Untied models write
+        ``lm_head.weight``, which transformers 5 keeps (it warns that it does not tie it)."""
+        arrays = dict(google_to_hf(name, array, self.norm_name, self.final_norm_name)
+                      for name, array in self.checkpoint_arrays().items())
+        return checkpoints.write_hf_directory(directory, arrays, self.hf_config())
+
 
 class T5v11(T5):
     """T5.1.1: gated-GELU feed-forward (``wi_0``, ``wi_1``, ``wo``), untied output projection
@@ -525,3 +561,26 @@ def hf_to_google(key, array, norm_name, final_norm_name, transposed):
     if module == "DenseReluDense":
         return prefix + f"DenseReluDense/{parts[6]}/kernel", kernel
     raise ValueError(f"unexpected variable {key!r} in a Hugging Face T5 checkpoint")
+
+
+def google_to_hf(name, array, norm_name, final_norm_name):
+    """Inverse of :func:`hf_to_google` for PyTorch names: one Google T5 variable as
+    ``(hf_name, array)``, kernels transposed to ``(out, in)``, relative biases to
+    ``(buckets, heads)``."""
+    if name == "shared/embedding":
+        return "shared.weight", array
+    if name == "decoder/logits/kernel":
+        return "lm_head.weight", array.T
+    parts = name.split("/")
+    if len(parts) == 3 and parts[1:] == [final_norm_name, "scale"]:
+        return f"{parts[0]}.final_layer_norm.weight", array
+    if len(parts) < 5 or not parts[1].startswith("block_") or not parts[2].startswith("layer_"):
+        raise ValueError(f"unexpected variable {name!r} in a Google T5 checkpoint")
+    prefix = f"{parts[0]}.block.{int(parts[1][6:])}.layer.{int(parts[2][6:])}."
+    if parts[3:] == [norm_name, "scale"]:
+        return prefix + "layer_norm.weight", array
+    if parts[3] in HF_ATTENTIONS:
+        return prefix + f"{parts[3]}.{parts[4]}.weight", array.T
+    if parts[3] == "DenseReluDense" and parts[5:] == ["kernel"]:
+        return prefix + f"DenseReluDense.{parts[4]}.weight", array.T
+    raise ValueError(f"unexpected variable {name!r} in a Google T5 checkpoint")

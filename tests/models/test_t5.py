@@ -201,3 +201,75 @@ def test_bad_config_raises_named_errors():
         build_transformer_model(model="t5", **{**CONFIG, "feed_forward_proj": "gelu-gated"})
     with pytest.raises(ValueError, match="num_heads"):
         build_transformer_model(model="mt5", **{**CONFIG, "num_heads": 0})
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_save_pretrained_loads_in_transformers_and_back(version, tmp_path):
+    keras.utils.set_random_seed(11)
+    builder = build_transformer_model(model=version, return_keras_model=False, **CONFIG)
+    rng = np.random.default_rng(11)
+    for variable in builder.model.weights:
+        variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
+    path = str(tmp_path)
+    builder.save_pretrained(path)
+    prefix = "MT5" if version == "mt5" else "T5"
+    hf, info = getattr(transformers, f"{prefix}ForConditionalGeneration").from_pretrained(
+        path, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    assert hf.config.feed_forward_proj == VERSIONS[version]
+    assert hf.config.relative_attention_max_distance == 20
+    enc = sources(6, 9, seed=12)
+    dec = np.random.default_rng(13).integers(2, CONFIG["vocab_size"], (6, 5)).astype("int32")
+    dec[:, 0] = 0
+    with torch.no_grad():
+        out = hf.eval()(input_ids=torch.tensor(enc, dtype=torch.long),
+                        attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                        decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+        encoder_only = getattr(transformers, f"{prefix}EncoderModel").from_pretrained(path)
+        encoder_hidden = encoder_only.eval()(
+            input_ids=torch.tensor(enc, dtype=torch.long),
+            attention_mask=torch.tensor(enc != 0, dtype=torch.long)).last_hidden_state.numpy()
+    real = enc != 0
+    hidden = np.asarray(builder.encoder(enc))
+    np.testing.assert_allclose(hidden[real], out.encoder_last_hidden_state.numpy()[real],
+                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(hidden[real], encoder_hidden[real], atol=1e-4, rtol=0)
+    probs = np.asarray(builder.model([enc, dec]))
+    np.testing.assert_allclose(np.log(probs), torch.log_softmax(out.logits, -1).numpy(),
+                               atol=1e-4, rtol=0)
+    loaded = load_pretrained(path, return_keras_model=False)
+    assert (loaded.version, loaded.tied) == (builder.version, builder.tied)
+    reloaded = loaded.checkpoint_arrays()
+    for name, value in builder.checkpoint_arrays().items():
+        np.testing.assert_array_equal(reloaded[name], value)
+    np.testing.assert_array_equal(np.asarray(loaded.model([enc, dec])), probs)
+
+
+def test_write_safetensors_round_trips(tmp_path):
+    """keraformer's safetensors writer (used by every save_pretrained) against its own reader
+    and the ``safetensors`` package; the T5 export above depends on it."""
+    import ml_dtypes
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from keraformer.checkpoints import read_safetensors, write_safetensors
+
+    rng = np.random.default_rng(14)
+    arrays = {"kernel": rng.normal(size=(3, 5)).astype("float32"),
+              "transposed": rng.normal(size=(4, 2)).T,  # not C-contiguous, float64
+              "big_endian": np.arange(6, dtype=">i8").reshape(2, 3),
+              "half": rng.normal(size=7).astype("float16"), "mask": np.array([True, False]),
+              "empty": np.zeros((0, 4), "int32"), "bf16": np.arange(3, dtype=ml_dtypes.bfloat16)}
+    path = write_safetensors(str(tmp_path / "x.safetensors"), arrays, {"format": "pt"})
+    ours, theirs = read_safetensors(path), load_file(path)
+    assert set(ours) == set(theirs) == set(arrays)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(theirs[name], value)
+        assert theirs[name].dtype == value.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(ours[name], value)  # bfloat16 read back as float32
+    with safe_open(path, "np") as f:
+        assert f.metadata() == {"format": "pt"}
+    with open(path, "rb") as f:
+        assert int.from_bytes(f.read(8), "little") % 8 == 0
+    with pytest.raises(ValueError, match="'bad'.*complex64"):
+        write_safetensors(str(tmp_path / "y.safetensors"), {"bad": np.zeros(2, "complex64")})
