@@ -66,9 +66,10 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
     ``scale`` defaults to ``1/sqrt(head_dim)``; ``causal`` lets query ``i`` see keys ``j <= i``
     (queries aligned with the last keys when ``q_len < k_len``); ``entropy_scaling`` multiplies
     the logits by ``log(n)/log(scaling_base)``. Without entropy scaling this is
-    ``keras.ops.dot_product_attention``, which uses fused kernels where the backend has them.
+    ``keras.ops.dot_product_attention``, which uses fused kernels where the backend has them
+    (those need equal query and value head sizes; otherwise the product is written out).
     """
-    if entropy_scaling or (causal and q.shape[1] != k.shape[1]):
+    if entropy_scaling or (causal and q.shape[1] != k.shape[1]) or q.shape[-1] != v.shape[-1]:
         probs = attention_probabilities(q, k, mask, bias, causal, scale, entropy_scaling,
                                         scaling_base)
         return weighted_values(probs, v)

@@ -14,6 +14,8 @@ With ``accumulation_steps=1`` both reduce exactly to ``keras.optimizers.AdamW`` 
 import keras
 from keras import ops
 
+from keraformer.checks import is_concrete
+
 
 def check_accumulation_steps(steps):
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -25,13 +27,16 @@ class FoldedAccumulation:
     """Cycle bookkeeping shared by the folded optimizers (``self.accumulation_steps``)."""
 
     def cycle_flags(self, dtype):
-        """``(starts, ends, cycle)``: booleans for this micro-step and the 1-based cycle."""
+        """``(starts, ends, cycle)`` for this micro-step: whether it starts or ends a cycle,
+        and the 1-based cycle number. Python values when executing eagerly (so an eager step
+        runs only the branch it needs), tensors inside a traced function."""
         steps = self.accumulation_steps
+        if is_concrete(self.iterations.value):
+            t = int(ops.convert_to_numpy(self.iterations))
+            return t % steps == 0, (t + 1) % steps == 0, float(t // steps + 1)
         t = ops.cast(self.iterations, "int32")
-        starts = ops.equal(t % steps, 0)
-        ends = ops.equal((t + 1) % steps, 0)
-        cycle = ops.cast(t // steps + 1, dtype)
-        return starts, ends, cycle
+        return (ops.equal(t % steps, 0), ops.equal((t + 1) % steps, 0),
+                ops.cast(t // steps + 1, dtype))
 
     def _get_current_learning_rate(self):
         schedule = self._learning_rate
@@ -50,12 +55,36 @@ class FoldedAccumulation:
         return ops.convert_to_tensor(variable) * (1 - wd * lr)
 
     def fold(self, moment, value, decay, gain, starts):
-        """``moment·decay + gain·value`` at a cycle start, else ``moment + gain·value``.
+        """Assign ``moment·decay + gain·value`` at a cycle start, else add ``gain·value``.
 
-        ``ops.cond`` skips the decay inside the cycle; both branches are pure (JAX-safe).
+        Inside a cycle this is one ``assign_add``. Eagerly the branch is chosen in Python;
+        TensorFlow graphs assign inside the taken branch of a ``cond``; JAX needs pure
+        branches, so there the decay factor is selected (1 inside a cycle).
         """
-        return ops.cond(starts, lambda: moment * decay + gain * value,
-                        lambda: moment + gain * value)
+        increment = gain * value
+        if isinstance(starts, bool):
+            if starts:
+                self.assign(moment, moment * decay + increment)
+            else:
+                self.assign_add(moment, increment)
+        elif keras.backend.backend() == "tensorflow":
+            ops.cond(starts, lambda: self.assign(moment, moment * decay + increment),
+                     lambda: self.assign_add(moment, increment))
+        else:
+            self.assign(moment, moment * ops.where(starts, decay, ops.ones_like(decay))
+                        + increment)
+
+    def assign_at_cycle_end(self, variable, ends, updated):
+        """Assign ``updated()`` to ``variable`` when the cycle ends; otherwise leave it
+        untouched (branches taken as in :meth:`fold`; JAX's cond selects a value)."""
+        if isinstance(ends, bool):
+            if ends:
+                self.assign(variable, updated())
+        elif keras.backend.backend() == "tensorflow":
+            ops.cond(ends, lambda: self.assign(variable, updated()), lambda: None)
+        else:
+            self.assign(variable, ops.cond(ends, updated,
+                                           lambda: ops.convert_to_tensor(variable)))
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -87,16 +116,13 @@ class AdamW(FoldedAccumulation, keras.optimizers.AdamW):
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
-        new_m = self.fold(ops.convert_to_tensor(m), g, beta_1, (1 - beta_1) / k, starts)
-        new_v = self.fold(ops.convert_to_tensor(v), ops.square(g), beta_2, (1 - beta_2) / k,
-                          starts)
-        self.assign(m, new_m)
-        self.assign(v, new_v)
-        alpha = lr * ops.sqrt(1 - ops.power(beta_2, cycle)) / (1 - ops.power(beta_1, cycle))
-        self.assign(variable, ops.cond(
-            ends, lambda: self.decayed(variable, lr) - new_m * alpha / (ops.sqrt(new_v)
-                                                                        + self.epsilon),
-            lambda: ops.convert_to_tensor(variable)))
+        self.fold(m, g, beta_1, (1 - beta_1) / k, starts)
+        self.fold(v, ops.square(g), beta_2, (1 - beta_2) / k, starts)
+
+        def updated():
+            alpha = lr * ops.sqrt(1 - ops.power(beta_2, cycle)) / (1 - ops.power(beta_1, cycle))
+            return self.decayed(variable, lr) - m * alpha / (ops.sqrt(v) + self.epsilon)
+        self.assign_at_cycle_end(variable, ends, updated)
 
     def get_config(self):
         config = super().get_config()
@@ -137,11 +163,8 @@ class SGD(FoldedAccumulation, keras.optimizers.SGD):
         starts, ends, _ = self.cycle_flags(dtype)
         momentum = ops.cast(self.momentum, dtype)
         m = self.momentums[self._get_variable_index(variable)]
-        new_m = self.fold(ops.convert_to_tensor(m), ops.cast(gradient, dtype), momentum,
-                          -lr / self.accumulation_steps, starts)
-        self.assign(m, new_m)
-        self.assign(variable, ops.cond(ends, lambda: self.decayed(variable, lr) + new_m,
-                                       lambda: ops.convert_to_tensor(variable)))
+        self.fold(m, ops.cast(gradient, dtype), momentum, -lr / self.accumulation_steps, starts)
+        self.assign_at_cycle_end(variable, ends, lambda: self.decayed(variable, lr) + m)
 
     def get_config(self):
         config = super().get_config()
