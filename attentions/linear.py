@@ -49,7 +49,12 @@ def exclusive_cumsum(x, axis=1):
     widths = [[0, 0] for _ in x.shape]
     widths[axis] = [1, 0]
     summed = ops.cumsum(ops.pad(x, widths), axis=axis)
-    return ops.take(summed, ops.arange(ops.shape(x)[axis]), axis=axis)
+    return summed[(slice(None),) * (axis % len(x.shape)) + (slice(None, -1),)]
+
+
+def heads_first(x):
+    """``(batch, length, heads, d)`` → ``(batch, heads, length, d)``."""
+    return ops.transpose(x, (0, 2, 1, 3))
 
 
 def kernel_products(a, b, v, causal=False, chunk_size=64):
@@ -58,7 +63,8 @@ def kernel_products(a, b, v, causal=False, chunk_size=64):
     ``a`` ``(batch, q_len, heads, d)``, ``b`` ``(batch, k_len, heads, d)``, ``v``
     ``(batch, k_len, heads, e)``; returns ``(batch, q_len, heads, e)``. The causal form splits
     the sequence into chunks: exact lower-triangular products inside a chunk plus the prefix
-    state ``Σ b_j v_jᵀ`` of the previous chunks.
+    state ``Σ b_j v_jᵀ`` of the previous chunks. It works heads-first, so every product is a
+    batched matrix product over ``(batch, heads, chunk)`` without transposes in between.
     """
     if not causal:
         state = ops.einsum("bkhd,bkhe->bhde", b, v)
@@ -68,17 +74,16 @@ def kernel_products(a, b, v, causal=False, chunk_size=64):
     size = min(chunk_size, length) if isinstance(length, int) else chunk_size
 
     def chunked(x):
-        x = pad_to_multiple(x, size)
-        return ops.reshape(x, (batch, -1, size, heads, x.shape[-1]))
+        x = pad_to_multiple(heads_first(x), size, axis=2)
+        return ops.reshape(x, (batch, heads, -1, size, x.shape[-1]))
 
     a, b, v = chunked(a), chunked(b), chunked(v)
     lower = ops.cast(ops.tril(ops.ones((size, size))), a.dtype)
-    scores = ops.einsum("bcihd,bcjhd->bchij", a, b) * lower
-    local = ops.einsum("bchij,bcjhe->bcihe", scores, v)
-    states = exclusive_cumsum(ops.einsum("bcjhd,bcjhe->bchde", b, v), axis=1)
-    carried = ops.einsum("bcihd,bchde->bcihe", a, states)
-    out = ops.reshape(local + carried, (batch, -1, heads, e))
-    return out[:, :length]
+    scores = ops.matmul(a, ops.swapaxes(b, -1, -2)) * lower          # (b, h, c, i, j)
+    states = exclusive_cumsum(ops.matmul(ops.swapaxes(b, -1, -2), v), axis=2)  # (b, h, c, d, e)
+    out = ops.matmul(scores, v) + ops.matmul(a, states)              # (b, h, c, i, e)
+    out = ops.reshape(out, (batch, heads, -1, e))[:, :, :length]
+    return heads_first(out)
 
 
 def elu_features(x):

@@ -16,7 +16,7 @@ import math
 import keras
 from keras import ops
 
-from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum,
+from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum, heads_first,
                                           key_padding_weights, pad_to_multiple)
 from keraformer.checks import check_positive_ints
 from keraformer.masks import apply_mask
@@ -75,7 +75,11 @@ def vq_attention_global(q, k, v, codebook, keep, scale, straight_through):
 
 
 def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_through):
-    """Causal VQ attention, block by block with a per-code cache of earlier blocks."""
+    """Causal VQ attention, block by block with a per-code cache of earlier blocks.
+
+    Works heads-first, ``(batch, heads, block, position, ·)``, so the products are batched
+    matrix products without transposes in between.
+    """
     batch, length = ops.shape(q)[0], ops.shape(q)[1]
     heads, codes = q.shape[2], codebook.shape[1]
     size = min(block_size, length) if isinstance(length, int) else block_size
@@ -87,37 +91,33 @@ def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_thr
         quantized = quantized + (k - ops.stop_gradient(k))
 
     def blocks(x):
-        x = pad_to_multiple(x, size)
-        return ops.reshape(x, (batch, -1, size) + tuple(x.shape[2:]))
+        x = pad_to_multiple(heads_first(x), size, axis=2)
+        return ops.reshape(x, (batch, heads, -1, size, x.shape[-1]))
 
-    qb, kb, vb, hot, kept = (blocks(x) for x in (q, quantized, v, one_hot, keep))
-    counts = exclusive_cumsum(ops.sum(hot, axis=2), axis=1)            # (b, g, h, c)
-    sums = exclusive_cumsum(ops.einsum("bgjhc,bgjhe->bghce", hot, vb), axis=1)
-    cached = code_logits(qb, codebook, counts[:, :, None], scale)     # (b, g, i, h, c)
-    local = ops.einsum("bgihd,bgjhd->bgihj", qb, kb) * scale
-    allowed = ops.logical_and(ops.tril(ops.ones((size, size), "bool"))[:, None, :],
-                              kept[:, :, None, None, :] > 0)
+    qb, kb, vb, hot = (blocks(x) for x in (q, quantized, v, one_hot))
+    kept = ops.reshape(pad_to_multiple(keep, size), (batch, 1, -1, 1, size))
+    hot_t = ops.swapaxes(hot, -1, -2)                                     # (b, h, g, c, j)
+    counts = exclusive_cumsum(ops.sum(hot, axis=3), axis=2)[:, :, :, None]  # (b, h, g, 1, c)
+    sums = exclusive_cumsum(ops.matmul(hot_t, vb), axis=2)                # (b, h, g, c, e)
+    codewords = ops.swapaxes(codebook, -1, -2)[None, :, None]             # (1, h, 1, d, c)
+    cached = apply_mask(ops.matmul(qb, codewords) * scale
+                        + ops.log(ops.maximum(counts, 1.0)), counts > 0)  # (b, h, g, i, c)
+    local = ops.matmul(qb, ops.swapaxes(kb, -1, -2)) * scale             # (b, h, g, i, j)
+    allowed = ops.logical_and(ops.tril(ops.ones((size, size), "bool")), kept > 0)
     probs = ops.softmax(ops.concatenate([cached, apply_mask(local, allowed)], axis=-1), axis=-1)
-    weights = probs[..., :codes] / ops.maximum(counts[:, :, None], 1.0)
-    out = (ops.einsum("bgihc,bghce->bgihe", weights, sums)
-           + ops.einsum("bgihj,bgjhe->bgihe", probs[..., codes:], vb))
+    weights = probs[..., :codes] / ops.maximum(counts, 1.0)
+    out = ops.matmul(weights, sums) + ops.matmul(probs[..., codes:], vb)  # (b, h, g, i, e)
     if straight_through:
         delta = blocks(k - ops.stop_gradient(k))
         delta_values = exclusive_cumsum(
-            ops.einsum("bgjhc,bgjhd,bgjhe->bghcde", hot, delta, vb), axis=1)
-        delta_counts = exclusive_cumsum(ops.einsum("bgjhc,bgjhd->bghcd", hot, delta), axis=1)
-        extra, norm = causal_straight_through_terms(qb, weights, delta_values, delta_counts,
-                                                    scale)
+            ops.einsum("bhgjc,bhgjd,bhgje->bhgcde", hot, delta, vb), axis=2)
+        delta_counts = exclusive_cumsum(ops.matmul(hot_t, delta), axis=2)
+        weighted_q = ops.einsum("bhgic,bhgid->bhgicd", weights, qb) * scale
+        extra = ops.einsum("bhgicd,bhgcde->bhgie", weighted_q, delta_values)
+        norm = ops.einsum("bhgicd,bhgcd->bhgi", weighted_q, delta_counts)[..., None]
         out = (out + extra) / (1.0 + norm)
-    return ops.reshape(out, (batch, -1, heads, v.shape[-1]))[:, :length]
-
-
-def causal_straight_through_terms(q, weights, delta_values, delta_counts, scale):
-    """:func:`straight_through_terms` with one cache per block ``g``."""
-    weighted_q = ops.einsum("bgihc,bgihd->bgihcd", weights, q) * scale
-    numerator = ops.einsum("bgihcd,bghcde->bgihe", weighted_q, delta_values)
-    denominator = ops.einsum("bgihcd,bghcd->bgih", weighted_q, delta_counts)
-    return numerator, denominator[..., None]
+    out = ops.reshape(out, (batch, heads, -1, v.shape[-1]))[:, :, :length]
+    return heads_first(out)
 
 
 def check_vq_inputs(q, k, v, codebook):

@@ -12,7 +12,9 @@ Softmax at lengths whose n×n score, probability and gradient tensors (3 × head
 bytes) would exceed ``--memory-gib`` is not run (reported as skipped); its time there is
 extrapolated from its fitted power law and marked as such. Prints a table, each variant's
 time ratio to softmax (to causal softmax for causal variants) and the fitted exponent of
-time ∝ n^p over n >= 1024, and saves a PNG of time vs n.
+time ∝ n^p over n >= 1024, and saves a PNG of time vs n. Children keep freed memory in the
+heap (``MALLOC_MMAP_MAX_=0``; see ``STEADY_MALLOC``), because glibc otherwise re-faults every
+tensor over 32 MiB on each step, which at n = 16k dominates the linear-time variants.
 
     python benchmarks/attention_scaling.py                 # 512 … 16384, about 5 minutes
     python benchmarks/attention_scaling.py --lengths 512 1024 --plot /tmp/quick.png
@@ -41,6 +43,14 @@ BASELINE = {"softmax": None, "softmax_causal": None, "linear": "softmax",
             "linear_causal": "softmax_causal", "gau_chunked_causal": "softmax_causal",
             "vq_causal": "softmax_causal"}
 HEADS, HEAD_DIM = 8, 64
+# glibc serves blocks over 32 MiB (its largest mmap threshold) with a fresh mmap and returns
+# them on free, so from n = 16k on every step page-faults its big tensors in again (measured:
+# 336k minor faults and 0.8 s of kernel time per causal linear step at n = 16k, 40 at 8k).
+# Children keep freed memory in the heap instead, so the times measure the attention, not the
+# allocator (one arena: thread arenas are mmap-backed and shrink too). `--system-malloc`
+# runs with glibc's defaults.
+STEADY_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                 "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
 
 
 def attention_step(variant, length):
@@ -110,6 +120,8 @@ def run_variant(variant, lengths, args):
     command = [sys.executable, __file__, "--child", variant, "--min-seconds",
                str(args.min_seconds), "--lengths", *map(str, lengths)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if not args.system_malloc:
+        env.update(STEADY_MALLOC)
     rows, deadline = {}, time.monotonic() + args.timeout
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True, env=env) as child:
@@ -208,6 +220,8 @@ def main():
     parser.add_argument("--min-seconds", type=float, default=1.0,
                         help="keep repeating a step until this much time has passed")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="glibc's default allocator settings (see STEADY_MALLOC)")
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__),
                                                        "attention_scaling.png"))
     parser.add_argument("--child", help=argparse.SUPPRESS)

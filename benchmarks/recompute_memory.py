@@ -1,10 +1,11 @@
-"""Recompute benchmark: peak resident memory growth and step time of a BERT-like training step
-built from keraformer layers, with and without ``recompute_grad`` on every block, each in its
-own process (peak RSS is per process).
+"""Recompute benchmark: peak resident memory growth and step time of a BERT training step
+(``build_transformer_model("bert", ...)`` with a pooled 2-way classifier, SGD), with and
+without ``recompute=True`` (every Transformer block recomputed in the backward pass), each in
+its own process (peak RSS is per process). Growth is measured over the process's peak after
+the model's weights exist and one prediction ran.
 
-Run: python benchmarks/recompute_memory.py [--batch 16 --length 512 --hidden 768 --layers 12]
-The defaults are scaled down (batch 8, length 256, hidden 256, 4 layers) to finish in minutes
-on 2 CPU cores; pass the BERT-base sizes on a bigger machine.
+Run: python benchmarks/recompute_memory.py      # BERT-base: batch 16, length 512, 12 × 768
+     python benchmarks/recompute_memory.py --batch 4 --length 128 --layers 2   # quick
 """
 
 import argparse
@@ -21,29 +22,16 @@ def peak_rss_mib():
 
 def build(args, recompute):
     import keras
-    from keraformer.attentions import MultiHeadAttention
-    from keraformer.feedforward import FeedForward
-    from keraformer.masks import AttentionMask
-    from keraformer.normalization import LayerNormalization
-    from keraformer.optimizers import recompute_grad
+    from keraformer.models import build_transformer_model
 
-    ids = keras.Input((args.length,), dtype="int32")
-    mask = AttentionMask("padding")(ids)
-    x = keras.layers.Embedding(args.vocab, args.hidden)(ids)
-    for _ in range(args.layers):
-        attention = MultiHeadAttention(args.hidden // 64, 64)
-        feed_forward = FeedForward(4 * args.hidden)
-        norm_1, norm_2 = LayerNormalization(), LayerNormalization()
-
-        def block(h, mask, attention=attention, feed_forward=feed_forward, norm_1=norm_1,
-                  norm_2=norm_2):
-            h = norm_1(keras.layers.Add()([h, attention(h, mask=mask)]))
-            return norm_2(keras.layers.Add()([h, feed_forward(h)]))
-        x = recompute_grad(block)(x, mask) if recompute else block(x, mask)
-    logits = keras.layers.Dense(args.vocab)(x)
-    model = keras.Model(ids, logits)
-    model.compile(keras.optimizers.SGD(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    encoder = build_transformer_model(
+        model="bert", vocab_size=args.vocab, hidden_size=args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
+        intermediate_size=4 * args.hidden, max_position_embeddings=max(512, args.length),
+        with_pool=True, recompute=recompute)
+    probs = keras.layers.Dense(2, activation="softmax")(encoder.output)
+    model = keras.Model(encoder.inputs, probs)
+    model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
     return model
 
 
@@ -53,12 +41,13 @@ def child(args):
     model = build(args, recompute)
     rng = np.random.default_rng(0)
     ids = rng.integers(1, args.vocab, (args.batch, args.length)).astype("int32")
-    model.predict(ids[:1], verbose=0)
+    inputs, labels = [ids, np.zeros_like(ids)], rng.integers(0, 2, args.batch)
+    model.predict([x[:1] for x in inputs], verbose=0)
     baseline = peak_rss_mib()
-    model.train_on_batch(ids, ids)  # traces the step
+    model.train_on_batch(inputs, labels)  # traces the step
     start = time.perf_counter()
     for _ in range(args.steps):
-        model.train_on_batch(ids, ids)
+        model.train_on_batch(inputs, labels)
     seconds = (time.perf_counter() - start) / args.steps
     print(json.dumps({"baseline_mib": baseline, "peak_mib": peak_rss_mib(), "step_s": seconds,
                       "params": model.count_params()}))
@@ -66,12 +55,12 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=21128)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--child", choices=["plain", "recompute"])
     args = parser.parse_args()
     if args.child:
