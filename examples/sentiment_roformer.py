@@ -52,7 +52,7 @@ def encode(texts, vocab, max_length):
     return ids, sum(len(text) > max_length for text in texts)
 
 
-def length_buckets(ids, tokens=8192, max_batch=128):
+def length_buckets(ids, tokens=4096, max_batch=32):
     """Index batches of similar-length sequences, each at most ``tokens`` padded tokens (and
     ``max_batch`` sequences), so a batch of long texts is smaller than one of short texts."""
     order = np.argsort([len(x) for x in ids], kind="stable")
@@ -66,13 +66,13 @@ def length_buckets(ids, tokens=8192, max_batch=128):
     return batches + [batch]
 
 
-def bucketed_dataset(ids, labels, shuffle=False, seed=0):
+def bucketed_dataset(ids, labels, shuffle=False, seed=0, tokens=4096):
     """A ``tf.data`` pipeline of ``((tokens, segments), labels)`` batches from
     :func:`length_buckets`, padded to a multiple of 16 and, if ``shuffle``, in a new order
     every epoch. (tf.data only feeds ``model.fit``; the model itself is backend-agnostic.)"""
     import tensorflow as tf
 
-    batches = length_buckets(ids)
+    batches = length_buckets(ids, tokens)
     rng = np.random.default_rng(seed)
 
     def generate():
@@ -145,7 +145,9 @@ def main():
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch-tokens", type=int, default=4096,
+                        help="padded tokens per batch (at most 32 texts)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -164,11 +166,13 @@ def main():
         ids, truncated = encode(texts, vocab, args.max_length)
         print(f"{split}: {len(texts)} texts, {truncated} truncated to {args.max_length} "
               f"characters", flush=True)
-        data[split] = bucketed_dataset(ids, labels, shuffle=split == "train", seed=args.seed)
+        data[split] = bucketed_dataset(ids, labels, shuffle=split == "train", seed=args.seed,
+                                       tokens=args.batch_tokens)
     print(f"vocabulary: {len(vocab) + 2} ids (characters seen twice in train)")
 
     model = classifier(len(vocab) + 2, args)
-    steps = len(length_buckets(encode(splits["train"][0], vocab, args.max_length)[0])) * args.epochs
+    train_ids = encode(splits["train"][0], vocab, args.max_length)[0]
+    steps = len(length_buckets(train_ids, args.batch_tokens)) * args.epochs
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=args.learning_rate, warmup_steps=max(steps // 20, 1))
     model.compile(keras.optimizers.AdamW(schedule, weight_decay=0.01),

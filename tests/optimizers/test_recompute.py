@@ -16,7 +16,11 @@ VOCAB, LENGTH, HIDDEN = 20, 6, 8
 
 
 def gradients(model, inputs):
-    """Gradients of sum(output²) with respect to every trainable weight (training=True)."""
+    """Gradients of Σ output·R (R fixed random) with respect to every trainable weight
+    (training=True). Not Σ output²: after a final LayerNorm that is nearly constant, and its
+    gradients would be rounding noise."""
+    shape = keras.tree.flatten(inputs)[0].shape + (model.output.shape[-1],)  # (b, n, hidden)
+    projection = np.random.RandomState(11).randn(*shape).astype("float32")
     if keras.backend.backend() == "jax":
         import jax
         trainable = [v.value for v in model.trainable_variables]
@@ -24,11 +28,11 @@ def gradients(model, inputs):
 
         def loss(weights):
             out, _ = model.stateless_call(weights, non_trainable, inputs, training=True)
-            return keras.ops.sum(keras.ops.square(out))
+            return keras.ops.sum(out * projection)
         return [np.asarray(g) for g in jax.grad(loss)(trainable)]
     import tensorflow as tf
     with tf.GradientTape() as tape:
-        loss = keras.ops.sum(keras.ops.square(model(inputs, training=True)))
+        loss = keras.ops.sum(model(inputs, training=True) * projection)
     return [np.asarray(tf.convert_to_tensor(g))
             for g in tape.gradient(loss, model.trainable_variables)]
 
