@@ -8,9 +8,9 @@ of softmax attention over the quantised keys, 1e-6 for the EMA/commitment bookke
 """
 
 import keras
+from keras import ops
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keraformer.attentions import VQAttention, dot_product_attention, quantize, vq_attention
 
@@ -103,27 +103,14 @@ def test_padding_never_changes_real_outputs(causal):
     np.testing.assert_allclose(out[:, :6], short, atol=1e-6)
 
 
-def numeric_gradient(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (f(up) - f(down)) / (2 * eps)
-    return grad
-
-
 @pytest.mark.parametrize("causal", [False, True])
-def test_straight_through_gradient_matches_finite_differences(causal):
+def test_straight_through_gradient_matches_finite_differences(causal, gradients,
+                                                              numeric_gradient):
     q, k, v, codebook = random_inputs(4, 1, 5, 1, 3, 2, 3)
     keep = np.array([[True, True, True, True, False]])
-    weights = np.random.RandomState(5).randn(1, 5, 1, 2)
-    tensors = [tf.Variable(x) for x in (q, k, v)]
-    with tf.GradientTape() as tape:
-        out = vq_attention(*tensors, codebook, keep, causal, block_size=2,
-                           straight_through=True)
-        loss = tf.reduce_sum(out * weights.astype("float32"))
-    grads = tape.gradient(loss, tensors)
+    weights = np.random.RandomState(5).randn(1, 5, 1, 2).astype("float32")
+    grads = gradients(lambda *t: ops.sum(vq_attention(
+        *t, codebook, keep, causal, block_size=2, straight_through=True) * weights), q, k, v)
     quantized, _ = numpy_quantize(k, codebook)
     point = [np.asarray(q, "float64"), quantized, np.asarray(v, "float64")]
     for index, grad in enumerate(grads):
@@ -135,13 +122,11 @@ def test_straight_through_gradient_matches_finite_differences(causal):
         np.testing.assert_allclose(np.asarray(grad), want, rtol=2e-3, atol=2e-4)
 
 
-def test_keys_get_no_gradient_without_straight_through():
+def test_keys_get_no_gradient_without_straight_through(gradients):
     q, k, v, codebook = random_inputs(6, 1, 4, 1, 3, 2, 3)
-    key = tf.Variable(k)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(vq_attention(q, key, v, codebook, causal=True, block_size=2))
-    grad = tape.gradient(loss, key)
-    assert grad is None or not np.any(np.asarray(grad))
+    [grad] = gradients(lambda key: ops.sum(vq_attention(q, key, v, codebook, causal=True,
+                                                        block_size=2)), k)
+    assert grad is None or not np.any(grad)
 
 
 def test_bad_inputs_raise():
@@ -176,6 +161,31 @@ def numpy_layer(layer, x, codebook, keep=None, causal=False):
     return out @ dense["o"][0] + dense["o"][1], k, quantized, codes
 
 
+def training_call(layer, x, **kwargs):
+    """One ``training=True`` call: output, d Σout / d key kernel and the commitment loss, with
+    the codebook's EMA update applied to the layer (statelessly on JAX, then assigned)."""
+    if keras.backend.backend() == "jax":
+        import jax
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def total(weights):
+            out, state, losses = layer.stateless_call(weights, non_trainable, x, training=True,
+                                                      return_losses=True, **kwargs)
+            return ops.sum(out), (out, state, losses)
+        grads, (out, state, losses) = jax.grad(total, has_aux=True)(trainable)
+        for variable, value in zip(layer.non_trainable_variables, state):
+            variable.assign(value)
+        index = [v.path for v in layer.trainable_variables].index(layer.key_dense.kernel.path)
+        return np.asarray(out), np.asarray(grads[index]), float(losses[-1])
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True, **kwargs)
+        loss = tf.reduce_sum(out)
+    grad = tape.gradient(loss, layer.key_dense.kernel)
+    return np.asarray(out), np.asarray(grad), float(layer.losses[-1])
+
+
 def test_layer_training_step(layer_and_input):
     layer, x = layer_and_input
     keep = np.array([[True] * 7, [True] * 4 + [False] * 3])
@@ -184,14 +194,11 @@ def test_layer_training_step(layer_and_input):
     sums0 = np.asarray(layer.codebook_sums, "float64")
     want, k, quantized, codes = numpy_layer(layer, x, codebook, keep, causal=True)
     np.testing.assert_allclose(np.asarray(layer(x, mask=keep, causal=True)), want, atol=1e-5)
-    kernel = layer.key_dense.kernel
-    with tf.GradientTape() as tape:
-        out = layer(x, mask=keep, causal=True, training=True)
-        loss = tf.reduce_sum(out)
-    np.testing.assert_allclose(np.asarray(out), want, atol=1e-5)
-    assert np.abs(np.asarray(tape.gradient(loss, kernel))).max() > 1e-4
+    out, kernel_grad, commitment = training_call(layer, x, mask=keep, causal=True)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert np.abs(kernel_grad).max() > 1e-4
     error = ((k - quantized) ** 2).sum(axis=(2, 3))[keep]
-    np.testing.assert_allclose(float(layer.losses[-1]), 0.25 * error.mean(), rtol=1e-5)
+    np.testing.assert_allclose(commitment, 0.25 * error.mean(), rtol=1e-5)
     hot = np.eye(CODES)[codes] * keep[:, :, None, None]
     np.testing.assert_allclose(np.asarray(layer.codebook_counts),
                                0.9 * counts0 + 0.1 * hot.sum(axis=(0, 1)), atol=1e-6)

@@ -83,29 +83,7 @@ def test_emo_is_zero_for_a_confident_correct_prediction(data):
     assert abs(got) < 1e-6
 
 
-def gradient(fn, x):
-    """d fn(x) / dx with the active backend."""
-    if keras.backend.backend() == "jax":
-        import jax
-        return np.asarray(jax.grad(fn)(x))
-    import tensorflow as tf
-    x = tf.Variable(x)
-    with tf.GradientTape() as tape:
-        value = fn(x)
-    return tape.gradient(value, x).numpy()
-
-
-def finite_difference(fn, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[i] += eps
-        down[i] -= eps
-        grad[i] = (fn(up) - fn(down)) / (2 * eps)
-    return grad
-
-
-def test_combined_gradient_equals_finite_differences(data):
+def test_combined_gradient_equals_finite_differences(data, gradients, numeric_gradient):
     """grad = 0.5·(∇CE + (CE/emo)·∇emo), each ∇ by central differences in float64."""
     y, emb = data["y"][:2, :3], data["emb"]
     logits = data["logits"][:2, :3].astype("float64")
@@ -113,19 +91,19 @@ def test_combined_gradient_equals_finite_differences(data):
     count = keep.sum()
     ce, emo = np_emo_parts(y, logits, emb)
     ratio = ce / emo  # held fixed: the stop-gradient factor
-    grad_ce = finite_difference(lambda z: (np_emo_parts(y, z, emb)[0] * keep).sum(), logits)
-    grad_emo = finite_difference(lambda z: (np_emo_parts(y, z, emb)[1] * keep * ratio).sum(),
-                                 logits)
+    grad_ce = numeric_gradient(lambda z: (np_emo_parts(y, z, emb)[0] * keep).sum(), logits)
+    grad_emo = numeric_gradient(lambda z: (np_emo_parts(y, z, emb)[1] * keep * ratio).sum(),
+                                logits)
     want = 0.5 * (grad_ce + grad_emo) / count
-    got = gradient(lambda z: emo_loss(y, z, emb, mask=keep), logits.astype("float32"))
+    [got] = gradients(lambda z: emo_loss(y, z, emb, mask=keep), logits.astype("float32"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_pure_emo_gradient_equals_finite_differences(data):
+def test_pure_emo_gradient_equals_finite_differences(data, gradients, numeric_gradient):
     y, emb = data["y"][:1], data["emb"]
     logits = data["logits"][:1].astype("float64")
-    want = finite_difference(lambda z: np_emo_parts(y, z, emb)[1].mean(), logits)
-    got = gradient(lambda z: emo_loss(y, z, emb, mode="emo"), logits.astype("float32"))
+    want = numeric_gradient(lambda z: np_emo_parts(y, z, emb)[1].mean(), logits)
+    [got] = gradients(lambda z: emo_loss(y, z, emb, mode="emo"), logits.astype("float32"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
