@@ -36,6 +36,16 @@ def attention_mask(q_len, k_len, mask=None, causal=False):
     return combine_masks(mask, causal)
 
 
+def fused_kernel_compiles(x):
+    """Whether ``keras.ops.dot_product_attention`` compiles for ``x``'s dtype here: JAX
+    multiplies float16 queries and keys with float32 accumulation, which XLA refuses on CPU
+    under ``jit`` ("precision 'F16_F16_F32' is not supported by dot_general on CPU"), so a
+    ``mixed_float16`` model would fail in ``fit`` and ``predict``."""
+    return not (keras.backend.backend() == "jax"
+                and keras.backend.standardize_dtype(x.dtype) == "float16"
+                and keras.distribution.list_devices()[0].startswith("cpu"))
+
+
 def attention_probabilities(q, k, mask=None, bias=None, causal=False, scale=None,
                             entropy_scaling=False, scaling_base=512):
     """Softmax weights ``(batch, heads, q_len, k_len)`` in float32.
@@ -69,7 +79,8 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
     ``keras.ops.dot_product_attention``, which uses fused kernels where the backend has them
     (those need equal query and value head sizes; otherwise the product is written out).
     """
-    if entropy_scaling or (causal and q.shape[1] != k.shape[1]) or q.shape[-1] != v.shape[-1]:
+    if (entropy_scaling or (causal and q.shape[1] != k.shape[1]) or q.shape[-1] != v.shape[-1]
+            or not fused_kernel_compiles(q)):
         probs = attention_probabilities(q, k, mask, bias, causal, scale, entropy_scaling,
                                         scaling_base)
         return weighted_values(probs, v)
