@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from keraformer.checks import check_attention_inputs, check_broadcastable, check_positive_ints
 from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
 
 
@@ -46,13 +47,26 @@ def fused_kernel_compiles(x):
                 and keras.distribution.list_devices()[0].startswith("cpu"))
 
 
+def check_mask_and_bias(q, k, mask, bias):
+    """``mask`` and ``bias`` must broadcast to the logits ``(batch, heads, q_len, k_len)``;
+    a mask must cover every key (a key axis of length 1 would mask all keys or none)."""
+    axes = (("batch", q.shape[0]), ("heads", q.shape[2]), ("q_len", q.shape[1]),
+            ("k_len", k.shape[1]))
+    if mask is not None:
+        check_broadcastable("mask", mask, axes, exact=("k_len",))
+    if bias is not None:
+        check_broadcastable("bias", bias, axes)
+
+
 def attention_probabilities(q, k, mask=None, bias=None, causal=False, scale=None,
                             entropy_scaling=False, scaling_base=512):
     """Softmax weights ``(batch, heads, q_len, k_len)`` in float32.
 
-    ``mask`` is boolean and broadcasts to ``(batch, heads, q_len, k_len)`` (``True`` attends);
-    ``bias`` is added to the logits (relative positions, ALiBi...).
+    ``mask`` is boolean and broadcasts to ``(batch, heads, q_len, k_len)`` (``True`` attends;
+    its key axis has length ``k_len``); ``bias`` is added to the logits (relative positions,
+    ALiBi...).
     """
+    check_mask_and_bias(q, k, mask, bias)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     logits = ops.einsum("bqhd,bkhd->bhqk", ops.cast(q, "float32"), ops.cast(k, "float32"))
     logits = logits * scale
@@ -79,6 +93,8 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
     ``keras.ops.dot_product_attention``, which uses fused kernels where the backend has them
     (those need equal query and value head sizes; otherwise the product is written out).
     """
+    check_attention_inputs(q, k, v)
+    check_mask_and_bias(q, k, mask, bias)
     if (entropy_scaling or (causal and q.shape[1] != k.shape[1]) or q.shape[-1] != v.shape[-1]
             or not fused_kernel_compiles(q)):
         probs = attention_probabilities(q, k, mask, bias, causal, scale, entropy_scaling,
@@ -109,6 +125,10 @@ class MultiHeadAttention(keras.layers.Layer):
                  dropout_rate=0.0, scale=None, entropy_scaling=False, scaling_base=512,
                  rotary=None, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
+        check_positive_ints(heads=heads, head_size=head_size)
+        check_positive_ints(**{name: value for name, value in (("key_size", key_size),
+                                                                ("output_dim", output_dim))
+                               if value is not None})
         self.heads, self.head_size = heads, head_size
         self.key_size = key_size or head_size
         self.output_dim, self.use_bias, self.dropout_rate = output_dim, use_bias, dropout_rate
@@ -116,6 +136,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if isinstance(rotary, dict):
             rotary = keras.saving.deserialize_keras_object(rotary)
+        if rotary is not None and self.key_size % 2:
+            raise ValueError(f"`key_size` (default `head_size`) must be even to rotate queries "
+                             f"and keys with `rotary`; received {self.key_size}")
         self.rotary = rotary
         self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 

@@ -17,22 +17,25 @@ from keras import ops
 
 from keraformer.attentions.dot_product import entropy_scale
 from keraformer.attentions.linear import exclusive_cumsum, key_padding_weights, pad_to_multiple
-from keraformer.checks import check_choice, check_positive_ints
+from keraformer.checks import check_broadcastable, check_choice, check_positive_ints
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
 
 NORMALIZATIONS = ("softmax_plus", "softmax", "relu2")
 
 
-def single_head_mask(mask, q_len, k_len, causal):
+def single_head_mask(mask, q_len, k_len, causal, batch=None):
     """A boolean key mask ``(batch, k)`` or 4-D mask ``(batch, 1, q|1, k)`` combined with the
     causal mask, as ``(batch|1, q|1, k)``; ``None`` when nothing is masked."""
     if mask is not None:
-        mask = ops.cast(mask, "bool")
         if len(mask.shape) == 2:
-            mask = mask[:, None, :]
+            check_broadcastable("mask", mask, (("batch", batch), ("k_len", k_len)),
+                                exact=("k_len",))
+            mask = ops.cast(mask, "bool")[:, None, :]
         elif len(mask.shape) == 4 and mask.shape[1] == 1:
-            mask = mask[:, 0]
+            check_broadcastable("mask", mask, (("batch", batch), ("heads", 1), ("q_len", q_len),
+                                               ("k_len", k_len)), exact=("k_len",))
+            mask = ops.cast(mask, "bool")[:, 0]
         else:
             raise ValueError(f"`mask` must have shape (batch, k_len) or (batch, 1, q_len|1, "
                              f"k_len); received shape {tuple(mask.shape)}")
@@ -48,7 +51,7 @@ def gau_attention_weights(q, k, mask=None, causal=False, normalization="softmax_
     check_choice("normalization", normalization, NORMALIZATIONS)
     q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
     scores = ops.einsum("bqd,bkd->bqk", q, k) / math.sqrt(q.shape[-1])
-    mask = single_head_mask(mask, q.shape[1], k.shape[1], causal)
+    mask = single_head_mask(mask, q.shape[1], k.shape[1], causal, q.shape[0])
     if normalization == "relu2":
         weights = ops.square(ops.relu(scores)) / ops.maximum(count_keys(mask, k.shape[1]), 1.0)
         return weights if mask is None else weights * ops.cast(mask, "float32")
@@ -71,9 +74,8 @@ def mixed_chunk_attention(q, k, v, mask=None, causal=False, chunk_size=128):
     """
     q, k, v = (ops.cast(x, "float32") for x in (q, k, v))
     batch, length = ops.shape(q)[0], ops.shape(q)[1]
-    keep = key_padding_weights(mask, k.shape[1])
-    if keep is None:
-        keep = ops.ones((batch, length), "float32")
+    keep = key_padding_weights(mask, k.shape[1], q.shape[0])
+    keep = ops.ones((batch, length), "float32") * (1.0 if keep is None else keep)  # (1, n) too
     counts = ops.cumsum(keep, axis=1) if causal else ops.sum(keep, axis=1, keepdims=True)
     size = min(chunk_size, length) if isinstance(length, int) else chunk_size
     q = q / math.sqrt(q.shape[-1])
@@ -161,6 +163,9 @@ class GatedAttentionUnit(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if isinstance(rotary, dict):
             rotary = keras.saving.deserialize_keras_object(rotary)
+        if rotary is not None and key_size % 2:
+            raise ValueError(f"`key_size` must be even to rotate queries and keys with "
+                             f"`rotary`; received {key_size}")
         self.rotary = rotary
         self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 

@@ -13,24 +13,30 @@ Causal attention sums over ``j <= i`` with chunked prefix sums: quadratic inside
 import keras
 from keras import ops
 
-from keraformer.checks import check_choice, check_positive_ints
+from keraformer.checks import check_attention_inputs, check_choice, check_positive_ints
 from keraformer.masks import mask_value
 
 FEATURE_MAPS = ("elu", "softmax")
 TINY = 1e-30  # floor of a normaliser that is zero only when every key is masked
 
 
-def key_padding_weights(mask, k_len):
+def key_padding_weights(mask, k_len, batch=None):
     """Boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` → float32
-    ``(batch, k_len)`` (1 keeps a key, 0 drops it); ``None`` stays ``None``."""
+    ``(batch, k_len)`` (1 keeps a key, 0 drops it); ``None`` stays ``None``. Its batch axis
+    may be 1 (one mask for every row)."""
     if mask is None:
         return None
     shape = tuple(mask.shape)
     is_2d = len(shape) == 2
     is_4d = len(shape) == 4 and shape[1] == 1 and shape[2] == 1
-    if not (is_2d or is_4d) or shape[-1] not in (None, k_len):
-        raise ValueError(f"`mask` must be a key padding mask of shape (batch, {k_len}) or "
-                         f"(batch, 1, 1, {k_len}); received shape {shape}")
+
+    def fits(got, size):
+        return got is None or size is None or got == size
+
+    if not (is_2d or is_4d) or not fits(shape[-1], k_len) or not (
+            shape[0] == 1 or fits(shape[0], batch)):
+        raise ValueError(f"`mask` must be a key padding mask of shape (batch={batch}, "
+                         f"k_len={k_len}) or (batch, 1, 1, k_len); received shape {shape}")
     mask = ops.cast(mask, "float32")
     return mask if is_2d else mask[:, 0, 0, :]
 
@@ -125,16 +131,6 @@ def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
     return kernel_products(a, b, v)
 
 
-def check_qkv(q, k, v):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(x.shape) != 4:
-            raise ValueError(f"`{name}` must have shape (batch, length, heads, head_dim); "
-                             f"received shape {tuple(x.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"`q` and `k` must share head_dim; received {q.shape[-1]} and "
-                         f"{k.shape[-1]}")
-
-
 def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64):
     """Linear attention on ``(batch, length, heads, head_dim)`` tensors, in float32.
 
@@ -146,11 +142,11 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
     """
     check_choice("feature_map", feature_map, FEATURE_MAPS)
     check_positive_ints(chunk_size=chunk_size)
-    check_qkv(q, k, v)
+    check_attention_inputs(q, k, v)
     if causal and q.shape[1] != k.shape[1]:
         raise ValueError(f"causal linear attention needs q_len == k_len; received "
                          f"{q.shape[1]} and {k.shape[1]}")
-    keep = key_padding_weights(mask, k.shape[1])
+    keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     attend = elu_linear_attention if feature_map == "elu" else softmax_linear_attention
     return ops.cast(attend(q32, k32, v32, keep, causal, chunk_size), v.dtype)

@@ -18,7 +18,7 @@ from keras import ops
 
 from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum, heads_first,
                                           key_padding_weights, pad_to_multiple)
-from keraformer.checks import check_positive_ints
+from keraformer.checks import check_attention_inputs, check_positive_ints
 from keraformer.masks import apply_mask
 
 
@@ -84,8 +84,7 @@ def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_thr
     heads, codes = q.shape[2], codebook.shape[1]
     size = min(block_size, length) if isinstance(length, int) else block_size
     quantized, one_hot = quantize(k, codebook)
-    if keep is None:
-        keep = ops.ones((batch, length), "float32")
+    keep = ops.ones((batch, length), "float32") * (1.0 if keep is None else keep)  # (1, n) too
     one_hot = one_hot * keep[:, :, None, None]
     if straight_through:
         quantized = quantized + (k - ops.stop_gradient(k))
@@ -121,10 +120,7 @@ def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_thr
 
 
 def check_vq_inputs(q, k, v, codebook):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if len(x.shape) != 4:
-            raise ValueError(f"`{name}` must have shape (batch, length, heads, head_dim); "
-                             f"received shape {tuple(x.shape)}")
+    check_attention_inputs(q, k, v)
     expected = (k.shape[2], None, k.shape[3])
     if len(codebook.shape) != 3 or codebook.shape[0] != expected[0] \
             or codebook.shape[2] != expected[2]:
@@ -151,7 +147,7 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
         raise ValueError(f"causal VQ attention needs q_len == k_len; received {q.shape[1]} "
                          f"and {k.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    keep = key_padding_weights(mask, k.shape[1])
+    keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     codebook = ops.cast(codebook, "float32")
     if causal:
@@ -196,12 +192,13 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
     def build(self, query_shape, key_shape=None, value_shape=None):
         self.build_projections(query_shape, key_shape, value_shape)
         shape = (self.heads, self.codes, self.key_size)
+        # float32 statistics, not cast to a mixed policy's float16 (the EMA adds float32)
         self.codebook_sums = self.add_weight(name="codebook_sums", shape=shape,
                                              initializer="random_normal", trainable=False,
-                                             dtype="float32")
+                                             dtype="float32", autocast=False)
         self.codebook_counts = self.add_weight(name="codebook_counts", shape=shape[:2],
                                                initializer="ones", trainable=False,
-                                               dtype="float32")
+                                               dtype="float32", autocast=False)
 
     @property
     def codebook(self):
@@ -230,8 +227,8 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
     def kept_codes(self, k, codebook, mask):
         """Quantised keys and one-hot codes with padding keys zeroed, float32."""
         quantized, one_hot = quantize(k, codebook)
-        keep = key_padding_weights(mask, k.shape[1])
-        keep = ops.ones(ops.shape(k)[:2], "float32") if keep is None else keep
+        keep = key_padding_weights(mask, k.shape[1], k.shape[0])
+        keep = ops.ones(ops.shape(k)[:2], "float32") * (1.0 if keep is None else keep)
         return quantized, one_hot * keep[:, :, None, None], keep
 
     def add_commitment_loss(self, k, codebook, mask):

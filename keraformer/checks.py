@@ -48,3 +48,66 @@ def check_positive_ints(**values):
                             f"{type(value).__name__}")
         if value < 1:
             raise ValueError(f"`{name}` must be >= 1; received {value}")
+
+
+def check_attention_inputs(q, k, v):
+    """Raise ``ValueError`` unless ``q``, ``k``, ``v`` are ``(batch, length, heads, head_dim)``
+    with one batch size and head count, ``k``'s head_dim equal to ``q``'s and ``v``'s length
+    equal to ``k``'s (sizes unknown in a traced graph are not compared)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"`{name}` must have shape (batch, length, heads, head_dim); "
+                             f"received shape {tuple(x.shape)}")
+    (batch, _, heads, dim), length = q.shape, k.shape[1]
+    for name, x, axis, what, size in (("k", k, 0, "batch size of `q`", batch),
+                                      ("v", v, 0, "batch size of `q`", batch),
+                                      ("k", k, 2, "number of heads of `q`", heads),
+                                      ("v", v, 2, "number of heads of `q`", heads),
+                                      ("k", k, 3, "head_dim of `q`", dim),
+                                      ("v", v, 1, "length of `k`", length)):
+        if size is not None and x.shape[axis] is not None and x.shape[axis] != size:
+            raise ValueError(f"`{name}` must have the {what}, {size}, on axis {axis}; "
+                             f"received shape {tuple(x.shape)}")
+
+
+def check_broadcastable(name, x, axes, exact=()):
+    """Raise ``ValueError`` unless ``x`` has one axis per ``(axis_name, size)`` of ``axes``,
+    each of length ``size`` or 1 (exactly ``size`` for the names in ``exact``).
+
+    Masks and biases are checked with it so that a wrong length fails here instead of being
+    broadcast silently (a key mask of length 1 would mask every key or none) or failing deep
+    inside the backend. Sizes unknown in a traced graph (``None``) are not compared.
+    """
+    shape = tuple(x.shape if hasattr(x, "shape") else np.shape(x))
+    ok = len(shape) == len(axes) and all(
+        got is None or size is None or got == size or (got == 1 and axis not in exact)
+        for got, (axis, size) in zip(shape, axes))
+    if not ok:
+        target = ", ".join(f"{axis}={size}" for axis, size in axes)
+        rule = "each axis of that length or 1"
+        if exact:
+            rule += f" ({' and '.join(exact)} exactly)"
+        raise ValueError(f"`{name}` must have shape ({target}), {rule}; received shape "
+                         f"{shape}")
+
+
+def check_sparse_labels(y_true, logits, ignore_index=None):
+    """Raise ``ValueError`` unless ``y_true`` has the shape of ``logits`` without its last
+    (class) axis and, where values are available (eager), every label other than
+    ``ignore_index`` lies in ``[0, logits.shape[-1])``; an out-of-range label would otherwise
+    gather garbage (GPU) or fail inside the backend."""
+    labels, classes = tuple(y_true.shape), logits.shape[-1]
+    expected = tuple(logits.shape[:-1])
+    if len(labels) != len(expected) or any(
+            a is not None and b is not None and a != b for a, b in zip(labels, expected)):
+        raise ValueError(f"`y_true` must be sparse labels of shape logits.shape[:-1] = "
+                         f"{expected}; received shape {labels}")
+    if classes is None or not is_concrete(y_true):
+        return
+    values = ops.convert_to_numpy(y_true)
+    if ignore_index is not None:
+        values = values[values != ignore_index]
+    if values.size and (values.min() < 0 or values.max() >= classes):
+        ignored = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(f"`y_true` labels must lie in [0, {classes}) (logits.shape[-1])"
+                         f"{ignored}; received labels from {values.min()} to {values.max()}")
