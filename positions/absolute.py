@@ -37,6 +37,9 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         if merge_mode not in ("add", "zero"):
             raise ValueError(f"`merge_mode` must be 'add' or 'zero'; received {merge_mode!r}")
+        if not 0 <= alpha < 1:
+            raise ValueError(f"`alpha` must lie in [0, 1) (hierarchical positions divide by "
+                             f"1 - alpha); received {alpha!r}")
         self.input_dim, self.output_dim = input_dim, output_dim
         self.merge_mode, self.hierarchical, self.alpha = merge_mode, hierarchical, alpha
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)

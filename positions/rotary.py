@@ -13,6 +13,8 @@ keeps the highest frequencies and interpolates the lowest.
 import keras
 from keras import ops
 
+from keraformer.checks import check_broadcastable
+
 SCALINGS = (None, "linear", "ntk")
 
 
@@ -46,13 +48,16 @@ def apply_rotary(x, positions=None, base=10000, interleaved=True, scaling=None, 
         raise ValueError(f"`x` must have shape (batch, length, heads, dim) or (batch, length, "
                          f"dim); received shape {tuple(x.shape)}")
     if dim % 2:
-        raise ValueError(f"rotary embedding needs an even feature size; received {dim}")
+        raise ValueError(f"`x` must have an even feature size (last axis) for rotary "
+                         f"embedding; received shape {tuple(x.shape)}")
     if positions is None:
         positions = ops.arange(ops.shape(x)[1], dtype="float32")
     positions = ops.cast(positions, "float32")
     if len(positions.shape) not in (1, 2):
         raise ValueError(f"`positions` must have shape (length,) or (batch, length); received "
                          f"shape {tuple(positions.shape)}")
+    axes = (("batch", x.shape[0]), ("length", x.shape[1]))[2 - len(positions.shape):]
+    check_broadcastable("positions", positions, axes, exact=("length",))
     if len(positions.shape) == 1:
         positions = positions[None]
     angles = positions[..., None] * rotary_frequencies(dim, base, scaling, factor)

@@ -7,6 +7,8 @@ with ``ω_i = 10000^(−2i/d)``.
 import keras
 from keras import ops
 
+from keraformer.checks import check_positive_ints
+
 MERGE_MODES = ("add", "mul", "zero")
 
 
@@ -33,6 +35,7 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"`merge_mode` must be one of {MERGE_MODES}; received "
                              f"{merge_mode!r}")
+        check_positive_ints(output_dim=output_dim)
         if output_dim % 2:
             raise ValueError(f"`output_dim` must be even; received {output_dim}")
         self.output_dim, self.merge_mode = output_dim, merge_mode
