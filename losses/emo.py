@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keraformer.checks import check_broadcastable, check_sparse_labels
+
 MODES = ("combined", "emo")
 
 
@@ -39,27 +41,24 @@ def emo_distance(labels, probs, cost):
     return 1.0 - ops.sum(target_embedding * expected_embedding, axis=-1)
 
 
-def check_sparse_labels(y_true, logits):
-    """Labels must have the logits' shape without the last (vocabulary) axis."""
-    if tuple(y_true.shape) != tuple(logits.shape[:-1]) and None not in y_true.shape:
-        raise ValueError(f"`y_true` must be sparse labels of shape logits.shape[:-1] = "
-                         f"{tuple(logits.shape[:-1])}; received shape {tuple(y_true.shape)}")
-
-
 def token_weights(y_true, mask=None, ignore_index=None, sample_weight=None):
     """Per-token weight ``mask · [y != ignore_index] · sample_weight`` and the token count.
 
     The count (the denominator of the mean) counts unmasked, non-ignored tokens; sample weights
     of shape ``(batch,)`` or any prefix of the label shape broadcast over the trailing axes.
     """
+    axes = tuple((f"y_true.shape[{i}]", size) for i, size in enumerate(y_true.shape))
     keep = ops.ones(ops.shape(y_true), "float32")
     if mask is not None:
+        mask = ops.convert_to_tensor(mask)
+        check_broadcastable("mask", mask, axes)
         keep = keep * ops.cast(mask, "float32")
     if ignore_index is not None:
         keep = keep * ops.cast(ops.not_equal(y_true, ignore_index), "float32")
     count = ops.sum(keep)
     if sample_weight is not None:
         weight = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        check_broadcastable("sample_weight", weight, axes[:len(weight.shape)])
         while len(weight.shape) < len(keep.shape):
             weight = ops.expand_dims(weight, -1)
         keep = keep * weight
@@ -97,7 +96,7 @@ def emo_loss(y_true, logits, cost_embeddings, mask=None, ignore_index=None,
     ``"emo"`` the pure ``emo = 1 − ⟨E[y], softmax(logits)·E⟩``.
     """
     y_true = ops.convert_to_tensor(y_true)
-    check_sparse_labels(y_true, logits)
+    check_sparse_labels(y_true, logits, ignore_index)
     vocab = cost_embeddings.shape[0]
     if logits.shape[-1] is not None and vocab is not None and logits.shape[-1] != vocab:
         raise ValueError(f"`cost_embeddings` must have one row per vocabulary entry "

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keraformer.checks import check_sparse_labels
+
 
 def class_log_priors(class_priors, num_classes=None):
     """``log`` of the normalised priors, a float32 NumPy vector ``(num_classes,)``.
@@ -58,6 +60,8 @@ def logit_adjusted_loss(y_true, logits, class_priors, tau=1.0):
     (num_classes,)`` counts or probabilities. With uniform priors this is plain sparse CE.
     """
     log_priors = class_log_priors(class_priors, logits.shape[-1])
+    y_true = ops.convert_to_tensor(y_true)
+    check_sparse_labels(y_true, logits)
     adjusted = ops.cast(logits, "float32") + check_tau(tau) * log_priors
     log_probs = ops.log_softmax(adjusted, axis=-1)
     labels = ops.expand_dims(ops.cast(y_true, "int32"), -1)
