@@ -12,15 +12,16 @@ With ``accumulation_steps=1`` both reduce exactly to ``keras.optimizers.AdamW`` 
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keraformer.checks import is_concrete
 
 
 def check_accumulation_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`accumulation_steps` must be an integer >= 1; received {steps!r}")
-    return steps
+    return int(steps)
 
 
 class FoldedAccumulation:
