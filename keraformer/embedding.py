@@ -14,13 +14,18 @@ class Embedding(keras.layers.Embedding):
     raises ``ValueError`` for ids outside the vocabulary in eager calls.
     ``layer(hidden, reverse=True)`` maps ``(..., dim)`` to ``(..., vocab)`` logits with the
     transposed table, which is how BERT's MLM head and T5 1.0 tie their output projection.
+    ``ids_name`` names the ids in that error (``"segment_ids"`` for a segment embedding).
     """
+
+    def __init__(self, *args, ids_name="token_ids", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ids_name = ids_name
 
     def call(self, inputs, reverse=False):
         if reverse:
             table = ops.cast(self.embeddings, self.compute_dtype)
             return ops.matmul(inputs, ops.transpose(table))
-        check_token_ids(inputs, self.input_dim)
+        check_token_ids(inputs, self.input_dim, self.ids_name)
         return super().call(inputs)
 
     def compute_output_spec(self, inputs, reverse=False):
@@ -28,3 +33,9 @@ class Embedding(keras.layers.Embedding):
             shape = tuple(inputs.shape[:-1]) + (self.input_dim,)
             return keras.KerasTensor(shape, dtype=self.compute_dtype)
         return super().compute_output_spec(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.ids_name != "token_ids":
+            config["ids_name"] = self.ids_name
+        return config

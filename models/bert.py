@@ -87,13 +87,19 @@ class BERT(Transformer):
         self.token_embedding = Embedding(self.vocab_size, self.hidden_size,
                                          embeddings_initializer=self.initializer,
                                          name="Embedding-Token")
-        self.segment_embedding = keras.layers.Embedding(
-            self.config.get("type_vocab_size", 2), self.hidden_size,
+        self.segment_embedding = Embedding(
+            self.config.get("type_vocab_size", 2), self.hidden_size, ids_name="segment_ids",
             embeddings_initializer=self.initializer, name="Embedding-Segment")
         x = keras.layers.Add(name="Embedding-Add")(
             [self.token_embedding(token_ids), self.segment_embedding(segment_ids)])
+        rows = self.max_position_table()
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise ValueError(f"`max_position_embeddings` must give a position table of at "
+                             f"least one row; received "
+                             f"{self.config.get('max_position_embeddings')!r}, which gives "
+                             f"{rows!r} rows for {type(self).__name__}")
         self.position_embedding = PositionEmbedding(
-            self.max_position_table(), self.hidden_size, hierarchical=self.hierarchical_position,
+            rows, self.hidden_size, hierarchical=self.hierarchical_position,
             embeddings_initializer=self.initializer, name="Embedding-Position")
         x = self.position_embedding(x)
         self.embedding_norm = LayerNormalization(epsilon=self.epsilon, name="Embedding-Norm")

@@ -22,6 +22,7 @@ every block while keeping the rest of the model.
 import keras
 import numpy as np
 
+from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
 from keraformer.masks import AttentionMask
 from keraformer.models.bert import BERT, APPLICATION_MASKS
@@ -62,6 +63,7 @@ class RoFormer(BERT):
         self.attention = attention or self.default_attention
         attention_class(self.attention)
         self.attention_options = dict(attention_options or {})
+        self.check_rotary_size()
         self.rotary_base = rotary_base
         self.embedding_size = self.config.get("embedding_size") or self.hidden_size
         if self.with_pool and not self.has_pooler():
@@ -71,6 +73,21 @@ class RoFormer(BERT):
     def has_pooler(self):
         return True
 
+    def check_rotary_size(self):
+        """RoPE rotates pairs of features, so the rotated head (or GAU key) size must be even."""
+        if self.attention == "gau":
+            key_size = self.config.get("attention_key_size", 128)
+            check_positive_ints(attention_key_size=key_size)
+            if key_size % 2:
+                raise ValueError(f"`attention_key_size` (the query/key size that rotary "
+                                 f"positions rotate) must be even; received {key_size}")
+            return
+        size = self.hidden_size // self.heads
+        if size % 2:
+            raise ValueError(f"`hidden_size` / `num_attention_heads` (the head size that "
+                             f"rotary positions rotate) must be even; received "
+                             f"{self.hidden_size} / {self.heads} = {size}")
+
     # -- layers ---------------------------------------------------------------------------
     def rotary(self):
         return RotaryEmbedding(base=self.rotary_base, interleaved=True)
@@ -79,6 +96,11 @@ class RoFormer(BERT):
         options = super().block_options()
         options.update(rotary=self.rotary(), attention=self.attention,
                        attention_options=self.attention_options)
+        if self.attention == "gau":  # a gated unit takes its width and key size from the config
+            options["attention_options"] = {
+                "units": self.intermediate_size,
+                "key_size": self.config.get("attention_key_size", 128),
+                "activation": self.activation, **self.attention_options}
         return options
 
     def norm_layer(self, name):
@@ -93,9 +115,9 @@ class RoFormer(BERT):
         segments = self.config.get("type_vocab_size", 2)
         self.segment_embedding = None
         if segments:
-            self.segment_embedding = keras.layers.Embedding(
-                segments, self.embedding_size, embeddings_initializer=self.initializer,
-                name="Embedding-Segment")
+            self.segment_embedding = Embedding(
+                segments, self.embedding_size, ids_name="segment_ids",
+                embeddings_initializer=self.initializer, name="Embedding-Segment")
             x = keras.layers.Add(name="Embedding-Add")([x, self.segment_embedding(segment_ids)])
         self.embedding_norm = self.norm_layer("Embedding-Norm")
         x = keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(

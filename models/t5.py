@@ -211,6 +211,14 @@ class T5(Transformer):
                             num_decoder_layers=self.num_decoder_layers, num_heads=self.heads,
                             relative_attention_num_buckets=self.num_buckets,
                             relative_attention_max_distance=self.max_distance)
+        if self.num_buckets < 4:
+            raise ValueError(f"`relative_attention_num_buckets` must be >= 4 (the encoder "
+                             f"splits them between both directions); received "
+                             f"{self.num_buckets}")
+        if self.max_distance <= self.num_buckets // 2:
+            raise ValueError(f"`relative_attention_max_distance` must exceed the "
+                             f"relative_attention_num_buckets // 2 = {self.num_buckets // 2} "
+                             f"exact buckets of the decoder; received {self.max_distance}")
         self.feed_forward_proj = self.config.get("feed_forward_proj", self.default_feed_forward)
         self.activation, self.glu = feed_forward_kind(self.feed_forward_proj)
         self.tied = self.output_tied()
