@@ -34,9 +34,20 @@ def builder_class(model):
     return getattr(importlib.import_module(module), name)
 
 
+def builder_options(cls):
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+
+
 def split_options(cls, kwargs):
-    """Keyword arguments the builder takes, and the rest (config overrides)."""
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+    """Keyword arguments the builder takes, and the rest (config overrides). An option of
+    another builder that this one lacks (e.g. ``attention`` for BERT) is an error, not a
+    config key that nothing reads."""
+    accepted = builder_options(cls)
+    foreign = set().union(*(builder_options(builder_class(m)) for m in MODELS)) - accepted
+    misplaced = sorted(k for k in kwargs if k in foreign)
+    if misplaced:
+        raise ValueError(f"{cls.__name__} does not take the option(s) {misplaced}; its "
+                         f"options are {sorted(accepted)}")
     options = {k: v for k, v in kwargs.items() if k in accepted}
     return options, {k: v for k, v in kwargs.items() if k not in accepted}
 

@@ -365,3 +365,8 @@ def test_truncated_safetensors_is_a_clear_error(checkpoint_dirs, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated"):
         load_pretrained(str(target))
+
+
+def test_option_of_another_builder_is_an_error_not_a_config_key():
+    with pytest.raises(ValueError, match=r"BERT does not take the option\(s\) \['attention'\]"):
+        build_transformer_model(model="bert", attention="linear", **CONFIG)
