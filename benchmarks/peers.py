@@ -4,7 +4,9 @@ Forward pass and training step (classifier on the pooled [CLS] vector, sparse CE
 each batch × length, in float32 and mixed bfloat16. Weights: a random BERT-base-sized model
 built by keraformer, written as a Google TF checkpoint (read by bert4keras) and a Hugging Face
 directory (read by KerasHub's ``BertBackbone.from_preset``). bert4keras runs on ``tf_keras``
-(``pip install tf-keras bert4keras``; skipped with a note where it does not import). Each
+(``pip install tf-keras && pip install --no-deps bert4keras==0.11.5``: with its declared
+dependencies pip falls back to 0.8.1, which does not import; skipped with a note where it
+does not import). Each
 library runs in its own child process of this script (bert4keras swaps ``keras`` for
 ``tf.keras`` process-wide), on the same weight files and inputs.
 Prints seconds per step (median of ``--repeats`` after warm-up), achieved GFLOP/s, the
