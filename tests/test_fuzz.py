@@ -313,6 +313,16 @@ def bad_size(fault, argument, value):
     return {"zero": 0, "negative": -2, "float": 2.5, "bool": True}[fault.split(":")[1]]
 
 
+def key_padded_lengths(fault, q_len, k_len, causal):
+    """``(q_len, k_len, causal)`` for the key-padding-mask attentions (linear, VQ): causal
+    needs equal lengths, the ``causal:lengths`` fault breaks that on purpose, and
+    ``mask:full`` needs two queries (a ``(batch, 1, 1, k)`` mask is valid for one)."""
+    q_len = max(q_len, 2) if fault == "mask:full" else q_len
+    if fault == "causal:lengths":
+        return q_len, q_len + 1, True
+    return q_len, (q_len if causal else k_len), causal
+
+
 @FAULTY
 @FUZZ
 @given(batch=st.integers(1, 3), q_len=st.integers(1, 7), k_len=st.integers(1, 7),
@@ -327,11 +337,7 @@ def test_linear_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, dtype,
     case("linear_attention")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
-    q_len = max(q_len, 2) if fault == "mask:full" else q_len  # (batch, 1, 1, k) is valid
-    if fault == "causal:lengths":
-        causal, k_len = True, q_len + 1
-    elif causal:
-        k_len = q_len
+    q_len, k_len, causal = key_padded_lengths(fault, q_len, k_len, causal)
     q, k, v = qkv(rng, batch, q_len, k_len, heads, dim, v_dim, dtype, fault)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
     feature_map = "relu" if is_(fault, "feature_map") else feature_map
@@ -361,11 +367,7 @@ def test_vq_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, codes, dty
     case("vq_attention")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
-    q_len = max(q_len, 2) if fault == "mask:full" else q_len  # (batch, 1, 1, k) is valid
-    if fault == "causal:lengths":
-        causal, k_len = True, q_len + 1
-    elif causal:
-        k_len = q_len
+    q_len, k_len, causal = key_padded_lengths(fault, q_len, k_len, causal)
     q, k, v = qkv(rng, batch, q_len, k_len, heads, dim, v_dim, dtype, fault)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
     k_heads, k_dim = (heads, dim) if fault == "q:rank" else k.shape[2:]
