@@ -8,6 +8,12 @@ Attention: a softmax over the features of each query and over the positions of e
 Causal attention sums over ``j <= i`` with chunked prefix sums: quadratic inside chunks of
 ``chunk_size`` positions and one ``(d, d_v)`` state per chunk, so memory is
 ``O(n·(chunk_size + d·d_v/chunk_size))`` per head instead of ``O(n·d·d_v)``.
+
+Rotary positions (Su et al. 2021, "RoFormer", section 3.3 on linear attention) rotate the
+feature maps in the numerator only: ``out_i = Σ_j (R_i φ(q_i))·(R_j φ(k_j)) v_j /
+Σ_j φ(q_i)·φ(k_j)``. The rotation keeps the kernel a dot product of per-position vectors, so
+the prefix-sum states still apply; the denominator stays unrotated because the rotated kernel
+can be negative and would no longer be a normaliser.
 """
 
 import keras
@@ -102,13 +108,18 @@ def with_ones(v):
     return ops.concatenate([v, ops.ones_like(v[..., :1])], axis=-1)
 
 
-def elu_linear_attention(q, k, v, keep, causal, chunk_size):
-    """``φ(q_i)·Σ_j φ(k_j) v_jᵀ / φ(q_i)·Σ_j φ(k_j)`` with ``φ = elu + 1``."""
+def elu_linear_attention(q, k, v, keep, causal, chunk_size, rotary=None):
+    """``φ(q_i)·Σ_j φ(k_j) v_jᵀ / φ(q_i)·Σ_j φ(k_j)`` with ``φ = elu + 1``; with ``rotary`` the
+    numerator takes ``R_i φ(q_i)`` and ``R_j φ(k_j)`` (RoFormer's linear attention)."""
     a, b = elu_features(q), elu_features(k)
     if keep is not None:
         b = b * keep[:, :, None, None]
-    both = kernel_products(a, b, with_ones(v), causal, chunk_size)
-    return both[..., :-1] / ops.maximum(both[..., -1:], TINY)
+    if rotary is None:
+        both = kernel_products(a, b, with_ones(v), causal, chunk_size)
+        return both[..., :-1] / ops.maximum(both[..., -1:], TINY)
+    numerator = kernel_products(rotary(a), rotary(b), v, causal, chunk_size)
+    denominator = kernel_products(a, b, ops.ones_like(v[..., :1]), causal, chunk_size)
+    return numerator / ops.maximum(denominator, TINY)
 
 
 def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
@@ -131,16 +142,30 @@ def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
     return kernel_products(a, b, v)
 
 
-def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64):
+def check_rotary_feature_map(feature_map, rotary):
+    """RoPE needs a scalar denominator ``φ(q_i)·Σ_j φ(k_j)`` to leave unrotated; Efficient
+    Attention normalises every key feature separately over positions, which a rotation (it
+    mixes pairs of features) does not commute with."""
+    if rotary is not None and feature_map != "elu":
+        raise ValueError(f"`rotary` needs feature_map='elu' (a scalar normaliser that stays "
+                         f"unrotated); received feature_map={feature_map!r}")
+
+
+def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64,
+                     rotary=None):
     """Linear attention on ``(batch, length, heads, head_dim)`` tensors, in float32.
 
     ``mask``: boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)``; masked
     keys never contribute. ``causal``: query ``i`` sees keys ``j <= i`` (needs
     ``q_len == k_len``), computed chunk by chunk (``chunk_size``). ``feature_map``: ``"elu"``
-    (``φ = elu + 1``, Katharopoulos et al. 2020) or ``"softmax"`` (Shen et al. 2021). Returns
+    (``φ = elu + 1``, Katharopoulos et al. 2020) or ``"softmax"`` (Shen et al. 2021).
+    ``rotary``: ``None`` or a callable that rotates ``(batch, length, heads, d)`` by position
+    (a ``keraformer.positions.RotaryEmbedding``), applied to ``φ(q)`` and ``φ(k)`` in the
+    numerator only (``"elu"`` only; see the module docstring). Returns
     ``(batch, q_len, heads, d_v)`` in ``v``'s dtype.
     """
     check_choice("feature_map", feature_map, FEATURE_MAPS)
+    check_rotary_feature_map(feature_map, rotary)
     check_positive_ints(chunk_size=chunk_size)
     check_attention_inputs(q, k, v)
     if causal and q.shape[1] != k.shape[1]:
@@ -148,8 +173,11 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
                          f"{q.shape[1]} and {k.shape[1]}")
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
-    attend = elu_linear_attention if feature_map == "elu" else softmax_linear_attention
-    return ops.cast(attend(q32, k32, v32, keep, causal, chunk_size), v.dtype)
+    if feature_map == "elu":
+        out = elu_linear_attention(q32, k32, v32, keep, causal, chunk_size, rotary)
+    else:
+        out = softmax_linear_attention(q32, k32, v32, keep, causal, chunk_size)
+    return ops.cast(out, v.dtype)
 
 
 class ProjectedHeads:
@@ -183,12 +211,14 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
     Call with ``query (batch, q_len, dim)``, optional ``key``/``value`` (default ``query``), a
     boolean key padding ``mask`` ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` and ``causal``;
     returns ``(batch, q_len, output_dim)`` (``output_dim`` defaults to ``dim``). Sublayers
-    ``query``, ``key``, ``value``, ``output`` as in :class:`MultiHeadAttention`.
+    ``query``, ``key``, ``value``, ``output`` as in :class:`MultiHeadAttention`. ``rotary``
+    (a ``keraformer.positions.RotaryEmbedding`` or its config; ``feature_map="elu"``) rotates
+    the feature-mapped queries and keys of the numerator, as in RoFormer's linear attention.
     """
 
     def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,
-                 feature_map="elu", chunk_size=64, kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 feature_map="elu", chunk_size=64, rotary=None,
+                 kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         check_positive_ints(heads=heads, head_size=head_size, chunk_size=chunk_size)
         self.heads, self.head_size = heads, head_size
@@ -197,6 +227,13 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
         self.feature_map = check_choice("feature_map", feature_map, FEATURE_MAPS)
         self.chunk_size = chunk_size
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        if isinstance(rotary, dict):
+            rotary = keras.saving.deserialize_keras_object(rotary)
+        check_rotary_feature_map(self.feature_map, rotary)
+        if rotary is not None and self.key_size % 2:
+            raise ValueError(f"`key_size` (default `head_size`) must be even to rotate queries "
+                             f"and keys with `rotary`; received {self.key_size}")
+        self.rotary = rotary
         self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
 
     def build(self, query_shape, key_shape=None, value_shape=None):
@@ -208,7 +245,8 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
         q = self.split_heads(self.query_dense(query), self.key_size)
         k = self.split_heads(self.key_dense(key), self.key_size)
         v = self.split_heads(self.value_dense(value), self.head_size)
-        out = linear_attention(q, k, v, mask, causal, self.feature_map, self.chunk_size)
+        out = linear_attention(q, k, v, mask, causal, self.feature_map, self.chunk_size,
+                               self.rotary)
         out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
         return self.output_dense(out)
 
@@ -219,8 +257,9 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
         return None
 
     def get_config(self):
+        rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)
         return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
                 "key_size": self.key_size, "output_dim": self.output_dim,
                 "use_bias": self.use_bias, "feature_map": self.feature_map,
-                "chunk_size": self.chunk_size,
+                "chunk_size": self.chunk_size, "rotary": rotary,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}

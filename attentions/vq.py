@@ -8,7 +8,18 @@ the count ``N_c`` and the sum ``S_c`` of the values whose keys chose it:
 forms an ``n × n`` matrix. Causal attention walks blocks of ``block_size`` positions: exact
 softmax over the quantised keys inside the block plus the per-code counts and sums of all
 earlier blocks (the block-recurrent cache), one softmax over both, ``O(n·(block_size +
-codes))``. The result equals ``dot_product_attention(q, quantize(k), v)`` exactly.
+codes))``. The result equals ``dot_product_attention(q, quantize(k), v)`` exactly, also with
+``entropy_scaling`` (the logits times ``log(n_i)/log(base)``, ``n_i`` the keys query ``i`` may
+see): the factor depends on the query only, so it scales ``q_i`` and the caches are unchanged.
+
+Positions. ``VQAttention(rotary=...)`` rotates the queries and the keys *before* the keys are
+quantised: ``softmax_j((R_i q_i)·VQ(R_j k_j))``. Rotating after quantising (``R_j C[z_j]``,
+as RoPE on softmax attention would) makes each key's logit depend on its own position, so the
+keys that share a code could no longer share one cached count and value sum and the cost
+would return to ``O(n²)``. Rotating first keeps every cached term a function of the code
+alone: the key's position reaches the logits through the codeword it picks (the codebook is
+learned on rotated keys) and the query's through ``R_i``. The logits are then only
+approximately a function of ``i − j`` (exactly so as the quantisation error goes to zero).
 """
 
 import math
@@ -16,6 +27,7 @@ import math
 import keras
 from keras import ops
 
+from keraformer.attentions.dot_product import entropy_scale
 from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum, heads_first,
                                           key_padding_weights, pad_to_multiple)
 from keraformer.checks import check_attention_inputs, check_positive_ints
@@ -128,8 +140,15 @@ def check_vq_inputs(q, k, v, codebook):
                          f"head_dim={expected[2]}); received shape {tuple(codebook.shape)}")
 
 
+def allowed_key_counts(keep, k_len, causal):
+    """Keys each query may attend to, float32 ``(batch|1, q_len|1)``: the unmasked keys, or
+    the unmasked keys up to the query when ``causal``."""
+    weights = ops.ones((1, k_len), "float32") if keep is None else keep
+    return ops.cumsum(weights, axis=1) if causal else ops.sum(weights, axis=1, keepdims=True)
+
+
 def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, scale=None,
-                 straight_through=False):
+                 straight_through=False, entropy_scaling=False, scaling_base=512):
     """Softmax attention over nearest-codeword keys, linear in length; ``(batch, q_len, heads,
     d_v)`` in ``v``'s dtype.
 
@@ -138,7 +157,9 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
     blocks of ``block_size`` (default 64); ``scale`` defaults to ``1/sqrt(head_dim)``.
     Keys get no gradient from the ``argmin`` itself; ``straight_through=True`` gives them the
     straight-through estimate (the gradient that softmax attention over ``k̂`` would give
-    ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training.
+    ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training. ``entropy_scaling``
+    multiplies the logits by ``log(n_i)/log(scaling_base)`` as in
+    :func:`dot_product_attention`.
     """
     check_vq_inputs(q, k, v, codebook)
     block_size = 64 if block_size is None else block_size
@@ -150,6 +171,9 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     codebook = ops.cast(codebook, "float32")
+    if entropy_scaling:
+        counts = allowed_key_counts(keep, k.shape[1], causal)
+        q32 = q32 * entropy_scale(counts, scaling_base)[:, :, None, None]
     if causal:
         out = vq_attention_causal(q32, k32, v32, codebook, keep, scale, block_size,
                                   straight_through)
@@ -170,12 +194,16 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
     ``epsilon``), as Transformer-VQ and VQ-VAE-2 do: the EMA update is the k-means step
     itself, needs no learning rate, does not depend on the optimizer and avoids the dead
     codes that a gradient-trained codebook gets. The codebook is ``codebook_sums /
-    codebook_counts`` (non-trainable weights). Call ``layer(query, key=None, value=None,
-    mask=None, causal=False, training=None)``; returns ``(batch, q_len, output_dim or dim)``.
+    codebook_counts`` (non-trainable weights). ``rotary`` (a
+    ``keraformer.positions.RotaryEmbedding`` or its config) rotates queries and keys before
+    the keys are quantised (see the module docstring); ``entropy_scaling`` scales the logits
+    by ``log(n)/log(scaling_base)``. Call ``layer(query, key=None, value=None, mask=None,
+    causal=False, training=None)``; returns ``(batch, q_len, output_dim or dim)``.
     """
 
     def __init__(self, heads, head_size, codes=64, key_size=None, output_dim=None,
                  use_bias=True, block_size=64, commitment=1e-4, decay=0.99, epsilon=1e-5,
+                 rotary=None, entropy_scaling=False, scaling_base=512,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         check_positive_ints(heads=heads, head_size=head_size, codes=codes,
@@ -186,7 +214,14 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
         self.key_size = key_size or head_size
         self.output_dim, self.use_bias, self.block_size = output_dim, use_bias, block_size
         self.commitment, self.decay, self.epsilon = commitment, decay, epsilon
+        self.entropy_scaling, self.scaling_base = entropy_scaling, scaling_base
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        if isinstance(rotary, dict):
+            rotary = keras.saving.deserialize_keras_object(rotary)
+        if rotary is not None and self.key_size % 2:
+            raise ValueError(f"`key_size` (default `head_size`) must be even to rotate queries "
+                             f"and keys with `rotary`; received {self.key_size}")
+        self.rotary = rotary
         self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
 
     def build(self, query_shape, key_shape=None, value_shape=None):
@@ -214,11 +249,15 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
         q = self.split_heads(self.query_dense(query), self.key_size)
         k = self.split_heads(self.key_dense(key), self.key_size)
         v = self.split_heads(self.value_dense(value), self.head_size)
+        if self.rotary is not None:  # before quantisation: see the module docstring
+            q, k = self.rotary(q), self.rotary(k)
         codebook = self.codebook
         if training:
             self.add_commitment_loss(k, codebook, mask)
         out = vq_attention(q, k, v, codebook, mask, causal, self.block_size,
-                           straight_through=bool(training))
+                           straight_through=bool(training),
+                           entropy_scaling=self.entropy_scaling,
+                           scaling_base=self.scaling_base)
         if training:
             self.ema_update(k, codebook, mask)
         out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
@@ -253,8 +292,11 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
         return None
 
     def get_config(self):
+        rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)
         return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
                 "codes": self.codes, "key_size": self.key_size, "output_dim": self.output_dim,
                 "use_bias": self.use_bias, "block_size": self.block_size,
                 "commitment": self.commitment, "decay": self.decay, "epsilon": self.epsilon,
+                "rotary": rotary, "entropy_scaling": self.entropy_scaling,
+                "scaling_base": self.scaling_base,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
