@@ -181,3 +181,39 @@ def assert_padding_invariant(run, inputs, extra, seed=0, atol=1e-6):
                            (inputs[0].shape[0], length + extra))
     out = np.asarray(run(*padded, keep))
     np.testing.assert_allclose(out[:, :length], short, atol=atol)
+
+
+# -- layer round trips ------------------------------------------------------------------------
+
+def copy_layer(layer, x, **config):
+    """A new layer from ``layer``'s config (with ``config`` overrides), built for ``x``, with
+    ``layer``'s weights."""
+    clone = type(layer).from_config({**layer.get_config(), **config})
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    return clone
+
+
+def assert_round_trips(layer, x, path, **call):
+    """``from_config`` + weights, and a ``.keras`` file of a model around ``layer(…, **call)``
+    loaded in safe mode, give exactly ``layer``'s outputs."""
+    import keras
+    clone = copy_layer(layer, x)
+    np.testing.assert_array_equal(np.asarray(clone(x, **call)), np.asarray(layer(x, **call)))
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, layer(inputs, **call))
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
+    """Under ``mixed_bfloat16`` with the same weights, each ``layer(x, **call)`` is finite and
+    within ``tolerance`` times the float32 output scale ``max|y|``."""
+    from keras import ops
+    half = copy_layer(layer, x, dtype="mixed_bfloat16")
+    for call in calls:
+        out = np.asarray(ops.cast(half(x, **call), "float32"))
+        reference = np.asarray(layer(x, **call))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())

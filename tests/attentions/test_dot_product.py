@@ -7,14 +7,14 @@ the growth ratio it measured.
 
 import math
 
-import keras
 import numpy as np
 import pytest
 
 from keraformer.attentions import (MultiHeadAttention, attention_probabilities,
                                    dot_product_attention, entropy_scale)
 from keraformer.positions import RotaryEmbedding
-from tests.references import (assert_causal_no_leak, assert_padding_invariant, causal_allowed,
+from tests.references import (assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, causal_allowed,
                               numpy_rope, numpy_softmax_attention, project_heads, random_keep,
                               random_qkv)
 
@@ -140,16 +140,5 @@ def test_mha_dropout_path_without_dropout_equals_inference(mha_and_input):
 
 def test_mha_serialization_and_mixed_precision(mha_and_input, tmp_path):
     layer, x = mha_and_input
-    inputs = keras.Input((7, DIM))
-    model = keras.Model(inputs, layer(inputs, causal=True))
-    path = str(tmp_path / "mha.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    half = MultiHeadAttention.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half(x)
-    half.set_weights(layer.get_weights())
-    out = np.asarray(keras.ops.cast(half(x, causal=True), "float32"))
-    reference = np.asarray(layer(x, causal=True))
-    assert np.isfinite(out).all()
-    np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_round_trips(layer, x, str(tmp_path / "mha.keras"), causal=True)
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": True},))

@@ -5,7 +5,6 @@ input gradients against float64 central differences of the reference, 5e-2 for
 mixed_bfloat16 against float32.
 """
 
-import keras
 from keras import ops
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import pytest
 from keraformer.attentions import GatedAttentionUnit
 from keraformer.masks import unilm_mask
 from keraformer.positions import RotaryEmbedding
-from tests.references import (assert_causal_no_leak, assert_padding_invariant, numpy_rope,
+from tests.references import (assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, numpy_rope,
                               random_keep)
 
 DIM, UNITS, KEY = 6, 8, 4
@@ -176,20 +176,5 @@ def test_bad_options_raise():
 def test_serialization_and_mixed_precision(variant, tmp_path):
     x = random_x(9, 2, 7)
     layer = make_gau(x, **variant)
-    clone = GatedAttentionUnit.from_config(layer.get_config())
-    clone.build(x.shape)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
-    inputs = keras.Input((7, DIM))
-    model = keras.Model(inputs, layer(inputs, causal=True))
-    path = str(tmp_path / "gau.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    half = GatedAttentionUnit.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half.build(x.shape)
-    half.set_weights(layer.get_weights())
-    out = np.asarray(keras.ops.cast(half(x, causal=True), "float32"))
-    assert np.isfinite(out).all()
-    reference = np.asarray(layer(x, causal=True))
-    np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_round_trips(layer, x, str(tmp_path / "gau.keras"), causal=True)
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": True},))

@@ -14,7 +14,8 @@ import pytest
 
 from keraformer.attentions import VQAttention, dot_product_attention, quantize, vq_attention
 from keraformer.positions import RotaryEmbedding
-from tests.references import (allowed_keys, assert_causal_no_leak, assert_padding_invariant,
+from tests.references import (allowed_keys, assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, copy_layer,
                               numpy_quantize, numpy_rope, numpy_softmax_attention,
                               project_heads, random_keep)
 
@@ -211,24 +212,15 @@ def test_layer_fits_and_round_trips(layer_and_input, tmp_path):
     counts = np.asarray(layer.codebook_counts).copy()
     model.fit(x, np.zeros((2, 7, DIM)), epochs=1, verbose=0)
     assert not np.allclose(np.asarray(layer.codebook_counts), counts)  # EMA ran inside fit
-    path = str(tmp_path / "vq.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    clone = VQAttention.from_config(layer.get_config())
-    clone(x)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
+    assert_round_trips(layer, x, str(tmp_path / "vq.keras"), causal=True)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_layer_with_rotary_and_entropy_scaling_matches_reference(layer_and_input, causal):
     """Queries and keys rotated before the keys are quantised (see ``attentions/vq.py``)."""
     layer, x = layer_and_input
-    rotated = VQAttention.from_config({**layer.get_config(), "rotary": RotaryEmbedding(),
-                                       "entropy_scaling": True, "scaling_base": 8})
-    rotated(x)
-    rotated.set_weights(layer.get_weights())
+    rotated = copy_layer(layer, x, rotary=RotaryEmbedding(), entropy_scaling=True,
+                         scaling_base=8)
     keep = np.array([[True] * 7, [True] * 5 + [False] * 2])
     codebook = np.asarray(layer.codebook, "float64")
     want = numpy_layer(rotated, x, codebook, keep, causal, rotary=True, entropy_base=8)[0]
@@ -236,20 +228,10 @@ def test_layer_with_rotary_and_entropy_scaling_matches_reference(layer_and_input
     np.testing.assert_allclose(got * keep[..., None], want * keep[..., None], atol=1e-5)
     unrotated = numpy_layer(layer, x, codebook, keep, causal, entropy_base=8)[0]
     assert np.abs((want - unrotated) * keep[..., None]).max() > 1e-3
-    clone = VQAttention.from_config(rotated.get_config())
-    clone(x)
-    clone.set_weights(rotated.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(x, causal=causal)),
+    np.testing.assert_array_equal(np.asarray(copy_layer(rotated, x)(x, causal=causal)),
                                   np.asarray(rotated(x, causal=causal)))
 
 
 def test_layer_mixed_bfloat16(layer_and_input):
     layer, x = layer_and_input
-    half = VQAttention.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half(x)
-    half.set_weights(layer.get_weights())
-    for causal in (False, True):
-        out = np.asarray(keras.ops.cast(half(x, causal=causal), "float32"))
-        reference = np.asarray(layer(x, causal=causal))
-        assert np.isfinite(out).all()
-        np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": False}, {"causal": True}))
