@@ -306,6 +306,15 @@ def write_safetensors(path, arrays, metadata=None):
     spaces to a multiple of 8 bytes, then each tensor's little-endian bytes in C order, back
     to back in header order. Names are sorted so the same arrays always give the same file.
     """
+    write = safetensors_writer(arrays, metadata)
+    with atomic_file(path) as f:
+        write(f)
+    return path
+
+
+def safetensors_writer(arrays, metadata=None):
+    """Check ``arrays`` and ``metadata`` and return ``write(file)``, which writes them to an
+    open binary file in the safetensors format (see :func:`write_safetensors`)."""
     codes = {SAFETENSORS_DTYPES[code]: code for code in SAFETENSORS_DTYPES}
     header, tensors, offset = {}, [], 0
     if metadata is not None:
@@ -329,12 +338,13 @@ def write_safetensors(path, arrays, metadata=None):
         offset += array.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    with atomic_file(path) as f:
+
+    def write(f):
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
         for array in tensors:
             f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-    return path
+    return write
 
 
 def write_hf_directory(directory, arrays, config):
@@ -343,9 +353,10 @@ def write_hf_directory(directory, arrays, config):
     ``transformers`` expects). Both are staged, then the weights are renamed into place and
     the config last. Returns ``directory``."""
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    write = safetensors_writer(arrays, metadata={"format": "pt"})
     with atomic_write(directory, ["model.safetensors", "config.json"]) as staging:
-        write_safetensors(os.path.join(staging, "model.safetensors"), arrays,
-                          metadata={"format": "pt"})
+        with open(os.path.join(staging, "model.safetensors"), "xb") as f:
+            write(f)
         with open(os.path.join(staging, "config.json"), "x") as f:
             f.write(text)
     return directory
@@ -466,14 +477,14 @@ def read_tf_checkpoint(path):
     try:
         reader = tf.train.load_checkpoint(prefix)
         names = reader.get_variable_to_shape_map()
-    except (tf.errors.OpError, ValueError) as error:
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as error:
         raise ValueError(f"cannot read TF checkpoint {prefix!r}: it is corrupt or "
                          f"truncated ({error.__class__.__name__}: {error})") from None
     arrays = {}
     for name in names:
         try:
             arrays[name] = np.asarray(reader.get_tensor(name))
-        except (tf.errors.OpError, ValueError) as error:
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as error:
             raise ValueError(f"cannot read variable {name!r} of TF checkpoint {prefix!r}: "
                              f"it is corrupt or truncated ({error.__class__.__name__}: "
                              f"{error})") from None
