@@ -28,9 +28,47 @@ def check_token_ids(token_ids, vocab_size, name="token_ids"):
     if not is_concrete(token_ids):
         return
     values = ops.convert_to_numpy(token_ids)
+    if values.dtype.kind == "f" and not np.all(values == np.floor(values)):
+        fractional = values[values != np.floor(values)]
+        raise ValueError(f"`{name}` must be whole numbers (integer ids); received "
+                         f"{fractional.size} fractional values such as {fractional.flat[0]}")
     if values.size and (values.max() >= vocab_size or values.min() < 0):
         raise ValueError(f"`{name}` must lie in [0, {vocab_size}) (the vocabulary size); "
                          f"received ids from {values.min()} to {values.max()}")
+
+
+def guard_ids(ids, size, name="token_ids", ignore_index=None):
+    """``(safe_ids, valid)``: ids (int32) that are safe to gather with and a boolean tensor,
+    ``True`` where ``ids`` is an integer in ``[0, size)`` (or equals ``ignore_index``).
+
+    Callers gather with ``safe_ids`` (invalid ids replaced by 0) and then set the invalid
+    positions to NaN with ``valid``, so a bad id never yields a plausible value, whatever the
+    backend's gather does with it (TensorFlow wraps negative ids and, under XLA, clamps;
+    GPUs return zeros). Errors are raised where the backend can raise one: eagerly a
+    ``ValueError`` naming ``name``; in a TensorFlow graph without XLA an assertion fails with
+    ``InvalidArgumentError`` naming it (XLA ignores assertions; JAX has none in traced code).
+    """
+    ids = ops.convert_to_tensor(ids)
+    check_token_ids(ids if ignore_index is None else ops.where(
+        ops.equal(ids, ignore_index), 0, ids), size, name)
+    valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, size))
+    if "float" in keras.backend.standardize_dtype(ids.dtype):
+        valid = ops.logical_and(valid, ops.equal(ids, ops.floor(ids)))
+    if ignore_index is not None:
+        valid = ops.logical_or(valid, ops.equal(ids, ignore_index))
+    if keras.backend.backend() == "tensorflow" and not is_concrete(ids):
+        import tensorflow as tf
+
+        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        check = tf.debugging.Assert(tf.reduce_all(valid), [
+            f"`{name}` must be integers in [0, {size}){allowed}; received invalid values",
+            tf.boolean_mask(ids, tf.logical_not(valid))], summarize=8)
+        with tf.control_dependencies([check]):
+            valid = tf.identity(valid)
+    safe = ops.where(valid, ops.cast(ids, "int32"), 0)
+    if ignore_index is not None:
+        safe = ops.where(ops.equal(ids, ignore_index), 0, safe)
+    return safe, valid
 
 
 def check_choice(name, value, choices):
