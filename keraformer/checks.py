@@ -71,6 +71,54 @@ def guard_ids(ids, size, name="token_ids", ignore_index=None):
     return safe, valid
 
 
+def integer_id(value, name="token_id"):
+    """``value`` as a Python int, or ``TypeError`` naming ``name``: integers, NumPy integers
+    and 0-d integer arrays or tensors are ids; bools, floats (even whole ones) and strings are
+    not, so no id is silently truncated."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an integer id; received the bool {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, str):
+        try:
+            array = np.asarray(ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.ndim == 0 and array.dtype.kind in "iu":
+            return int(array)
+    raise TypeError(f"`{name}` must be an integer id; received {value!r} of type "
+                    f"{type(value).__name__}")
+
+
+def integer_ids(ids, vocab_size=None, name="token_ids"):
+    """``ids`` (a list, tuple, 1-D array or tensor of integer ids) as a list of Python ints.
+
+    ``TypeError`` for a string, a non-sequence or non-integer ids (floats, bools), naming the
+    first bad entry as ``name[i]``; ``ValueError`` for more than one axis and, when
+    ``vocab_size`` is given, for an id outside ``[0, vocab_size)``.
+    """
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") and not hasattr(
+            ids, "shape"):
+        raise TypeError(f"`{name}` must be a sequence of integer ids; received "
+                        f"{type(ids).__name__}")
+    if hasattr(ids, "shape") and hasattr(ids, "dtype"):
+        array = np.asarray(ops.convert_to_numpy(ids))
+        if array.ndim != 1:
+            raise ValueError(f"`{name}` must be one sequence of ids (1-D); received shape "
+                             f"{array.shape}")
+        if array.size and array.dtype.kind not in "iu":
+            raise TypeError(f"`{name}` must be integer ids; received dtype {array.dtype}")
+        values = array.astype("int64").tolist()
+    else:
+        values = [integer_id(value, f"{name}[{i}]") for i, value in enumerate(ids)]
+    if vocab_size is not None:
+        for i, value in enumerate(values):
+            if not 0 <= value < vocab_size:
+                raise ValueError(f"`{name}[{i}]` must lie in [0, {vocab_size}) (the vocabulary "
+                                 f"size); received {value}")
+    return values
+
+
 def check_choice(name, value, choices):
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
