@@ -38,6 +38,9 @@ def check_cost_embeddings(cost_embeddings):
     if isinstance(cost_embeddings, keras.KerasTensor):
         raise TypeError("`cost_embeddings` must hold concrete values (NumPy array, tensor or "
                         "variable); received a symbolic KerasTensor")
+    if cost_embeddings is None or isinstance(cost_embeddings, (str, bytes)):
+        raise TypeError(f"`cost_embeddings` must be a numeric (vocab, dim) matrix; received "
+                        f"{cost_embeddings!r}")
     try:
         cost = np.asarray(ops.convert_to_numpy(cost_embeddings), dtype="float32")
     except (TypeError, ValueError) as error:
