@@ -10,7 +10,7 @@ encoded by SentencePiece on its own.
 import os
 import re
 
-import numpy as np
+from keraformer.checks import integer_id, integer_ids
 
 SENTINEL = re.compile(r"(<extra_id_\d+>)")
 
@@ -57,6 +57,7 @@ class SpTokenizer:
         return self.processor.piece_to_id(token)
 
     def id_to_token(self, token_id):
+        token_id = integer_id(token_id, "token_id")
         if not 0 <= token_id < self.vocab_size:
             raise ValueError(f"`token_id` must lie in [0, {self.vocab_size}); "
                              f"received {token_id}")
@@ -89,9 +90,10 @@ class SpTokenizer:
         return ids + [self.eos_id] if add_eos else ids
 
     def decode(self, ids, skip_special=True):
-        """Text of ``ids`` (a list or 1-D array), without pad/end/unknown/sentinel tokens when
-        ``skip_special``, else with them written out between the decoded stretches."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        """Text of ``ids`` (a list or 1-D array of integer ids in the vocabulary), without
+        pad/end/unknown/sentinel tokens when ``skip_special``, else with them written out
+        between the decoded stretches."""
+        ids = integer_ids(ids, self.vocab_size, "ids")
         text, run = [], []
         for token_id in ids:
             if self.is_special(token_id):

@@ -17,6 +17,8 @@ import os
 import re
 import unicodedata
 
+from keraformer.checks import integer_id, integer_ids
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_TOKEN_PATTERN = re.compile(
     "(" + "|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)) + ")")
@@ -195,12 +197,13 @@ class Tokenizer:
         return self.vocab.get(token, self.vocab["[UNK]"])
 
     def id_to_token(self, token_id):
-        """Token of ``token_id``; ``ValueError`` for an id outside the vocabulary."""
-        try:
-            return self.inverse[int(token_id)]
-        except (KeyError, TypeError, ValueError):
+        """Token of ``token_id``; ``TypeError`` for a non-integer (a float is not truncated),
+        ``ValueError`` for an id outside the vocabulary."""
+        token_id = integer_id(token_id, "token_id")
+        if token_id not in self.inverse:
             raise ValueError(f"`token_id` must be an id of the vocabulary (size "
-                             f"{len(self.vocab)}); received {token_id!r}") from None
+                             f"{len(self.vocab)}); received {token_id!r}")
+        return self.inverse[token_id]
 
     def pieces(self, text):
         """WordPiece tokens of ``text``, without the added ``[CLS]``/``[SEP]``."""
@@ -253,7 +256,7 @@ class Tokenizer:
         opening punctuation; re-encoding the result gives the same word pieces.
         """
         text, previous = "", None
-        for token in (self.id_to_token(i) for i in token_ids):
+        for token in (self.id_to_token(i) for i in integer_ids(token_ids, name="token_ids")):
             if token in STRUCTURAL_TOKENS:
                 continue
             if token.startswith("##") and previous is not None:
