@@ -96,14 +96,13 @@ class Transformer:
                 for name, variable in self.variable_mapping().items()}
 
     def save(self, directory):
-        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``)."""
-        os.makedirs(directory, exist_ok=True)
+        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``),
+        atomically: see ``checkpoints.write_keraformer_directory``."""
         options = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                    for k, v in self.options.items()}
-        with open(os.path.join(directory, "keraformer.json"), "w") as f:
-            json.dump({"model": self.model_name, "config": self.config, "options": options},
-                      f, indent=2)
-        self.model.save_weights(os.path.join(directory, "model.weights.h5"))
+        checkpoints.write_keraformer_directory(
+            directory, {"model": self.model_name, "config": self.config, "options": options},
+            self.model.save_weights)
 
     def save_weights_as_checkpoint(self, path):
         """Write the weights as a Google-format TF checkpoint at prefix ``path``."""

@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 
+from keraformer.checkpoints import own_weights_name
 from keraformer.models.base import hf_weight_files, read_config
 
 MODELS = {
@@ -23,7 +24,6 @@ MODELS = {
 }
 HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "roformer": "roformer", "mt5": "mt5"}
 OWN_CONFIG = "keraformer.json"
-OWN_WEIGHTS = "model.weights.h5"
 
 
 def builder_class(model):
@@ -117,7 +117,7 @@ def load_pretrained(path, model=None, return_keras_model=True, **kwargs):
             saved = json.load(f)
         builder = build_transformer_model(model=saved["model"], return_keras_model=False,
                                           **{**saved["options"], **saved["config"], **kwargs})
-        builder.model.load_weights(os.path.join(path, OWN_WEIGHTS))
+        builder.model.load_weights(os.path.join(path, own_weights_name(saved, path)))
         return builder.model if return_keras_model else builder
     if fmt == "pytorch-pickle":
         raise ValueError(f"{path!r} holds only pytorch_model.bin, a pickle that can execute "
