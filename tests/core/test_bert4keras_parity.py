@@ -16,6 +16,7 @@ import pytest
 import sentencepiece
 
 from keraformer.tokenizers import SpTokenizer, Tokenizer, load_vocab
+from tests.references import run_bert4keras
 
 TEXTS = [
     "Hello, World! This is a simple sentence.",
@@ -165,7 +166,7 @@ def minilm_vocab_tokens():
 
 
 @pytest.fixture(scope="module")
-def setup(bert4keras, tmp_path_factory):
+def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("b4k_tokenizers")
     tokens = minilm_vocab_tokens()
     extra = sorted({c for text in TEXTS + [p for pair in PAIRS for p in pair]
@@ -184,7 +185,7 @@ def setup(bert4keras, tmp_path_factory):
         minloglevel=2)
     inputs = {"vocab": str(vocab), "texts": TEXTS, "pairs": PAIRS, "maxlens": MAXLENS,
               "divergent": DIVERGENT, "spm": str(folder / "sp.model"), "sp_texts": SP_TEXTS}
-    results, _ = bert4keras(SCRIPT, inputs, folder)
+    results, _ = run_bert4keras(SCRIPT, inputs, folder)
     return str(vocab), str(folder / "sp.model"), results
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keraformer.data import DataGenerator, sequence_padding
+from tests.references import run_bert4keras
 
 PADDING_CASES = [
     ([[1, 2, 3], [4], [5, 6]], {}),
@@ -65,10 +66,10 @@ class Stream:
 
 
 @pytest.fixture(scope="module")
-def reference(bert4keras, tmp_path_factory):
+def reference(tmp_path_factory):
     inputs = {"padding": [[sequences, kwargs] for sequences, kwargs in PADDING_CASES],
               "samples": SAMPLES}
-    return bert4keras(BERT4KERAS_SCRIPT, inputs, tmp_path_factory.mktemp("b4k_data"))
+    return run_bert4keras(BERT4KERAS_SCRIPT, inputs, tmp_path_factory.mktemp("b4k_data"))
 
 
 def test_sequence_padding_equals_bert4keras(reference):

@@ -19,6 +19,7 @@ from keraformer.generation import viterbi_decode
 from keraformer.losses import global_pointer_crossentropy, multilabel_categorical_crossentropy
 from keraformer.models import (ConditionalRandomField, EfficientGlobalPointer, GlobalPointer,
                                build_transformer_model)
+from tests.references import run_bert4keras
 
 RTOL = ATOL = 1e-5
 BATCH, LENGTH, HIDDEN, HEADS, HEAD_SIZE, LABELS = 2, 5, 6, 3, 4, 4
@@ -78,11 +79,11 @@ np.savez(sys.argv[3], **out)
 
 
 @pytest.fixture(scope="module")
-def reference(bert4keras, tmp_path_factory):
+def reference(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH, LENGTH, HIDDEN)).astype("float32")
     labels = rng.integers(0, LABELS, size=(BATCH, LENGTH))
-    shapes, arrays = bert4keras(SCRIPT, {"x": x.tolist(), "mask": MASK.tolist(),
+    shapes, arrays = run_bert4keras(SCRIPT, {"x": x.tolist(), "mask": MASK.tolist(),
                                          "labels": labels.tolist()},
                                 tmp_path_factory.mktemp("b4k_heads"))
     return x, labels, shapes, arrays

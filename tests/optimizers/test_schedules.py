@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from keraformer.optimizers import PiecewiseLinearSchedule, piecewise_linear
+from tests.references import run_bert4keras
 
 SCHEDULES = [({1000: 1, 2000: 0.1}, True), ({1000: 1, 2000: 0.1}, False),
              ({0: 0.5, 10: 2.0, 30: 1.0, 40: 0.0}, True), ({5: 3.0}, True), ({5: 3.0}, False)]
@@ -29,8 +30,8 @@ json.dump(out, open(sys.argv[2], "w"))
 
 
 @pytest.fixture(scope="module")
-def reference(bert4keras, tmp_path_factory):
-    results, _ = bert4keras(SCRIPT, {"schedules": SCHEDULES, "steps": STEPS},
+def reference(tmp_path_factory):
+    results, _ = run_bert4keras(SCRIPT, {"schedules": SCHEDULES, "steps": STEPS},
                             tmp_path_factory.mktemp("b4k_schedule"))
     return results
 
