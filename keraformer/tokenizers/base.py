@@ -23,6 +23,20 @@ class TokenizerBase:
 
     token_start = None
     token_end = None
+    token_translate = {}
+
+    def set_token_translate(self, token_translate):
+        """Keep ``{token: replacement}``, applied to every token after splitting."""
+        token_translate = {} if token_translate is None else token_translate
+        if not isinstance(token_translate, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in token_translate.items()):
+            raise TypeError(f"`token_translate` must be None or a dict of str token -> str "
+                            f"token; received {token_translate!r}"[:300])
+        self.token_translate = dict(token_translate)
+
+    def translated_pieces(self, text):
+        """``pieces(text)`` with ``token_translate`` applied."""
+        return [self.token_translate.get(t, t) for t in self.pieces(text)]
 
     def tokens_to_ids(self, tokens):
         """``[token_to_id(t) for t in tokens]``."""
@@ -53,7 +67,7 @@ class TokenizerBase:
     def tokenize(self, text, maxlen=None):
         """``[token_start, *pieces(text), token_end]``, cut to ``maxlen`` tokens from the end
         of the text (before ``token_end``)."""
-        pieces = self.pieces(text)
+        pieces = self.translated_pieces(text)
         tokens = self.frame(pieces)
         if maxlen is not None:
             self.check_maxlen(maxlen, len(tokens) - len(pieces))
@@ -67,7 +81,7 @@ class TokenizerBase:
         if not isinstance(text, str):
             raise TypeError(f"`{name}` must be a text (str) or a list of tokens; received "
                             f"{type(text).__name__}")
-        return self.frame(self.pieces(text))
+        return self.frame(self.translated_pieces(text))
 
     def encode(self, first, second=None, maxlen=None):
         """``(token_ids, segment_ids)`` of ``start first end`` (+ ``second end``).

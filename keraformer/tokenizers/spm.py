@@ -26,7 +26,9 @@ class SpTokenizer(TokenizerBase):
     maxlen=None)`` ``(token_ids, segment_ids)`` (bert4keras' ``encode``; ``maxlen`` cuts the
     longer text first and never the frame), ``decode(ids)`` text without pad/end/unknown/
     sentinel tokens (unless ``skip_special=False``). ``pre_tokenize(text)`` may split the text
-    into words first, which are joined with spaces (bert4keras' rule). ``pad_id``, ``eos_id``,
+    into words first, which are joined with spaces (bert4keras' rule); ``token_translate``
+    (``{piece: token}``) replaces pieces after splitting and ``decode`` maps them back.
+    ``pad_id``, ``eos_id``,
     ``unk_id`` come from the model; ``vocab_size`` counts the sentinels.
 
     bert4keras' default frame ``[CLS] ... [SEP]`` is kept; a frame token the model lacks is
@@ -34,7 +36,7 @@ class SpTokenizer(TokenizerBase):
     """
 
     def __init__(self, model_path, token_start="[CLS]", token_end="[SEP]", extra_ids=100,
-                 pre_tokenize=None):
+                 pre_tokenize=None, token_translate=None):
         import sentencepiece
 
         if not isinstance(model_path, (str, os.PathLike)) or not os.path.exists(model_path):
@@ -61,6 +63,7 @@ class SpTokenizer(TokenizerBase):
             raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
                             f"received {type(pre_tokenize).__name__}")
         self.pre_tokenize = pre_tokenize
+        self.set_token_translate(token_translate)
 
     def has_token(self, token):
         """True when ``token`` is a piece of the model or a sentinel within ``extra_ids``."""
@@ -132,6 +135,10 @@ class SpTokenizer(TokenizerBase):
         """Text of ``ids`` (a list or 1-D array), without pad/end/unknown/sentinel tokens when
         ``skip_special``, else with them written out between the decoded stretches."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if self.token_translate:  # back to the pieces the translated tokens stood for
+            inverse = {self.token_to_id(v): self.token_to_id(k)
+                       for k, v in self.token_translate.items()}
+            ids = [inverse.get(i, i) for i in ids]
         text, run = [], []
         for token_id in ids:
             if self.is_special(token_id):

@@ -240,7 +240,8 @@ class Tokenizer(TokenizerBase):
     ``word_maxlen`` characters become ``[UNK]`` (bert4keras: 200; Hugging Face: 100).
     ``token_start``/``token_end`` frame every text (``None`` leaves the side open).
     ``pre_tokenize(text)`` may split the text into words first (e.g. ``jieba.cut``); a word
-    found in the vocabulary is then kept whole.
+    found in the vocabulary is then kept whole. ``token_translate`` (``{token: token}``)
+    replaces tokens after splitting.
 
     ``tokenize(text, maxlen=None)`` gives the framed tokens, ``encode(first, second=None,
     maxlen=None)`` ``(token_ids, segment_ids)`` for ``[CLS] first [SEP] second [SEP]``
@@ -257,7 +258,7 @@ class Tokenizer(TokenizerBase):
     """
 
     def __init__(self, vocab_path, do_lower_case=False, word_maxlen=200, token_start="[CLS]",
-                 token_end="[SEP]", pre_tokenize=None):
+                 token_end="[SEP]", pre_tokenize=None, token_translate=None):
         self.vocab = checked_vocab(vocab_path)
         self.inverse = {i: token for token, i in self.vocab.items()}
         self.do_lower_case = bool(do_lower_case)
@@ -277,6 +278,7 @@ class Tokenizer(TokenizerBase):
             raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
                             f"received {type(pre_tokenize).__name__}")
         self.pre_tokenize = pre_tokenize
+        self.set_token_translate(token_translate)
 
     def __len__(self):
         return len(self.vocab)

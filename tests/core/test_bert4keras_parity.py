@@ -124,6 +124,8 @@ for lower in (False, True):
     }
     pre = Tokenizer(vocab, do_lower_case=lower, pre_tokenize=words)
     out[key]["pre_tokenize"] = [pre.encode(x)[0] for x in texts]
+    swap = Tokenizer(vocab, do_lower_case=lower, token_translate={"the": "[MASK]", "北": "京"})
+    out[key]["translate"] = [swap.tokenize(x) for x in texts]
     out[key]["tokens_to_ids"] = t.tokens_to_ids(["hello", "##ing", "北", "not-a-token", "[CLS]"])
     out[key]["ids_to_tokens"] = t.ids_to_tokens([0, 100, 101, 102, 103, 2000, 7592])
 open_end = Tokenizer(vocab, do_lower_case=True, token_start=None)
@@ -142,6 +144,10 @@ out["sp"] = {
     "decode": [sp.decode(sp.encode(x)[0]) for x in inputs["sp_texts"]],
     "ids": [sp._token_pad_id, sp._token_unk_id, sp._token_end_id],
 }
+swap = SpTokenizer(inputs["spm"], token_start=None, token_end="</s>",
+                   token_translate={"th": "ar"})
+out["sp"]["translate"] = [swap.encode(x)[0] for x in inputs["sp_texts"]]
+out["sp"]["translate_decode"] = [swap.decode(swap.encode(x)[0]) for x in inputs["sp_texts"][:4]]
 json.dump(out, open(sys.argv[2], "w"), ensure_ascii=False)
 """
 
@@ -214,6 +220,10 @@ def test_tokenizer_methods_equal_bert4keras(setup, lower):
         assert got + [as_lists(ours.encode(first, second))] == theirs, (first, second)
     pre = Tokenizer(vocab, do_lower_case=lower, pre_tokenize=words)
     assert [pre.encode(text)[0] for text in TEXTS] == expected["pre_tokenize"]
+    swap = Tokenizer(vocab, do_lower_case=lower, token_translate={"the": "[MASK]", "北": "京"})
+    assert [[t if t in ours.vocab else "[UNK]" for t in tokens]
+            for tokens in expected["translate"]] == [swap.tokenize(t) for t in TEXTS]
+    assert any("[MASK]" in tokens for tokens in expected["translate"])
     assert ours.tokens_to_ids(["hello", "##ing", "北", "not-a-token", "[CLS]"]) \
         == expected["tokens_to_ids"]
     assert ours.ids_to_tokens([0, 100, 101, 102, 103, 2000, 7592]) == expected["ids_to_tokens"]
@@ -279,3 +289,9 @@ def test_sp_tokenizer_equals_bert4keras(setup):
         else:
             assert ours.decode(ids) == theirs, text
     assert [ours._token_pad_id, ours._token_unk_id, ours._token_end_id] == expected["ids"]
+    swap = SpTokenizer(model, token_start=None, token_end="</s>", token_translate={"th": "ar"})
+    assert [swap.encode(t)[0] for t in SP_TEXTS] == expected["translate"]
+    assert [swap.decode(swap.encode(t)[0]) for t in SP_TEXTS[:4]] == expected["translate_decode"]
+    assert ours.pieces("the") == ["\u2581", "th", "e"]
+    assert swap.tokenize("the") == ["\u2581", "ar", "e", "</s>"]
+    assert swap.decode(swap.encode("the")[0]) == "the"
