@@ -8,7 +8,9 @@ their own longest row. Keras 3 needs two things that bert4keras' generators did 
 and ``forfit``/``fortest`` supply them: every batch as a tuple ``(inputs, targets)`` of arrays
 (a list-shaped batch is refused by Keras), and, on TensorFlow, a ``tf.data.Dataset`` whose
 spec leaves every axis but the rank open, because Keras otherwise fixes the sequence length
-from the first two batches and fails on the first batch of another length.
+from the first two batches and fails on the first batch of another length. (On JAX every new
+batch shape is compiled once; padding lengths to a multiple, ``sequence_padding(x,
+length=...)``, bounds how many.)
 """
 
 import numbers
@@ -26,7 +28,8 @@ def check_int(name, value, minimum):
         raise ValueError(f"`{name}` must be >= {minimum}; received {value}")
 
 
-def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post"):
+def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post",
+                     pad_to_multiple_of=None):
     """Pad each sequence of ``inputs`` to one length and stack them into a NumPy array.
 
     ``inputs`` is a list of sequences (lists or arrays) of equal rank whose first
@@ -34,7 +37,9 @@ def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post"):
     defaults to the longest size of each axis; a sequence longer than ``length`` is cut to
     it, as in bert4keras. ``mode="post"`` pads at the end, ``"pre"`` at the start; ``value``
     fills the padding. Returns an array of shape ``(len(inputs), *length, *rest)`` with the
-    inputs' dtype, equal to bert4keras 0.11.5's ``sequence_padding``.
+    inputs' dtype, equal to bert4keras 0.11.5's ``sequence_padding``. ``pad_to_multiple_of``
+    (keraformer's addition) rounds the default lengths up to a multiple of it, so fewer
+    distinct batch shapes reach the model (JAX and XLA compile each shape once).
     """
     if mode not in ("post", "pre"):
         raise ValueError(f'`mode` must be "post" or "pre"; received {mode!r}')
@@ -50,8 +55,15 @@ def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post"):
         raise ValueError(f"`inputs` must be sequences of one rank >= seq_dims={seq_dims}; "
                          f"received ranks {sorted(ranks)} (ragged nesting inside one "
                          f"sequence cannot be padded)")
+    if pad_to_multiple_of is not None:
+        check_int("pad_to_multiple_of", pad_to_multiple_of, 1)
+        if length is not None:
+            raise ValueError(f"`pad_to_multiple_of` rounds up the default length; pass it or "
+                             f"`length`, not both (received length={length!r})")
     if length is None:
         length = np.max([x.shape[:seq_dims] for x in arrays], axis=0)
+        if pad_to_multiple_of is not None:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     elif not hasattr(length, "__getitem__"):
         length = [length]
     if len(length) < seq_dims:
@@ -88,6 +100,12 @@ def representable(value, dtype):
     except (OverflowError, TypeError, ValueError):
         return False
     return cast == value or (cast != cast and value != value)
+
+
+def open_shape(shape):
+    """The shape a ``tf.data`` spec gives an array of ``shape``: the batch axis and every other
+    axis open (``None``) except those of size 1 (a label column, which losses squeeze)."""
+    return (None,) + tuple(1 if size == 1 else None for size in shape[1:])
 
 
 def as_arrays(part):
@@ -197,8 +215,9 @@ class DataGenerator:
     def forfit(self, random=True):
         """Batches for ``model.fit`` (with ``steps_per_epoch=len(self)``), repeating forever.
 
-        On TensorFlow a ``tf.data.Dataset`` with open axes, so that every batch keeps its own
-        length; on JAX (and torch) a Python generator of tuples.
+        On TensorFlow a ``tf.data.Dataset`` with open axes (all but the batch's size-1 axes,
+        see :func:`open_shape`), so that every batch keeps its own length; on JAX (and torch)
+        a Python generator of tuples.
         """
         return self.for_keras(self.epochs(random))
 
@@ -214,7 +233,7 @@ class DataGenerator:
 
         first = next(batches)
         signature = keras.tree.map_structure(
-            lambda x: tf.TensorSpec((None,) * x.ndim, tf.as_dtype(x.dtype)), first)
+            lambda x: tf.TensorSpec(open_shape(x.shape), tf.as_dtype(x.dtype)), first)
         pending = [first]
 
         def generate():

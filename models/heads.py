@@ -175,13 +175,15 @@ def crf_log_norm(emissions, transitions, mask):
     at masked positions. ``emissions (batch, length, labels)`` float32, zero where masked.
     """
     def step(alpha, inputs):
-        x_t, m_t = inputs
+        x_t, m_t = inputs[:, :-1], inputs[:, -1:] > 0.5
         following = ops.logsumexp(alpha[:, :, None] + transitions[None], axis=1) + x_t
-        alpha = ops.where(m_t[:, None], following, alpha)
+        alpha = ops.where(m_t, following, alpha)
         return alpha, alpha
 
-    xs = (ops.transpose(emissions[:, 1:], (1, 0, 2)), ops.transpose(mask[:, 1:], (1, 0)))
-    alpha, _ = ops.scan(step, emissions[:, 0], xs)
+    # one scanned tensor, the mask as a last channel: keras' TF scan fails on several
+    # sequences of unknown length
+    xs = ops.concatenate([emissions[:, 1:], ops.cast(mask[:, 1:, None], emissions.dtype)], -1)
+    alpha, _ = ops.scan(step, emissions[:, 0], ops.transpose(xs, (1, 0, 2)))
     return ops.logsumexp(alpha, axis=1)
 
 

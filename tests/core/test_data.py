@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from keraformer.data import DataGenerator, sequence_padding
+from keraformer.data import DataGenerator, open_shape, sequence_padding
 from tests.references import run_bert4keras
 
 PADDING_CASES = [
@@ -81,6 +81,12 @@ def test_sequence_padding_equals_bert4keras(reference):
         np.testing.assert_array_equal(ours, expected, err_msg=str(i))
     # plain lists are taken as they are
     np.testing.assert_array_equal(sequence_padding([[1, 2, 3], [4]]), [[1, 2, 3], [4, 0, 0]])
+    # keraformer's pad_to_multiple_of: the default length rounded up
+    np.testing.assert_array_equal(sequence_padding([[1, 2, 3], [4]], pad_to_multiple_of=4),
+                                  [[1, 2, 3, 0], [4, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        sequence_padding([[[1, 2, 3]], [[4]]], seq_dims=2, pad_to_multiple_of=2),
+        [[[1, 2, 3, 0], [0, 0, 0, 0]], [[4, 0, 0, 0], [0, 0, 0, 0]]])
 
 
 def test_sample_order_and_length_equal_bert4keras(reference):
@@ -111,6 +117,8 @@ def test_sequence_padding_errors_name_the_argument():
         sequence_padding([[[1, 2]], [[3]]])
     with pytest.raises(TypeError, match="length"):
         sequence_padding([[1]], length=2.5)
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        sequence_padding([[1]], length=4, pad_to_multiple_of=8)
 
 
 class PairGenerator(DataGenerator):
@@ -121,7 +129,7 @@ class PairGenerator(DataGenerator):
         for is_end, (ids, label) in self.sample(random):
             tokens.append(ids)
             segments.append([0] * len(ids))
-            labels.append([label])
+            labels.append([int(label)])
             if len(tokens) == self.batch_size or is_end:
                 # a list, as bert4keras scripts write it; Keras 3 alone refuses lists
                 yield [[sequence_padding(tokens), sequence_padding(segments)],
@@ -142,18 +150,28 @@ def test_forfit_drives_fit_with_each_batch_at_its_own_length():
     segments = keras.Input((None,), dtype="int32")
     hidden = keras.layers.Add()([keras.layers.Embedding(20, 4)(tokens),
                                  keras.layers.Embedding(2, 4)(segments)])
-    output = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(hidden))
+    output = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling1D()(hidden))
     model = keras.Model([tokens, segments], output)
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    # labels (batch, 1): the loss squeezes that axis, so the spec must keep its size 1
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
     history = model.fit(generator.forfit(random=False), steps_per_epoch=len(generator),
                         epochs=2, verbose=0)
     batches = list(generator.__iter__())
     assert [b[0][0].shape[1] for b in batches] == [3, 3, 5, 2]
-    losses = [np.mean((model.predict(b[0], verbose=0) - b[1]) ** 2) for b in batches]
+    losses = [-np.mean(np.log(np.take_along_axis(model.predict(b[0], verbose=0), b[1], 1)))
+              for b in batches]
     np.testing.assert_allclose(history.history["loss"], [np.mean(losses)] * 2, rtol=1e-5)
     predictions = model.predict(generator.fortest(), steps=len(generator), verbose=0)
     expected = np.concatenate([model.predict(b[0], verbose=0) for b in batches])
     np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_open_shape_keeps_only_size_one_axes():
+    assert open_shape((32, 17)) == (None, None)
+    assert open_shape((32, 1)) == (None, 1)
+    assert open_shape((32, 4, 17, 17)) == (None, None, None, None)
+    assert open_shape((1, 9, 1)) == (None, None, 1)
 
 
 def test_generator_errors():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keraformer.data import DataGenerator, sequence_padding
 from keraformer.generation import viterbi_decode
 from keraformer.losses import global_pointer_crossentropy, multilabel_categorical_crossentropy
 from keraformer.models import (ConditionalRandomField, EfficientGlobalPointer, GlobalPointer,
@@ -255,14 +256,25 @@ def test_losses_and_gradients_finite_on_padded_rows(gradients):
     assert (grad[1] == 0).all() and (grad[0, 2:] == 0).all() and (grad[0, :2] != 0).any()
 
 
+class TagBatches(DataGenerator):
+    def __iter__(self, random=False):
+        for is_end, rows in self.sample(random):
+            ids = sequence_padding([r[0] for r in rows])
+            yield ids, sequence_padding([r[1] for r in rows])
+
+
 def test_fit_with_crf_loss_and_metric():
-    """crf.sparse_loss / sparse_accuracy compile into model.fit (dynamic length: the
-    recursion is a keras.ops.scan) and the loss goes down on a learnable tagging task."""
+    """crf.sparse_loss / sparse_accuracy compile into model.fit fed by DataGenerator.forfit,
+    whose batches each have their own length (so the recursion runs over an unknown length:
+    a keras.ops.scan), and the loss goes down on a learnable tagging task."""
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
-    ids = rng.integers(1, 8, size=(64, 6))
-    ids[::2, 4:] = 0
-    tags = np.where(ids == 0, 0, ids % LABELS)
+    batches = []
+    for length in (6, 6, 9, 4) * 4:
+        ids = rng.integers(1, 8, size=(8, length))
+        ids[::2, length - 2:] = 0
+        batches.append([(row, np.where(row == 0, 0, row % LABELS)) for row in ids])
+    generator = TagBatches(batches, batch_size=1)
     inputs = keras.Input((None,), dtype="int32")
     hidden = keras.layers.Embedding(8, 8, mask_zero=True)(inputs)
     crf = ConditionalRandomField(lr_multiplier=2)
@@ -270,7 +282,8 @@ def test_fit_with_crf_loss_and_metric():
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(0.05), loss=crf.sparse_loss,
                   metrics=[crf.sparse_accuracy])
-    history = model.fit(ids, tags, batch_size=16, epochs=6, verbose=0)
+    history = model.fit(generator.forfit(), steps_per_epoch=len(generator), epochs=6,
+                        verbose=0)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
     assert history.history["sparse_accuracy"][-1] > 0.9
 
