@@ -1,10 +1,15 @@
 """Float64 NumPy references written from the formulas, and the invariance checks the attention
-tests share (causal leak, padding), so each test file states only what it checks.
+tests share (causal leak, padding), so each test file states only what it checks; and the
+runner of bert4keras 0.11.5 itself in a subprocess (``run_bert4keras``).
 
 Import as ``from tests.references import ...`` (pytest runs from the repository root).
 """
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -218,3 +223,33 @@ def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
         reference = np.asarray(layer(x, **call))
         assert np.isfinite(out).all()
         np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())
+
+
+# -- bert4keras 0.11.5 -------------------------------------------------------------------------
+
+def run_bert4keras(script, inputs, folder, timeout=600):
+    """Run ``script`` with bert4keras 0.11.5 in a fresh Python and return what it wrote.
+
+    bert4keras needs legacy tf-keras, which it swaps in process-wide (``TF_KERAS=1
+    TF_USE_LEGACY_KERAS=1``), so it never runs inside the test process. The script finds
+    ``inputs`` (JSON-able) with ``json.load(open(sys.argv[1]))`` and must write its results
+    with ``json.dump(..., open(sys.argv[2], "w"))``; arrays may go to ``sys.argv[3]``
+    (``np.savez``). Returns ``(json_results, {name: array})``.
+    """
+    folder = str(folder)
+    paths = [os.path.join(folder, name) for name in ("in.json", "out.json", "out.npz")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump(inputs, f, ensure_ascii=False)
+    env = dict(os.environ, TF_KERAS="1", TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0")
+    env.pop("KERAS_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=folder)
+    assert done.returncode == 0, f"bert4keras script failed:\n{done.stderr[-4000:]}"
+    with open(paths[1], encoding="utf-8") as f:
+        results = json.load(f)
+    arrays = {}
+    if os.path.exists(paths[2]):
+        with np.load(paths[2]) as loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    return results, arrays
