@@ -369,7 +369,7 @@ class Tokenizer(TokenizerBase):
         glued on, CJK characters joined without spaces; see :func:`readable_text`.
         """
         if tokens is None:
-            tokens = self.ids_to_tokens(integer_ids(ids, len(self.vocab), "ids"))
+            tokens = self.ids_to_tokens(integer_ids(ids, name="ids"))
         return readable_text(tokens)
 
     def comparable(self, text):

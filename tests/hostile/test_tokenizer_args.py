@@ -29,7 +29,8 @@ def spm(tmp_path_factory):
         input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=PIECES, pad_id=0,
         eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
         minloglevel=2)
-    tokenizer = SpTokenizer(str(folder / "sp.model"), extra_ids=EXTRA_IDS)
+    tokenizer = SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>",
+                            extra_ids=EXTRA_IDS)
     assert tokenizer.vocab_size == SPM_SIZE
     return tokenizer
 
@@ -37,22 +38,22 @@ def spm(tmp_path_factory):
 # -- WordPiece -----------------------------------------------------------------------------
 
 WORDPIECE_BAD = [
-    ([2, 5, 3.0], TypeError, r"`token_ids\[2\]` must be an integer"),
-    ([2, 5.7], TypeError, r"`token_ids\[1\]` must be an integer"),
-    ([2, True], TypeError, r"`token_ids\[1\]` must be an integer id; received the bool"),
-    ([2, None], TypeError, r"`token_ids\[1\]`"),
-    ([2, "5"], TypeError, r"`token_ids\[1\]`"),
-    ([[2, 5]], TypeError, r"`token_ids\[0\]`"),
+    ([2, 5, 3.0], TypeError, r"`ids\[2\]` must be an integer"),
+    ([2, 5.7], TypeError, r"`ids\[1\]` must be an integer"),
+    ([2, True], TypeError, r"`ids\[1\]` must be an integer id; received the bool"),
+    ([2, None], TypeError, r"`ids\[1\]`"),
+    ([2, "5"], TypeError, r"`ids\[1\]`"),
+    ([[2, 5]], TypeError, r"`ids\[0\]`"),
     ([2, -1], ValueError, "`token_id` must be an id of the vocabulary"),
     ([2, len(VOCAB)], ValueError, "`token_id` must be an id of the vocabulary"),
     ([10 ** 12], ValueError, "`token_id` must be an id of the vocabulary"),
-    ("hello", TypeError, "`token_ids` must be a sequence"),
-    (b"\x02\x05", TypeError, "`token_ids` must be a sequence"),
-    (5, TypeError, "`token_ids` must be a sequence"),
-    (np.array([2.0, 5.0]), TypeError, "`token_ids` must be integer ids; received dtype"),
-    (np.array([[2, 5]]), ValueError, r"`token_ids` must be one sequence of ids \(1-D\)"),
-    (np.array(5), ValueError, r"`token_ids` must be one sequence of ids \(1-D\)"),
-    (np.array([True, False]), TypeError, "`token_ids` must be integer ids"),
+    ("hello", TypeError, "`ids` must be a sequence"),
+    (b"\x02\x05", TypeError, "`ids` must be a sequence"),
+    (5, TypeError, "`ids` must be a sequence"),
+    (np.array([2.0, 5.0]), TypeError, "`ids` must be integer ids; received dtype"),
+    (np.array([[2, 5]]), ValueError, r"`ids` must be one sequence of ids \(1-D\)"),
+    (np.array(5), ValueError, r"`ids` must be one sequence of ids \(1-D\)"),
+    (np.array([True, False]), TypeError, "`ids` must be integer ids"),
 ]
 
 
@@ -136,7 +137,7 @@ def test_spm_id_to_token_refuses_bad_ids(spm, token_id, error):
 
 
 def test_spm_valid_ids_decode_the_same_from_a_list_an_array_and_a_tensor(spm):
-    ids = spm.encode("the cat sat on the mat")
+    ids, _ = spm.encode("the cat sat on the mat")
     text = spm.decode(ids)
     assert text == "the cat sat on the mat"
     assert spm.decode(np.array(ids, "int64")) == text
