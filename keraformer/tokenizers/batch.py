@@ -348,3 +348,29 @@ class WordPieceBatchEncoder(BatchEncoder):
 
     def engine_pieces(self, texts):
         return [e.ids for e in self.engine.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+class SentencePieceBatchEncoder(BatchEncoder):
+    """``encode_batch`` of an ``SpTokenizer`` on SentencePiece's own (C++, multi-threaded)
+    batch encoder; texts with a sentinel, or only whitespace, go through ``encode``'s path."""
+
+    default_start, default_end = None, "</s>"
+
+    def python_only(self, text):
+        if "<extra_id_" in text:
+            return "a sentinel token, kept whole"
+        if text.isspace():
+            return "only whitespace"
+        return None
+
+    def flagged(self, texts):
+        if getattr(self.tokenizer, "pre_tokenize", None) is not None:
+            return list(range(len(texts)))  # a Python function: the engine cannot run it
+        return super().flagged(texts)
+
+    def python_pieces(self, text):
+        piece_ids = getattr(self.tokenizer, "piece_ids", None)
+        return piece_ids(text) if piece_ids else self.tokenizer.encode(text, add_eos=False)
+
+    def engine_pieces(self, texts):
+        return self.tokenizer.processor.encode(texts, out_type=int, num_threads=-1)

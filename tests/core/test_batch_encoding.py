@@ -20,9 +20,10 @@ import unicodedata
 
 import numpy as np
 import pytest
+import sentencepiece
 import transformers
 
-from keraformer.tokenizers import Tokenizer
+from keraformer.tokenizers import SpTokenizer, Tokenizer
 from keraformer.tokenizers.batch import kept_lengths
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "texts.txt")
@@ -220,3 +221,55 @@ def test_padding_values_and_bad_arguments():
         tokenizer.encode_batch(["a"], ["b"], maxlen=2)
     with pytest.raises(ValueError, match="`maxlen` must be None or an int >= 2.*received 1.5"):
         tokenizer.encode_batch(["a"], maxlen=1.5)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory):
+    """A 3000-piece unigram model (pad 0, end 1, unknown 2, no BOS) trained on the texts, as
+    ``spiece.model`` of a directory that transformers' ``T5Tokenizer`` reads."""
+    folder = tmp_path_factory.mktemp("spm")
+    sentencepiece.SentencePieceTrainer.train(
+        input=DATA, model_prefix=str(folder / "spiece"), vocab_size=3000, pad_id=0, eos_id=1,
+        unk_id=2, bos_id=-1, model_type="unigram", character_coverage=0.9995, minloglevel=2)
+    return folder
+
+
+def t5_sp_tokenizer(path):
+    try:  # bert4keras' signature: T5 framing is asked for
+        return SpTokenizer(path, token_start=None, token_end="</s>")
+    except TypeError:  # T5 framing by default
+        return SpTokenizer(path)
+
+
+SENTINEL_TEXTS = ["Hello <extra_id_0> world", "x <extra_id_99> y <extra_id_5>", "<extra_id_3>",
+                  "", "   ", "  leading and trailing  ", "Zürich 東京 $3.50 naïve!!"]
+
+
+def test_sentencepiece_batch_equals_sentencepiece_and_t5_tokenizer(sentencepiece_model):
+    """Every real text: the pieces SentencePiece itself gives, then the end id; equal to
+    transformers' ``T5Tokenizer`` except on a few texts (one here) where its Rust port of the
+    unigram search splits the same characters differently from SentencePiece."""
+    ours = t5_sp_tokenizer(str(sentencepiece_model / "spiece.model"))
+    reference = transformers.T5Tokenizer.from_pretrained(str(sentencepiece_model))
+    texts = real_texts()
+    token_ids, segment_ids = ours.encode_batch(texts)
+    assert token_ids.dtype == np.int32 and not segment_ids.any()
+    expected = [ours.processor.encode(t) + [1] for t in texts]
+    width = max(len(e) for e in expected)
+    assert token_ids.shape == (len(texts), width)
+    for row, ids in zip(token_ids, expected):
+        assert row[:len(ids)].tolist() == ids and not row[len(ids):].any()
+    differ = [i for i, t in enumerate(texts) if reference(t).input_ids != expected[i]]
+    assert len(differ) <= 5, len(differ)
+    for i in differ:  # the same text, split another way
+        theirs = reference(texts[i]).input_ids
+        assert reference.decode(theirs) == reference.decode(expected[i]), texts[i]
+    cut = ours.encode_batch(texts, maxlen=8)[0]
+    assert cut.shape == (len(texts), 8)
+    for row, ids in zip(cut, expected):
+        kept = ids[:-1][:7] + [1]
+        assert row[:len(kept)].tolist() == kept
+    sentinel = ours.encode_batch(SENTINEL_TEXTS)[0]
+    for row, text in zip(sentinel, SENTINEL_TEXTS):
+        ids = reference(text).input_ids
+        assert row[:len(ids)].tolist() == ids and not row[len(ids):].any(), text
