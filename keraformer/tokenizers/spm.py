@@ -151,3 +151,19 @@ class SpTokenizer(TokenizerBase):
             run.append(token_id)
         text.append(self.processor.decode(run))
         return " ".join(part for part in text if part) if not skip_special else "".join(text)
+
+    # -- batch encoding --------------------------------------------------------------------
+    def encode_batch(self, texts, second=None, maxlen=None):
+        """Encode a list of texts (and optionally a list of ``second`` texts) at once.
+
+        Returns ``(token_ids, segment_ids)``, two ``int32`` arrays ``(len(texts), length)``
+        padded on the right with ``pad_id`` and 0 to the longest row; row ``i`` holds the
+        ids of text ``i`` framed as ``encode`` frames them (T5: the pieces then ``eos_id``),
+        cut to ``maxlen``. SentencePiece encodes the batch in C++ on every core.
+        """
+        from keraformer.tokenizers.batch import SentencePieceBatchEncoder
+
+        encoder = self.__dict__.get("_batch_encoder")
+        if encoder is None:
+            encoder = self._batch_encoder = SentencePieceBatchEncoder(self)
+        return encoder(texts, second, maxlen)

@@ -451,3 +451,21 @@ class Tokenizer(TokenizerBase):
                 and not is_cjk(chars[end]):
             end += 1
         return end
+
+    # -- batch encoding --------------------------------------------------------------------
+    def encode_batch(self, texts, second=None, maxlen=None):
+        """Encode a list of texts (and optionally a list of ``second`` texts) at once.
+
+        Returns ``(token_ids, segment_ids)``, two ``int32`` arrays ``(len(texts), length)``
+        padded on the right with ``pad_id`` and 0 to the longest row; row ``i`` holds
+        exactly ``encode(texts[i], second[i], maxlen)``. The work runs in the compiled
+        ``tokenizers`` engine (see ``keraformer.tokenizers.batch``), built on first use.
+        """
+        from keraformer.tokenizers.batch import WordPieceBatchEncoder
+
+        key = (id(self.vocab), len(self.vocab), self.do_lower_case)
+        encoder = self.__dict__.get("_batch_encoder")
+        if encoder is None or encoder.key != key:
+            encoder = self._batch_encoder = WordPieceBatchEncoder(self)
+            encoder.key = key
+        return encoder(texts, second, maxlen)
