@@ -165,6 +165,8 @@ def strict_json(text, source):
         return json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as error:
         raise ValueError(f"{source} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{source} nests JSON deeper than Python can parse") from None
 
 
 def is_count(value):

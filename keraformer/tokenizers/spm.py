@@ -12,7 +12,7 @@ between them is encoded by SentencePiece on its own.
 import os
 import re
 
-import numpy as np
+from keraformer.checks import integer_id, integer_ids
 
 from keraformer.tokenizers.base import TokenizerBase
 
@@ -99,6 +99,7 @@ class SpTokenizer(TokenizerBase):
         return self.processor.piece_to_id(token)
 
     def id_to_token(self, token_id):
+        token_id = integer_id(token_id, "token_id")
         if not 0 <= token_id < self.vocab_size:
             raise ValueError(f"`token_id` must lie in [0, {self.vocab_size}); "
                              f"received {token_id}")
@@ -134,7 +135,7 @@ class SpTokenizer(TokenizerBase):
     def decode(self, ids, skip_special=True):
         """Text of ``ids`` (a list or 1-D array), without pad/end/unknown/sentinel tokens when
         ``skip_special``, else with them written out between the decoded stretches."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        ids = integer_ids(ids, self.vocab_size, "ids")
         if self.token_translate:  # back to the pieces the translated tokens stood for
             inverse = {self.token_to_id(v): self.token_to_id(k)
                        for k, v in self.token_translate.items()}
@@ -150,3 +151,19 @@ class SpTokenizer(TokenizerBase):
             run.append(token_id)
         text.append(self.processor.decode(run))
         return " ".join(part for part in text if part) if not skip_special else "".join(text)
+
+    # -- batch encoding --------------------------------------------------------------------
+    def encode_batch(self, texts, second=None, maxlen=None):
+        """Encode a list of texts (and optionally a list of ``second`` texts) at once.
+
+        Returns ``(token_ids, segment_ids)``, two ``int32`` arrays ``(len(texts), length)``
+        padded on the right with ``pad_id`` and 0 to the longest row; row ``i`` holds the
+        ids of text ``i`` framed as ``encode`` frames them (T5: the pieces then ``eos_id``),
+        cut to ``maxlen``. SentencePiece encodes the batch in C++ on every core.
+        """
+        from keraformer.tokenizers.batch import SentencePieceBatchEncoder
+
+        encoder = self.__dict__.get("_batch_encoder")
+        if encoder is None:
+            encoder = self._batch_encoder = SentencePieceBatchEncoder(self)
+        return encoder(texts, second, maxlen)

@@ -18,6 +18,7 @@ import os
 import re
 import unicodedata
 
+from keraformer.checks import integer_id, integer_ids
 from keraformer.tokenizers.base import TokenizerBase
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -327,12 +328,13 @@ class Tokenizer(TokenizerBase):
         return self.vocab.get(token, self.vocab["[UNK]"])
 
     def id_to_token(self, token_id):
-        """Token of ``token_id``; ``ValueError`` for an id outside the vocabulary."""
-        try:
-            return self.inverse[int(token_id)]
-        except (KeyError, TypeError, ValueError):
+        """Token of ``token_id``; ``TypeError`` for a non-integer (a float is not truncated),
+        ``ValueError`` for an id outside the vocabulary."""
+        token_id = integer_id(token_id, "token_id")
+        if token_id not in self.inverse:
             raise ValueError(f"`token_id` must be an id of the vocabulary (size "
-                             f"{len(self.vocab)}); received {token_id!r}") from None
+                             f"{len(self.vocab)}); received {token_id!r}")
+        return self.inverse[token_id]
 
     def pieces(self, text):
         """WordPiece tokens of ``text``, without ``token_start``/``token_end``."""
@@ -367,7 +369,7 @@ class Tokenizer(TokenizerBase):
         glued on, CJK characters joined without spaces; see :func:`readable_text`.
         """
         if tokens is None:
-            tokens = self.ids_to_tokens(ids)
+            tokens = self.ids_to_tokens(integer_ids(ids, name="ids"))
         return readable_text(tokens)
 
     def comparable(self, text):
@@ -449,3 +451,21 @@ class Tokenizer(TokenizerBase):
                 and not is_cjk(chars[end]):
             end += 1
         return end
+
+    # -- batch encoding --------------------------------------------------------------------
+    def encode_batch(self, texts, second=None, maxlen=None):
+        """Encode a list of texts (and optionally a list of ``second`` texts) at once.
+
+        Returns ``(token_ids, segment_ids)``, two ``int32`` arrays ``(len(texts), length)``
+        padded on the right with ``pad_id`` and 0 to the longest row; row ``i`` holds
+        exactly ``encode(texts[i], second[i], maxlen)``. The work runs in the compiled
+        ``tokenizers`` engine (see ``keraformer.tokenizers.batch``), built on first use.
+        """
+        from keraformer.tokenizers.batch import WordPieceBatchEncoder
+
+        key = (id(self.vocab), len(self.vocab), self.do_lower_case)
+        encoder = self.__dict__.get("_batch_encoder")
+        if encoder is None or encoder.key != key:
+            encoder = self._batch_encoder = WordPieceBatchEncoder(self)
+            encoder.key = key
+        return encoder(texts, second, maxlen)

@@ -66,6 +66,8 @@ SAFETENSORS_CASES = {
     "header-length-short": ({"w": entry()}, EIGHT, 60, ["not valid JSON"]),
     "header-not-utf8": (b"\xff\xfe{}", b"", None, ["UTF-8"]),
     "header-not-json": (b"{'w': 1}", b"", None, ["not valid JSON"]),
+    "header-nested-too-deep": (b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"", None,
+                               ["nests JSON deeper"]),
     "header-json-list": ([entry()], EIGHT, None, ["JSON object", "list"]),
     "header-json-string": ("weights", b"", None, ["JSON object", "str"]),
     "header-json-null": (b"null", b"", None, ["JSON object", "NoneType"]),
