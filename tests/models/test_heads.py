@@ -200,15 +200,20 @@ def tiny_bert():
         num_attention_heads=2, intermediate_size=16, max_position_embeddings=16)
 
 
-def test_crf_on_a_builder_output_ignores_padding():
+@pytest.mark.parametrize("mask_from", ["keras_mask", "explicit"])
+def test_crf_on_a_builder_output_ignores_padding(mask_from):
     """The same sentence alone and padded in a longer batch: equal CRF loss, accuracy and
-    Viterbi path (mask from the token ids, passed explicitly)."""
+    Viterbi path. The mask is the builder output's Keras mask (carried through Dense), or
+    passed explicitly from the token ids."""
     keras.utils.set_random_seed(0)
     bert = tiny_bert()
     token_ids, segment_ids = bert.inputs
     scores = keras.layers.Dense(LABELS)(bert.outputs[0])
     crf = ConditionalRandomField()
-    outputs = crf(scores, mask=ops.not_equal(token_ids, 0))
+    if mask_from == "keras_mask":
+        outputs = crf(scores)
+    else:
+        outputs = crf(scores, mask=ops.not_equal(token_ids, 0))
     model = keras.Model(bert.inputs, outputs)
     short = np.array([[2, 5, 7, 9, 3]])
     padded = np.array([[2, 5, 7, 9, 3, 0, 0, 0], [2, 4, 6, 8, 10, 12, 14, 3]])
