@@ -116,11 +116,11 @@ def main():
         model="bert", vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 32),
         intermediate_size=4 * args.hidden, max_position_embeddings=max(args.maxlen, 64))
-    token_ids = bert.inputs[0]
     scores = keras.layers.Dense(len(LABELS))(bert.output)
     crf = ConditionalRandomField(lr_multiplier=10)
-    # the mask could come from the builder's Keras mask; passing it makes the padding explicit
-    model = keras.Model(bert.inputs, crf(scores, mask=ops.not_equal(token_ids, 0)))
+    # the builder's output carries the padding mask as its Keras mask, through Dense to the CRF
+    # (or pass it: crf(scores, mask=ops.not_equal(bert.inputs[0], 0)))
+    model = keras.Model(bert.inputs, crf(scores))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=crf.sparse_loss,
                   metrics=[crf.sparse_accuracy])
 
