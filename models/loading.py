@@ -8,7 +8,11 @@
 3. ``builder.rename(arrays, source.naming)``: the checkpoint's names to the builder's
    (Google) names.
 4. :func:`assign`: every variable of ``builder.variable_mapping()`` present, of the same
-   shape and of float data, then assigned.
+   shape and of float data, then assigned. A checkpoint tensor the model does not use is an
+   error listing them (``strict=False``: a warning), except those a checkpoint holds
+   legitimately: training state (:data:`TRAINING_STATE`: optimizer slots, step counters)
+   and heads the user did not ask for (``builder.unused_allowed``: the pooler without
+   ``with_pool``, the MLM head without ``with_mlm``, the NSP head without ``with_nsp``).
 
 ``build_transformer_model``, ``load_pretrained`` and ``builder.load_weights_from_checkpoint``
 all go through :func:`load_weights`.
@@ -16,6 +20,8 @@ all go through :func:`load_weights`.
 
 import dataclasses
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -27,6 +33,13 @@ OWN_CONFIG, OWN_WEIGHTS = "keraformer.json", "model.weights.h5"
 HF_WEIGHTS = (("model.safetensors", "safetensors"), ("model.safetensors.index.json", "sharded"),
               ("tf_model.h5", "h5"))
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
+# Training state that TF checkpoints hold beside the weights: Adam/LAMB/Adafactor slots,
+# step and loss-scale counters, TF2 object-graph bookkeeping.
+TRAINING_STATE = re.compile(
+    r"(^|/)(global_step|beta[12]_power|save_counter|_CHECKPOINTABLE_OBJECT_GRAPH|"
+    r"good_steps|current_loss_scale|loss_scale)(/|$)|"
+    r"/(adam_m|adam_v|Adam|Adam_1|LAMB|LAMB_1|Momentum|RMSProp|RMSProp_1|Adagrad)$|"
+    r"_slot_v[cr]?$|/\.OPTIMIZER_SLOT/|/\.ATTRIBUTES/")
 NAMING = {"google": "google", "safetensors": "pytorch", "sharded": "pytorch", "h5": "tf_h5",
           "keraformer": "keras"}
 
@@ -131,15 +144,29 @@ def load_weights(builder, source, strict=True):
 
 def assign(builder, arrays, strict=True):
     """Assign ``{checkpoint_name: array}`` to ``builder.variable_mapping()``: every mapped
-    variable must be present with the variable's shape and float data."""
+    variable must be present with the variable's shape and float data; unused tensors are
+    an error (``strict=False``: a warning) unless allowed (see the module docstring)."""
     mapping = builder.variable_mapping()
     missing = [name for name in mapping if name not in arrays]
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} variable(s) the model "
                          f"needs, e.g. {missing[:5]}; it holds e.g. {sorted(arrays)[:5]}")
+    unused = sorted(name for name in arrays if name not in mapping
+                    and not TRAINING_STATE.search(name) and not builder.unused_allowed(name))
+    if unused:
+        message = (f"checkpoint holds {len(unused)} tensor(s) that the model does not use: "
+                   f"{unused[:20]}{' ...' if len(unused) > 20 else ''}; the config may not "
+                   f"match the checkpoint (e.g. fewer layers)")
+        if strict:
+            raise ValueError(message + "; pass strict=False to load the rest anyway")
+        warnings.warn(message, stacklevel=3)
     values = {}
     for name, variable in mapping.items():
         value = builder.to_keras(name, np.asarray(arrays[name]))
+        if value.dtype.kind not in "fV":  # V: bfloat16 and other ml_dtypes floats
+            raise ValueError(f"checkpoint variable {name!r} holds {value.dtype} data but "
+                             f"the model's variable is {variable.dtype}: integer, boolean "
+                             f"or other non-float data is never cast into a float weight")
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"checkpoint variable {name!r} has shape {tuple(value.shape)} "
                              f"but the model expects {tuple(variable.shape)}: the config "
