@@ -95,21 +95,31 @@ class Transformer:
                 for name, variable in self.variable_mapping().items()}
 
     def save(self, directory):
-        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``)."""
+        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``),
+        atomically: see ``checkpoints.write_keraformer_directory``."""
         if self.model is None:
             raise ValueError(f"{type(self).__name__}.save: the model is not built; call "
                              f"build() first")
         os.makedirs(directory, exist_ok=True)
-        options = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                   for k, v in self.options.items()}
-        with open(os.path.join(directory, "keraformer.json"), "w") as f:
-            json.dump({"model": self.model_name, "config": self.config, "options": options},
-                      f, indent=2)
-        self.model.save_weights(os.path.join(directory, "model.weights.h5"))
+        options = {k: jsonable(v) for k, v in self.options.items()}
+        checkpoints.write_keraformer_directory(
+            directory, {"model": self.model_name, "config": self.config, "options": options},
+            self.model.save_weights)
 
     def save_weights_as_checkpoint(self, path):
         """Write the weights as a Google-format TF checkpoint at prefix ``path``."""
         return checkpoints.write_tf_checkpoint(self.checkpoint_arrays(), path)
+
+
+def jsonable(value):
+    """``value`` with NumPy arrays and scalars (e.g. in ``keep_tokens``) as JSON types."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
 
 
 def kept_rows(keep_tokens, vocab_size, name="keep_tokens"):
@@ -139,10 +149,11 @@ class Vocabulary:
         kept = vocab_size if self.keep_tokens is None else len(self.keep_tokens)
         self.compounds = []
         for item in compound_tokens or ():
-            if isinstance(item, (list, np.ndarray)):  # as bert4keras: a list is ids alone
+            if (isinstance(item, (list, tuple)) and len(item) == 2
+                    and isinstance(item[0], (list, tuple, np.ndarray))):
+                ids, weights = item  # (ids, weights); a list after a JSON round trip
+            elif isinstance(item, (list, np.ndarray)):  # as bert4keras: a list is ids alone
                 ids, weights = item, None
-            elif isinstance(item, tuple) and len(item) == 2:
-                ids, weights = item
             else:
                 raise ValueError(f"`compound_tokens` entries must be lists of ids or (ids, "
                                  f"weights) pairs; received {item!r}")

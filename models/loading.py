@@ -19,6 +19,7 @@ all go through :func:`load_weights`.
 """
 
 import dataclasses
+import json
 import os
 import re
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 
 from keraformer import checkpoints
 
-OWN_CONFIG, OWN_WEIGHTS = "keraformer.json", "model.weights.h5"
+from keraformer.checkpoints import OWN_CONFIG
 # Hugging Face weight files in order of preference: a hub directory often holds
 # model.safetensors and tf_model.h5 with the same weights (and pytorch_model.bin, never read).
 HF_WEIGHTS = (("model.safetensors", "safetensors"), ("model.safetensors.index.json", "sharded"),
@@ -95,8 +96,9 @@ def detect_directory(directory):
     files = set(os.listdir(directory))
     found = []
     if OWN_CONFIG in files:
-        found.append(Source("keraformer", os.path.join(directory, OWN_WEIGHTS),
-                            os.path.join(directory, OWN_CONFIG)))
+        config = os.path.join(directory, OWN_CONFIG)
+        found.append(Source("keraformer", os.path.join(directory, own_weights_file(config)),
+                            config))
     hf = [(name, kind) for name, kind in HF_WEIGHTS if name in files]
     if hf:
         config = "config.json" if "config.json" in files else None
@@ -119,6 +121,21 @@ def detect_directory(directory):
     raise ValueError(f"no weights found in {directory!r}: expected {OWN_CONFIG}, "
                      f"model.safetensors, model.safetensors.index.json, tf_model.h5 or a TF "
                      f"checkpoint (*.ckpt.index); it holds {sorted(files)}")
+
+
+def own_weights_file(config_path):
+    """The weights file a keraformer save's ``keraformer.json`` names (saves alternate
+    between two names so that a killed save never leaves a half-written file in use)."""
+    try:
+        with open(config_path) as f:
+            description = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config_path!r} is not a readable keraformer description: "
+                         f"{error}") from error
+    if not isinstance(description, dict):
+        raise ValueError(f"{config_path!r} must hold a JSON object; received "
+                         f"{type(description).__name__}")
+    return checkpoints.own_weights_name(description, os.path.dirname(config_path))
 
 
 def read_arrays(source):
