@@ -522,6 +522,7 @@ class BERT(Transformer):
             return dict(arrays)
         if naming not in ("pytorch", "tf_h5"):
             return super().rename(arrays, naming)
+        check_tied_decoder(arrays)
         converted = (hf_to_google(key, array, naming == "pytorch")
                      for key, array in arrays.items()
                      if "embed_positions" not in key)  # transformers RoFormer's sinusoids
@@ -594,9 +595,25 @@ class OutputBias(keras.layers.Layer):
         return input_shape
 
 
+ROBERTA_LM_HEAD = (("lm_head.dense.", "cls.predictions.transform.dense."),
+                   ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+                   ("lm_head.decoder.", "cls.predictions.decoder."),
+                   ("lm_head.bias", "cls.predictions.bias"))
 HF_MODEL_PREFIXES = ("bert.", "roberta.", "roformer.", "electra.")
 HF_SUFFIXES = (("LayerNorm.weight", "LayerNorm/gamma"), ("LayerNorm.bias", "LayerNorm/beta"),
                ("LayerNorm.gamma", "LayerNorm/gamma"), ("LayerNorm.beta", "LayerNorm/beta"))
+
+
+def check_tied_decoder(arrays):
+    """Raise ``ValueError`` if a Hugging Face MLM decoder weight differs from the word
+    embeddings: the builders tie it, so an untied one would be dropped silently."""
+    words = [v for k, v in arrays.items() if k.endswith("word_embeddings.weight")]
+    for key, value in arrays.items():
+        if key.endswith(("predictions.decoder.weight", "lm_head.decoder.weight")) and words \
+                and not np.array_equal(np.asarray(value), np.asarray(words[0])):
+            raise ValueError(f"checkpoint tensor {key!r} is an MLM decoder not tied to the "
+                             f"word embeddings; keraformer's MLM head is tied, so it cannot "
+                             f"load it")
 
 
 def hf_to_google(key, array, transposed):
@@ -610,6 +627,9 @@ def hf_to_google(key, array, transposed):
         key = re.sub(r"^(?:.*?/)?tf_[a-z_]+/(?:mlm___|nsp___)?", "", key)
         key = re.sub(r"layer_\._(\d+)", r"layer.\1", key).replace("/", ".")
         key = re.sub(r"_embeddings\.(weight|embeddings)$", "_embeddings", key)
+    for old, new in ROBERTA_LM_HEAD:  # RoBERTa's MLM head is BERT's under other names
+        if key.startswith(old):
+            key = new + key[len(old):]
     if key.endswith(("position_ids", "decoder.weight", "decoder.bias")):
         return None, None  # buffers, and the MLM decoder tied to the word embeddings
     if key.startswith("cls.") or key.startswith(("predictions.", "seq_relationship.")):

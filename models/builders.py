@@ -85,7 +85,7 @@ def read_config(config_path=None, **overrides):
 
 
 FRONT_DOOR = ("config_path", "checkpoint_path", "model", "application", "return_keras_model",
-              "strict")
+              "strict", "revision")
 
 
 def split_options(cls, kwargs):
@@ -157,29 +157,61 @@ def model_of(config):
     return HF_MODEL_TYPES.get(model_type, model_type)
 
 
-def load_pretrained(path, model=None, return_keras_model=True, strict=True, **kwargs):
+def model_of_names(names, path):
+    """The ``MODELS`` name of a Google checkpoint judged from its variable names."""
+    names = set(names)
+    if "shared/embedding" in names:
+        if not any(name.endswith("DenseReluDense/wi_0/kernel") for name in names):
+            return "t5"
+        return "mt5" if any("/rms_norm/" in name for name in names) else "t5.1.1"
+    if any(name.startswith("GAU_alpha/") for name in names):
+        return "gau_alpha"
+    if "bert/embeddings/word_embeddings" in names:
+        if "bert/embeddings/position_embeddings" in names:
+            return "bert"  # RoBERTa's Google checkpoints are BERT's too
+        if "bert/embeddings/LayerNorm/gamma" in names:
+            return "roformer"
+        return "roformer_v2"
+    raise ValueError(f"cannot tell the model of the Google checkpoint in {path!r} from its "
+                     f"variable names (e.g. {sorted(names)[:5]}); pass model= (one of "
+                     f"{sorted(MODELS)})")
+
+
+def load_pretrained(path, model=None, return_keras_model=True, strict=True, revision=None,
+                    **kwargs):
     """Build and load the model saved in directory ``path``, detecting its format.
 
-    Google TF (``bert_config.json``/``config.json`` + ``*.ckpt.index``; pass ``model`` when it
-    is not BERT), Hugging Face (``config.json`` + ``model.safetensors``, sharded safetensors or
-    ``tf_model.h5``; the model follows ``model_type``) and keraformer's own ``save``
-    folders. ``kwargs`` go to :func:`build_transformer_model`.
+    Google TF (``bert_config.json``/``config.json`` + ``*.ckpt.index``; the model is judged
+    from the variable names unless ``model`` is given), Hugging Face (``config.json`` +
+    ``model.safetensors``, sharded safetensors or ``tf_model.h5``; the model follows
+    ``model_type``) and keraformer's own ``save`` folders. ``path`` may also be
+    ``"hf://org/model"`` (at ``revision``), fetched through ``huggingface_hub`` and its cache
+    (``HF_HUB_OFFLINE=1``: the cache only; see ``loading.hub_snapshot``). ``kwargs`` go to
+    :func:`build_transformer_model`.
     """
+    if isinstance(path, str) and path.startswith(loading.HUB_PREFIX):
+        path = loading.hub_snapshot(path, revision)
+    elif revision is not None:
+        raise ValueError(f"`revision` applies to hf:// names only; received revision="
+                         f"{revision!r} for the local path {path!r}")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"`path` {path!r} is not a directory")
     source = loading.detect(path)
     if source.config is None:
         raise ValueError(f"no config (config.json or bert_config.json) beside the "
                          f"{source.kind} weights in {path!r}")
-    config = read_config(source.config)
+    config, arrays = read_config(source.config), None
     if source.kind == "keraformer":
         model = config["model"]
         kwargs = {**config["options"], **kwargs}
         config = config["config"]
+    elif model is None and model_of(config) is None and source.kind == "google":
+        arrays = loading.read_arrays(source)  # read once, to tell the model and to load
+        model = model_of_names(arrays, path)
     else:
         model = model or model_of(config) or "bert"
     application = kwargs.pop("application", "encoder")
     builder = make_builder(model, config, application, kwargs)
     builder.build()
-    loading.load_weights(builder, source, strict=strict)
+    loading.load_weights(builder, source, strict=strict, arrays=arrays)
     return builder.model if return_keras_model else builder

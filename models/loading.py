@@ -67,6 +67,51 @@ def refuse_pickle(path):
                      f"'model.safetensors')`")
 
 
+HUB_PREFIX = "hf://"
+# the files a snapshot download fetches: configs and the weight formats detect() reads
+HUB_FILES = ["config.json", "bert_config.json", OWN_CONFIG, "*.weights.h5", "*.safetensors",
+             "model.safetensors.index.json", "tf_model.h5", "checkpoint", "*.index",
+             "*.data-*"]
+
+
+def hub_snapshot(name, revision=None):
+    """The local folder of Hugging Face Hub model ``name`` (``"hf://org/model"``) at
+    ``revision`` (a branch, tag or commit; ``None``: the default branch), through
+    ``huggingface_hub.snapshot_download``: its cache (``HF_HUB_CACHE``) is used and filled,
+    and with ``HF_HUB_OFFLINE=1`` only the cache is read. Only configs and the weight files
+    keraformer reads are fetched (never ``pytorch_model.bin``)."""
+    repo_id = name[len(HUB_PREFIX):]
+    parts = repo_id.split("/")
+    if not repo_id or len(parts) > 2 or not all(parts):
+        raise ValueError(f"`path` {name!r} must be hf://<org>/<model> (or hf://<model>)")
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(f"`revision` must be a branch, tag or commit string; received "
+                        f"{revision!r}")
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors
+    except ImportError:
+        raise ImportError(f"loading {name!r} needs the optional package huggingface_hub; "
+                          f"install it with `pip install huggingface_hub` (or "
+                          f"`pip install keraformer[hub]`)") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    cache = os.environ.get("HF_HUB_CACHE")  # read now: the package reads it on import
+    try:
+        return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache,
+                                                 local_files_only=offline,
+                                                 allow_patterns=HUB_FILES)
+    except errors.HFValidationError as error:
+        raise ValueError(f"`path` {name!r} is not a valid Hub model name: {error}") from None
+    except (errors.LocalEntryNotFoundError, errors.RepositoryNotFoundError,
+            errors.RevisionNotFoundError) as error:
+        where = cache or huggingface_hub.constants.HF_HUB_CACHE
+        mode = ("HF_HUB_OFFLINE=1, so only the cache is read" if offline else
+                "and the Hub could not provide it")
+        raise FileNotFoundError(f"{name!r} (revision {revision or 'main'!r}) is not in the "
+                                f"Hugging Face cache {where!r} ({mode}): "
+                                f"{type(error).__name__}") from None
+
+
 def detect(path):
     """The :class:`Source` at ``path``: a directory, a weights file or a TF checkpoint prefix."""
     if path is None:
@@ -147,14 +192,15 @@ def read_arrays(source):
     return readers[source.kind](source.weights)
 
 
-def load_weights(builder, source, strict=True):
-    """Load ``source`` into the built ``builder``: read, rename, check and assign."""
+def load_weights(builder, source, strict=True, arrays=None):
+    """Load ``source`` into the built ``builder``: read (unless its ``arrays`` were read
+    already), rename, check and assign."""
     if builder.model is None:
         raise ValueError(f"{type(builder).__name__}: build() the model before loading weights")
     if source.kind == "keraformer":  # Keras' own weights file; Keras checks the shapes
         builder.model.load_weights(source.weights)
         return
-    arrays = builder.rename(read_arrays(source), source.naming)
+    arrays = builder.rename(read_arrays(source) if arrays is None else arrays, source.naming)
     builder.check_checkpoint(arrays)
     assign(builder, arrays, strict=strict)
 

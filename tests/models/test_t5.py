@@ -6,6 +6,8 @@ sources; greedy and 4-beam generation token-identical to ``generate`` (beam sett
 checkpoint names, exact round trip and the wrong-version error; a short ``model.fit``.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -299,3 +301,52 @@ def test_write_safetensors_round_trips(tmp_path):
         assert int.from_bytes(f.read(8), "little") % 8 == 0
     with pytest.raises(ValueError, match="'bad'.*complex64"):
         write_safetensors(str(tmp_path / "y.safetensors"), {"bad": np.zeros(2, "complex64")})
+
+
+def test_mt5_from_bert4keras_config_with_keep_tokens_equals_the_full_model(tmp_path):
+    """bert4keras' mT5 config keys (hidden_size, num_hidden_layers, num_attention_heads,
+    attention_head_size, intermediate_size, hidden_act ["gelu", "linear"]) and model name
+    ``mt5.1.1``; ``keep_tokens`` keeps shared-embedding rows and output-projection columns, so
+    the kept model's logits equal the full model's at the kept ids (1e-5)."""
+    hf = hf_model("mt5")
+    hf.save_pretrained(str(tmp_path / "hf"))
+    config = {"vocab_size": CONFIG["vocab_size"], "hidden_size": CONFIG["d_model"],
+              "num_hidden_layers": CONFIG["num_layers"], "num_attention_heads": CONFIG["num_heads"],
+              "attention_head_size": CONFIG["d_kv"], "intermediate_size": CONFIG["d_ff"],
+              "hidden_act": ["gelu", "linear"], "hidden_dropout_prob": 0.0,
+              "relative_attention_num_buckets": CONFIG["relative_attention_num_buckets"],
+              "relative_attention_max_distance": 20}
+    (tmp_path / "b4k.json").write_text(json.dumps(config))
+    keep = np.array([0, 1] + list(range(40, 20, -2)))  # pad/start 0 and end 1 keep their ids
+    kept = build_transformer_model(str(tmp_path / "b4k.json"), str(tmp_path / "hf"),
+                                   model="mt5.1.1", keep_tokens=keep, with_lm="linear")
+    full = load_pretrained(str(tmp_path / "hf"), with_lm="linear")
+    rng = np.random.default_rng(7)
+    enc = rng.integers(2, len(keep), (3, 6)).astype("int32")
+    enc[1, 4:] = 0
+    dec = rng.integers(2, len(keep), (3, 4)).astype("int32")
+    dec[:, 0] = 0
+    got = np.asarray(kept([enc, dec]))
+    want = np.asarray(full([keep[enc], keep[dec]]))[..., keep]
+    assert got.shape == (3, 4, len(keep))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    hf_logits = hf(input_ids=torch.tensor(keep[enc], dtype=torch.long),
+                   attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                   decoder_input_ids=torch.tensor(keep[dec], dtype=torch.long)).logits
+    np.testing.assert_allclose(got, hf_logits.detach().numpy()[..., keep], atol=1e-3, rtol=0)
+
+
+def test_bert4keras_scaling_scales_untied_logits():
+    """bert4keras multiplies the T5.1.1/mT5 decoder output by d_model^-0.5 before the untied
+    projection; ``bert4keras_scaling=True`` does too (default: Hugging Face's numerics)."""
+    plain = build_transformer_model(model="mt5", **CONFIG, with_lm="linear",
+                                    return_keras_model=False)
+    scaled = build_transformer_model(model="mt5", **CONFIG, with_lm="linear",
+                                     bert4keras_scaling=True, return_keras_model=False)
+    scaled.model.set_weights(plain.model.get_weights())
+    enc, dec = sources(2, 5), np.array([[0, 5, 6], [0, 7, 8]], "int32")
+    np.testing.assert_allclose(np.asarray(scaled.model([enc, dec])),
+                               np.asarray(plain.model([enc, dec])) * CONFIG["d_model"] ** -0.5,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="bert4keras_scaling"):
+        scaled.save_pretrained("unused")
