@@ -142,17 +142,35 @@ def head_activation(option, value):
 class BERT(Transformer):
     """The builder of every BERT-shaped family (``family``, one row of ``FAMILIES``).
 
-    ``application``: ``encoder`` (bidirectional), ``lm`` (causal) or ``unilm``
-    (bidirectional over segment 0, causal over segment 1); ``lm`` and ``unilm`` default to
-    ``with_mlm=True``. ``keep_tokens`` keeps only those vocabulary rows of a checkpoint (a
-    smaller vocabulary). ``dropout_rate`` overrides the config's dropout rates.
-    Table families take ``max_position`` (rows of the position table; default the config's
-    ``max_position_embeddings``, 512) and ``hierarchical_position`` (Su's hierarchical
-    decomposition, reaching ``rows²`` positions). Rotary families take ``attention``
-    (``"softmax"``, ``"linear"``, ``"vq"``, ``"gau"``), ``attention_options`` (extra
-    constructor arguments of that layer, e.g. the VQ codebook size) and ``rotary_base``.
     With an attention that takes no full boolean mask (linear, VQ) the blocks get the padding
     mask and ``causal=True`` for ``application="lm"``; ``"unilm"`` needs softmax or GAU.
+
+    Args:
+        config: the checkpoint's config dict (``bert_config.json`` / ``config.json`` keys).
+        application: ``"encoder"`` (bidirectional), ``"lm"`` (causal) or ``"unilm"``
+            (bidirectional over segment 0, causal over segment 1).
+        with_pool: the ``[CLS]`` pooler (``True``: tanh; or an activation name).
+        with_nsp: the next-sentence head on the pooler (implies ``with_pool``).
+        with_mlm: the MLM head (``True``: probabilities; an activation name such as
+            ``"linear"``: logits); ``None``: on for ``lm`` and ``unilm``.
+        keep_tokens: checkpoint vocabulary rows to keep (a smaller vocabulary).
+        compound_tokens: new rows, each the (weighted) mean of kept rows (bert4keras').
+        dropout_rate: overrides the config's hidden and attention dropout rates.
+        attention_dropout_rate: overrides the attention dropout rate alone.
+        segment_vocab_size: overrides ``type_vocab_size`` (0: no segment embedding; the
+            model still takes segment ids and ignores them).
+        sequence_length: a fixed input length (``None``: any).
+        recompute: recompute each block's activations in the backward pass.
+        entropy_scaling: scale attention logits by ``log(n)/log(512)``.
+        name: the Keras model's name.
+        hierarchical_position: table families: Su's hierarchical decomposition of the
+            position table (``True``, or its alpha in ``[0, 1)``), reaching ``rows²``
+            positions.
+        max_position: table families: rows of the position table (default the config's
+            ``max_position_embeddings``, 512).
+        attention: rotary families: ``"softmax"``, ``"linear"``, ``"vq"`` or ``"gau"``.
+        attention_options: rotary families: extra constructor arguments of that layer.
+        rotary_base: rotary families: the RoPE base (10000).
     """
 
     model_name = "bert"

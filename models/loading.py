@@ -92,8 +92,7 @@ def hub_snapshot(name, revision=None):
         from huggingface_hub import errors
     except ImportError:
         raise ImportError(f"loading {name!r} needs the optional package huggingface_hub; "
-                          f"install it with `pip install huggingface_hub` (or "
-                          f"`pip install keraformer[hub]`)") from None
+                          f"install it with `pip install huggingface_hub`") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     cache = os.environ.get("HF_HUB_CACHE")  # read now: the package reads it on import
     try:

@@ -169,6 +169,7 @@ def hf_t5_config(config):
     ``hidden_dropout_prob``, ``hidden_act``: ``"relu"`` or ``["gelu", "linear"]`` for the
     gated form) turned into Hugging Face's; a key given both ways must agree."""
     config = dict(config)
+    bert4keras = any(key in config for key in BERT4KERAS_KEYS)
     for old, new in BERT4KERAS_KEYS.items():
         if old in config:
             value = config.pop(old)
@@ -191,7 +192,8 @@ def hf_t5_config(config):
     if config.pop("attention_scale", False) is not False:
         raise ValueError("`attention_scale` must be False: T5 does not scale its attention "
                          "logits")
-    if "d_kv" not in config and "d_model" in config and "num_heads" in config:
+    if bert4keras and "d_kv" not in config and "d_model" in config and "num_heads" in config:
+        # bert4keras' attention_head_size defaults to hidden_size / num_attention_heads
         config["d_kv"] = config["d_model"] // config["num_heads"]
     return config
 
@@ -204,7 +206,24 @@ class T5(Transformer):
     ``relative_attention_max_distance``, ``feed_forward_proj``, ``layer_norm_epsilon``,
     ``tie_word_embeddings``, ``decoder_start_token_id``, ``eos_token_id``, ``pad_token_id``,
     ``dropout_rate``); ``feed_forward_proj`` and ``tie_word_embeddings`` default to the
-    version's values.
+    version's values. bert4keras' config keys (``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``attention_head_size``, ``intermediate_size``, ``hidden_act``)
+    are read too (see :func:`hf_t5_config`).
+
+    Args:
+        config: the config dict.
+        application: ``"encoder"`` or ``"seq2seq"`` (the same model: both stacks).
+        dropout_rate: overrides the config's ``dropout_rate``.
+        name: the Keras model's name.
+        with_lm: ``builder.model``'s output: ``True`` probabilities, an activation name
+            (``"linear"``: logits), ``False`` the final decoder states.
+        keep_tokens: checkpoint vocabulary rows to keep (shared embedding rows and output
+            projection columns).
+        compound_tokens: new rows, each the (weighted) mean of kept rows.
+        sequence_length: a fixed input length (``None``: any).
+        bert4keras_scaling: scale the decoder output by ``d_model^-0.5`` before an untied
+            projection too, as bert4keras does for T5.1.1 and mT5 (models fine-tuned there
+            depend on it); default ``False``: Google's and Hugging Face's numerics.
     """
 
     APPLICATIONS = ("encoder", "seq2seq")

@@ -59,6 +59,7 @@ BAD_ENCODER_VALUES = [
     ("bert", {"with_nsp": "yes"}, TypeError, "with_nsp"),
     ("roformer_v2", {"with_pool": True}, ValueError, "with_pool"),
     ("gau_alpha", {"with_nsp": True}, ValueError, "with_nsp"),
+    ("gau_alpha", {"with_pool": True}, ValueError, "with_pool"),
     ("bert", {"recompute": 1}, TypeError, "recompute"),
     ("roformer", {"entropy_scaling": "no"}, TypeError, "entropy_scaling"),
     ("bert", {"hierarchical_position": "yes"}, TypeError, "hierarchical_position"),
