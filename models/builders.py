@@ -42,8 +42,6 @@ REFUSED = {
     "layer_norm_cond_hidden_size": "conditional layer normalisation is not implemented",
     "layer_norm_cond_hidden_act": "conditional layer normalisation is not implemented",
     "additional_input_layers": "add inputs around builder.model with the Keras functional API",
-    "cross_position_bias": "T5's cross-attention has no position bias (as in Google's and "
-                           "Hugging Face's T5)",
     "version": "the T5 version is the model name: model='t5', 't5.1.1' or 'mt5'",
 }
 UNSUPPORTED_MODELS = {

@@ -58,7 +58,9 @@ class T5Block(keras.layers.Layer):
     ``position_bias (1, heads, length, length)``, boolean masks broadcasting to ``(batch,
     heads, q_len, k_len)`` and, for decoder blocks, the encoder output ``context (batch,
     src_len, d_model)`` with its key mask ``context_mask``. Returns ``(batch, length,
-    d_model)``. ``step`` is the cached single-position form for decoding.
+    d_model)``. ``context_bias`` is an optional position bias of the cross-attention
+    (bert4keras' ``cross_position_bias``). ``step`` is the cached single-position form for
+    decoding.
 
     Args:
         heads: number of attention heads.
@@ -108,14 +110,14 @@ class T5Block(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def call(self, x, position_bias, attention_mask=None, causal=False, context=None,
-             context_mask=None, training=None):
+             context_mask=None, context_bias=None, training=None):
         h = self.self_attention_norm(x)
         h = self.self_attention(h, mask=attention_mask, bias=position_bias, causal=causal,
                                 training=training)
         x = x + self.dropout(h, training=training)
         if self.has_cross_attention:
             h = self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask,
-                                     training=training)
+                                     bias=context_bias, training=training)
             x = x + self.dropout(h, training=training)
         h = self.feedforward(self.feedforward_norm(x), training=training)
         return x + self.dropout(h, training=training)
@@ -124,7 +126,7 @@ class T5Block(keras.layers.Layer):
         """Cross-attention keys and values of the encoder output, computed once per input."""
         return self.cross_attention.project_key_value(context, context)
 
-    def step(self, x, position_bias, cache, index, key_mask, context_mask):
+    def step(self, x, position_bias, cache, index, key_mask, context_mask, context_bias=None):
         """Decode positions ``index..index+len-1`` of ``x (batch, len, d_model)``.
 
         ``cache`` holds ``key``/``value`` ``(batch, max_len, heads, head_size)`` of this
@@ -142,7 +144,7 @@ class T5Block(keras.layers.Layer):
         h = self.cross_attention_norm(x)
         q = self.cross_attention.project_query(h)
         x = x + self.cross_attention.attend(q, cache["context_key"], cache["context_value"],
-                                            mask=context_mask)
+                                            mask=context_mask, bias=context_bias)
         x = x + self.feedforward(self.feedforward_norm(x))
         return x, {**cache, "key": keys, "value": values}
 
@@ -224,6 +226,9 @@ class T5(Transformer):
         bert4keras_scaling: scale the decoder output by ``d_model^-0.5`` before an untied
             projection too, as bert4keras does for T5.1.1 and mT5 (models fine-tuned there
             depend on it); default ``False``: Google's and Hugging Face's numerics.
+        cross_position_bias: add the decoder's relative position bias to the
+            cross-attention logits too, as bert4keras does by default (``True`` there);
+            default ``False``: Google's and Hugging Face's numerics.
     """
 
     APPLICATIONS = ("encoder", "seq2seq")
@@ -244,18 +249,21 @@ class T5(Transformer):
     def option_names(cls):
         """The keyword options this builder takes (other keywords are config keys)."""
         return {"dropout_rate", "name", "with_lm", "keep_tokens", "compound_tokens",
-                "sequence_length", "bert4keras_scaling"}
+                "sequence_length", "bert4keras_scaling", "cross_position_bias"}
 
     def __init__(self, config, application="encoder", dropout_rate=None, name=None,
                  with_lm=True, keep_tokens=None, compound_tokens=None, sequence_length=None,
-                 bert4keras_scaling=False):
+                 bert4keras_scaling=False, cross_position_bias=False):
         super().__init__(hf_t5_config(config), application, dropout_rate=dropout_rate,
                          name=name, with_lm=with_lm, keep_tokens=keep_tokens,
                          compound_tokens=compound_tokens, sequence_length=sequence_length,
-                         bert4keras_scaling=bert4keras_scaling)
+                         bert4keras_scaling=bert4keras_scaling,
+                         cross_position_bias=cross_position_bias)
         if with_lm is not False:
             head_activation("with_lm", with_lm)  # True, False or an activation name
-        check_bools(bert4keras_scaling=bert4keras_scaling)
+        check_bools(bert4keras_scaling=bert4keras_scaling,
+                    cross_position_bias=cross_position_bias)
+        self.cross_position_bias = cross_position_bias
         if sequence_length is not None:
             check_positive_ints(sequence_length=sequence_length)
         self.with_lm, self.sequence_length = with_lm, sequence_length
@@ -395,8 +403,11 @@ class T5(Transformer):
         context_mask = self.encoder_mask(context_ids)
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.decoder_bias(x, x)
+        # bert4keras adds the decoder's (causal-bucket) bias to the cross-attention too
+        context_bias = self.decoder_bias(x, context) if self.cross_position_bias else None
         for block in self.decoder_blocks:
-            x = block(x, bias, causal=True, context=context, context_mask=context_mask)
+            x = block(x, bias, causal=True, context=context, context_mask=context_mask,
+                      context_bias=context_bias)
         x = self.dropout(self.decoder_norm(x))
         if with_lm is True:
             x = self.output_softmax(self.logits(x))
@@ -441,11 +452,15 @@ class T5(Transformer):
         max_length = ops.shape(cache["layers"][0]["key"])[1]
         keys = ops.zeros((1, max_length, 1))
         bias = self.decoder_bias(x, keys, offset=index)
+        context_bias = None
+        if self.cross_position_bias:
+            sources = ops.zeros((1, ops.shape(cache["layers"][0]["context_key"])[1], 1))
+            context_bias = self.decoder_bias(x, sources, offset=index)
         key_mask = (ops.arange(max_length) <= index)[None, None, None, :]
         layers = []
         for block, layer_cache in zip(self.decoder_blocks, cache["layers"]):
             x, layer_cache = block.step(x, bias, layer_cache, index, key_mask,
-                                        cache["context_mask"])
+                                        cache["context_mask"], context_bias)
             layers.append(layer_cache)
         logits = ops.cast(self.logits(self.decoder_norm(x))[:, -1], "float32")
         return ops.log_softmax(logits, axis=-1), {**cache, "layers": layers}
@@ -603,10 +618,11 @@ class T5(Transformer):
         ``T5ForConditionalGeneration`` / ``MT5ForConditionalGeneration`` (and ``T5Model``,
         ``T5EncoderModel``) load with the same outputs; returns it. Untied models write
         ``lm_head.weight``, which transformers 5 keeps (it warns that it does not tie it)."""
-        if self.scale_output and not self.tied:
-            raise ValueError("save_pretrained: `bert4keras_scaling=True` scales an untied "
-                             "output, which transformers' T5 cannot express; use "
-                             "save_weights_as_checkpoint or save instead")
+        if self.scale_output and not self.tied or self.cross_position_bias:
+            option = "cross_position_bias" if self.cross_position_bias else "bert4keras_scaling"
+            raise ValueError(f"save_pretrained: `{option}=True` is bert4keras' numerics, which "
+                             f"transformers' T5 cannot express; use save_weights_as_checkpoint "
+                             f"or save instead")
         arrays = dict(google_to_hf(name, array, self.norm_name, self.final_norm_name)
                       for name, array in self.checkpoint_arrays().items())
         return checkpoints.write_hf_directory(directory, arrays, self.hf_config())

@@ -320,6 +320,7 @@ def application_allowed(tokens, segments, application):
         return keys & ((segments[:, None, :] == 0) | (j <= i)[None])
     return np.broadcast_to(keys, (len(tokens), n, n))
 
+
 # -- bert4keras 0.11.5 -------------------------------------------------------------------------
 
 def run_bert4keras(script, inputs, folder, timeout=600):

@@ -97,6 +97,11 @@ BAD_T5_VALUES = [
     ("mt5", {"eos_token_id": [1000]}, ValueError, "eos_token_id"),
     ("t5", {"eos_token_id": "1"}, TypeError, "eos_token_id"),
     ("t5", {"tie_word_embeddings": "yes"}, TypeError, "tie_word_embeddings"),
+    ("t5", {"cross_position_bias": "yes"}, TypeError, "cross_position_bias"),
+    ("mt5", {"bert4keras_scaling": 1}, TypeError, "bert4keras_scaling"),
+    ("t5", {"with_lm": "sofmax"}, ValueError, "with_lm"),
+    ("t5", {"keep_tokens": [0, 30]}, ValueError, "keep_tokens"),
+    ("t5", {"sequence_length": 0}, ValueError, "sequence_length"),
     ("t5", {"application": "unilm"}, ValueError, "application"),
 ]
 
