@@ -9,6 +9,7 @@ format loads through the same mapping and the same shape checks.
 import json
 import os
 
+import keras
 import numpy as np
 
 from keraformer import checkpoints
@@ -92,7 +93,7 @@ class Transformer:
 
     def checkpoint_arrays(self):
         """``{checkpoint_name: array}`` of the current weights, in checkpoint layout."""
-        return {name: self.to_checkpoint(name, np.asarray(variable.numpy()))
+        return {name: self.to_checkpoint(name, keras.ops.convert_to_numpy(variable))
                 for name, variable in self.variable_mapping().items()}
 
     def save(self, directory):
