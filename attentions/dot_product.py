@@ -11,7 +11,8 @@ import math
 import keras
 from keras import ops
 
-from keraformer.checks import check_attention_inputs, check_broadcastable, check_positive_ints
+from keraformer.attentions.projection import ProjectedHeads
+from keraformer.checks import check_attention_inputs, check_broadcastable
 from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
 
 
@@ -108,72 +109,49 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head softmax attention with separate query/key and value head sizes.
 
-    ``heads`` heads; queries and keys have ``key_size`` dims per head (default ``head_size``),
-    values ``head_size``; the output projection maps back to ``output_dim`` (default: the query
-    width). ``rotary`` (a ``keraformer.positions.RotaryEmbedding`` or its config) rotates
-    queries and keys before the product. Call with ``query (batch, q_len, dim)`` and optional
-    ``key``/``value`` (default: ``query``), a boolean ``mask`` broadcasting to
-    ``(batch, heads, q_len, k_len)``, an additive ``bias`` and ``causal``; returns
-    ``(batch, q_len, output_dim)``. The sublayers are named ``query``, ``key``, ``value`` and
-    ``output`` (Dense kernels ``(dim, heads·size)``), as BERT checkpoints lay them out.
+    Call with ``query (batch, q_len, dim)`` and optional ``key``/``value`` (default:
+    ``query``), a boolean ``mask`` broadcasting to ``(batch, heads, q_len, k_len)``, an
+    additive ``bias`` and ``causal``; returns ``(batch, q_len, output_dim)``. The sublayers
+    ``query``, ``key``, ``value`` and ``output`` are described in
+    ``keraformer.attentions.projection``.
+
+    Args:
+        heads: number of heads.
+        head_size: value size per head.
+        key_size: query/key size per head (default ``head_size``).
+        output_dim: width of the output projection (default: the query width).
+        use_bias: whether the projections have biases.
+        dropout_rate: dropout on the attention probabilities (training only).
+        scale: logit scale (default ``1/sqrt(key_size)``).
+        entropy_scaling: multiply the logits by ``log(n)/log(scaling_base)``.
+        scaling_base: see ``entropy_scaling``.
+        rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config) that rotates
+            queries and keys before the product.
+        kernel_initializer: initializer of the projection kernels.
     """
 
     def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,
                  dropout_rate=0.0, scale=None, entropy_scaling=False, scaling_base=512,
                  rotary=None, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        check_positive_ints(heads=heads, head_size=head_size)
-        check_positive_ints(**{name: value for name, value in (("key_size", key_size),
-                                                                ("output_dim", output_dim))
-                               if value is not None})
-        self.heads, self.head_size = heads, head_size
-        self.key_size = key_size or head_size
-        self.output_dim, self.use_bias, self.dropout_rate = output_dim, use_bias, dropout_rate
+        self.init_heads(heads, head_size, key_size, output_dim, use_bias, kernel_initializer,
+                        rotary)
+        self.dropout_rate = dropout_rate
         self.scale, self.entropy_scaling, self.scaling_base = scale, entropy_scaling, scaling_base
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        if isinstance(rotary, dict):
-            rotary = keras.saving.deserialize_keras_object(rotary)
-        if rotary is not None and self.key_size % 2:
-            raise ValueError(f"`key_size` (default `head_size`) must be even to rotate queries "
-                             f"and keys with `rotary`; received {self.key_size}")
-        self.rotary = rotary
-        self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
-
-    def _dense(self, units, name):
-        return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                  kernel_initializer=self.kernel_initializer,
-                                  dtype=self.dtype_policy)
 
     def build(self, query_shape, key_shape=None, value_shape=None):
-        key_shape = key_shape or query_shape
-        value_shape = value_shape or key_shape
-        output_dim = self.output_dim or query_shape[-1]
-        self.query_dense = self._dense(self.heads * self.key_size, "query")
-        self.key_dense = self._dense(self.heads * self.key_size, "key")
-        self.value_dense = self._dense(self.heads * self.head_size, "value")
-        self.output_dense = self._dense(output_dim, "output")
-        self.query_dense.build(query_shape)
-        self.key_dense.build(key_shape)
-        self.value_dense.build(value_shape)
-        self.output_dense.build(tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+        self.build_projections(query_shape, key_shape, value_shape)
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
-    def split_heads(self, x, size):
-        """``(batch, length, heads·size)`` to ``(batch, length, heads, size)``."""
-        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
-
     def project_query(self, query, positions=None):
-        q = self.split_heads(self.query_dense(query), self.key_size)
-        return q if self.rotary is None else self.rotary(q, positions=positions)
+        return self.rotate(self.split_heads(self.query_dense(query), self.key_size), positions)
 
     def project_key_value(self, key, value, positions=None):
-        k = self.split_heads(self.key_dense(key), self.key_size)
-        v = self.split_heads(self.value_dense(value), self.head_size)
-        k = k if self.rotary is None else self.rotary(k, positions=positions)
-        return k, v
+        k = self.rotate(self.split_heads(self.key_dense(key), self.key_size), positions)
+        return k, self.split_heads(self.value_dense(value), self.head_size)
 
     def attend(self, q, k, v, mask=None, bias=None, causal=False, training=None):
         """Attention over projected heads; merges the heads and applies the output projection."""
@@ -184,8 +162,7 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             out = dot_product_attention(q, k, v, mask, bias, causal, self.scale,
                                         self.entropy_scaling, self.scaling_base)
-        out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
-        return self.output_dense(out)
+        return self.merge_heads(out)
 
     def call(self, query, key=None, value=None, mask=None, bias=None, causal=False,
              training=None):
@@ -195,17 +172,7 @@ class MultiHeadAttention(keras.layers.Layer):
         k, v = self.project_key_value(key, value)
         return self.attend(q, k, v, mask, bias, causal, training)
 
-    def compute_output_shape(self, query_shape, *args, **kwargs):
-        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
-
-    def compute_mask(self, *args, **kwargs):
-        return None
-
     def get_config(self):
-        rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)
-        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
-                "key_size": self.key_size, "output_dim": self.output_dim,
-                "use_bias": self.use_bias, "dropout_rate": self.dropout_rate,
-                "scale": self.scale, "entropy_scaling": self.entropy_scaling,
-                "scaling_base": self.scaling_base, "rotary": rotary,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), **self.heads_config(),
+                "dropout_rate": self.dropout_rate, "scale": self.scale,
+                "entropy_scaling": self.entropy_scaling, "scaling_base": self.scaling_base}

@@ -15,8 +15,10 @@ import math
 import keras
 from keras import ops
 
+from keraformer.attentions.chunks import (allowed_key_counts, chunk_length, exclusive_cumsum,
+                                          full_key_weights, key_padding_weights, merge_chunks,
+                                          split_chunks)
 from keraformer.attentions.dot_product import entropy_scale
-from keraformer.attentions.linear import exclusive_cumsum, key_padding_weights, pad_to_multiple
 from keraformer.checks import check_broadcastable, check_choice, check_positive_ints
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
@@ -74,17 +76,11 @@ def mixed_chunk_attention(q, k, v, mask=None, causal=False, chunk_size=128):
     """
     q, k, v = (ops.cast(x, "float32") for x in (q, k, v))
     batch, length = ops.shape(q)[0], ops.shape(q)[1]
-    keep = key_padding_weights(mask, k.shape[1], q.shape[0])
-    keep = ops.ones((batch, length), "float32") * (1.0 if keep is None else keep)  # (1, n) too
-    counts = ops.cumsum(keep, axis=1) if causal else ops.sum(keep, axis=1, keepdims=True)
-    size = min(chunk_size, length) if isinstance(length, int) else chunk_size
+    keep = full_key_weights(key_padding_weights(mask, k.shape[1], q.shape[0]), batch, length)
+    counts = allowed_key_counts(keep, length, causal)
+    size = chunk_length(length, chunk_size)
     q = q / math.sqrt(q.shape[-1])
-
-    def chunked(x):
-        x = pad_to_multiple(x, size)
-        return ops.reshape(x, (batch, -1, size) + tuple(x.shape[2:]))
-
-    qc, kc, vc, kept = chunked(q), chunked(k), chunked(v), chunked(keep)
+    qc, kc, vc, kept = (split_chunks(x, size) for x in (q, k, v, keep))
     local = ops.square(ops.relu(ops.einsum("bcid,bcjd->bcij", qc, kc))) * kept[:, :, None, :]
     if causal:
         local = local * ops.tril(ops.ones((size, size), "float32"))
@@ -95,8 +91,7 @@ def mixed_chunk_attention(q, k, v, mask=None, causal=False, chunk_size=128):
     else:
         others = ops.sum(states, axis=1, keepdims=True) - states
     out = out + ops.einsum("bcid,bcde->bcie", qc, others)
-    out = ops.reshape(out, (batch, -1, v.shape[-1]))[:, :length]
-    return out / ops.maximum(counts, 1.0)[..., None]
+    return merge_chunks(out, length) / ops.maximum(counts, 1.0)[..., None]
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -130,7 +125,7 @@ class ScaleOffset(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keraformer")
 class GatedAttentionUnit(keras.layers.Layer):
-    """Gated Attention Unit: ``(U ⊙ A·V)·W_o`` with one attention head over ``Q``, ``K`` from ``Z``.
+    """Gated Attention Unit: ``(U ⊙ A·V)·W_o``, one attention head over ``Q``, ``K`` from ``Z``.
 
     Call ``gau(x, mask=None, causal=False, positions=None, training=None)`` with ``x``
     ``(batch, length, dim)``, a boolean key ``mask`` ``(batch, length)`` or 4-D
@@ -138,11 +133,23 @@ class GatedAttentionUnit(keras.layers.Layer):
     ``chunk_size``) and rotary ``positions``; returns ``(batch, length, output_dim or dim)``.
     Sublayers: ``i_dense`` (output split as ``u``, ``v``, ``qk`` of widths ``units``,
     ``units``, ``key_size``), ``q_scaleoffset``/``k_scaleoffset`` (``gamma``, plus ``beta``
-    when ``use_bias``) and ``o_dense``, as GAU-α checkpoints name them. ``rotary``: a
-    ``keraformer.positions.RotaryEmbedding`` or its config, applied to ``Q`` and ``K``.
-    ``chunk_size`` (``relu2`` only) switches to :func:`mixed_chunk_attention`, whose ``Q``/``K``
-    are the same as the quadratic ones so a trained unit can switch modes; ``dropout_rate``
-    acts on the quadratic attention weights.
+    when ``use_bias``) and ``o_dense``, as GAU-α checkpoints name them.
+
+    Args:
+        units: width of the gates ``U`` and values ``V``.
+        key_size: width of the shared ``Z`` (and of ``Q``, ``K``).
+        activation: activation of ``i_dense``.
+        normalization: ``"softmax_plus"``, ``"softmax"`` or ``"relu2"`` (module docstring).
+        use_bias: biases in the Dense layers and offsets ``beta`` in the scale-offsets.
+        rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config) applied to ``Q``
+            and ``K``.
+        chunk_size: ``relu2`` only; switches to :func:`mixed_chunk_attention`, whose ``Q``/``K``
+            are the same as the quadratic ones so a trained unit can switch modes.
+        min_length: floor of ``n`` in ``softmax_plus`` (GAU-α uses 16).
+        scaling_base: the base ``b`` of ``softmax_plus``.
+        output_dim: width of ``o_dense`` (default: the input width).
+        dropout_rate: dropout on the quadratic attention weights.
+        kernel_initializer: initializer of the Dense kernels.
     """
 
     def __init__(self, units, key_size=128, activation="swish", normalization="softmax_plus",
@@ -159,7 +166,8 @@ class GatedAttentionUnit(keras.layers.Layer):
                 raise ValueError(f"`chunk_size` (mixed-chunk attention) needs "
                                  f"normalization='relu2'; received {normalization!r}")
         self.use_bias, self.chunk_size, self.min_length = use_bias, chunk_size, min_length
-        self.scaling_base, self.output_dim, self.dropout_rate = scaling_base, output_dim, dropout_rate
+        self.scaling_base, self.output_dim = scaling_base, output_dim
+        self.dropout_rate = dropout_rate
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if isinstance(rotary, dict):
             rotary = keras.saving.deserialize_keras_object(rotary)

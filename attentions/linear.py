@@ -8,59 +8,25 @@ Attention: a softmax over the features of each query and over the positions of e
 Causal attention sums over ``j <= i`` with chunked prefix sums: quadratic inside chunks of
 ``chunk_size`` positions and one ``(d, d_v)`` state per chunk, so memory is
 ``O(n·(chunk_size + d·d_v/chunk_size))`` per head instead of ``O(n·d·d_v)``.
+
+Rotary positions (Su et al. 2021, "RoFormer", section 3.3 on linear attention) rotate the
+feature maps in the numerator only: ``out_i = Σ_j (R_i φ(q_i))·(R_j φ(k_j)) v_j /
+Σ_j φ(q_i)·φ(k_j)``. The rotation keeps the kernel a dot product of per-position vectors, so
+the prefix-sum states still apply; the denominator stays unrotated because the rotated kernel
+can be negative and would no longer be a normaliser.
 """
 
 import keras
 from keras import ops
 
+from keraformer.attentions.chunks import (chunk_length, exclusive_cumsum, heads_first,
+                                          key_padding_weights, merge_chunks, split_chunks)
+from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_choice, check_positive_ints
 from keraformer.masks import mask_value
 
 FEATURE_MAPS = ("elu", "softmax")
 TINY = 1e-30  # floor of a normaliser that is zero only when every key is masked
-
-
-def key_padding_weights(mask, k_len, batch=None):
-    """Boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` → float32
-    ``(batch, k_len)`` (1 keeps a key, 0 drops it); ``None`` stays ``None``. Its batch axis
-    may be 1 (one mask for every row)."""
-    if mask is None:
-        return None
-    shape = tuple(mask.shape)
-    is_2d = len(shape) == 2
-    is_4d = len(shape) == 4 and shape[1] == 1 and shape[2] == 1
-
-    def fits(got, size):
-        return got is None or size is None or got == size
-
-    if not (is_2d or is_4d) or not fits(shape[-1], k_len) or not (
-            shape[0] == 1 or fits(shape[0], batch)):
-        raise ValueError(f"`mask` must be a key padding mask of shape (batch={batch}, "
-                         f"k_len={k_len}) or (batch, 1, 1, k_len); received shape {shape}")
-    mask = ops.cast(mask, "float32")
-    return mask if is_2d else mask[:, 0, 0, :]
-
-
-def pad_to_multiple(x, size, axis=1):
-    """Zero-pad ``axis`` of ``x`` up to a multiple of ``size``."""
-    length = ops.shape(x)[axis]
-    extra = (size - length % size) % size
-    widths = [[0, 0] for _ in x.shape]
-    widths[axis] = [0, extra]
-    return ops.pad(x, widths)
-
-
-def exclusive_cumsum(x, axis=1):
-    """``Σ_{t' < t} x_{t'}`` along ``axis`` (zero at the first position)."""
-    widths = [[0, 0] for _ in x.shape]
-    widths[axis] = [1, 0]
-    summed = ops.cumsum(ops.pad(x, widths), axis=axis)
-    return summed[(slice(None),) * (axis % len(x.shape)) + (slice(None, -1),)]
-
-
-def heads_first(x):
-    """``(batch, length, heads, d)`` → ``(batch, heads, length, d)``."""
-    return ops.transpose(x, (0, 2, 1, 3))
 
 
 def kernel_products(a, b, v, causal=False, chunk_size=64):
@@ -75,21 +41,14 @@ def kernel_products(a, b, v, causal=False, chunk_size=64):
     if not causal:
         state = ops.einsum("bkhd,bkhe->bhde", b, v)
         return ops.einsum("bqhd,bhde->bqhe", a, state)
-    batch, length = ops.shape(a)[0], ops.shape(a)[1]
-    heads, e = a.shape[2], v.shape[-1]
-    size = min(chunk_size, length) if isinstance(length, int) else chunk_size
-
-    def chunked(x):
-        x = pad_to_multiple(heads_first(x), size, axis=2)
-        return ops.reshape(x, (batch, heads, -1, size, x.shape[-1]))
-
-    a, b, v = chunked(a), chunked(b), chunked(v)
+    length = ops.shape(a)[1]
+    size = chunk_length(length, chunk_size)
+    a, b, v = (split_chunks(heads_first(x), size, axis=2) for x in (a, b, v))
     lower = ops.cast(ops.tril(ops.ones((size, size))), a.dtype)
     scores = ops.matmul(a, ops.swapaxes(b, -1, -2)) * lower          # (b, h, c, i, j)
     states = exclusive_cumsum(ops.matmul(ops.swapaxes(b, -1, -2), v), axis=2)  # (b, h, c, d, e)
     out = ops.matmul(scores, v) + ops.matmul(a, states)              # (b, h, c, i, e)
-    out = ops.reshape(out, (batch, heads, -1, e))[:, :, :length]
-    return heads_first(out)
+    return heads_first(merge_chunks(out, length, axis=2))
 
 
 def elu_features(x):
@@ -102,13 +61,18 @@ def with_ones(v):
     return ops.concatenate([v, ops.ones_like(v[..., :1])], axis=-1)
 
 
-def elu_linear_attention(q, k, v, keep, causal, chunk_size):
-    """``φ(q_i)·Σ_j φ(k_j) v_jᵀ / φ(q_i)·Σ_j φ(k_j)`` with ``φ = elu + 1``."""
+def elu_linear_attention(q, k, v, keep, causal, chunk_size, rotary=None):
+    """``φ(q_i)·Σ_j φ(k_j) v_jᵀ / φ(q_i)·Σ_j φ(k_j)`` with ``φ = elu + 1``; with ``rotary`` the
+    numerator takes ``R_i φ(q_i)`` and ``R_j φ(k_j)`` (RoFormer's linear attention)."""
     a, b = elu_features(q), elu_features(k)
     if keep is not None:
         b = b * keep[:, :, None, None]
-    both = kernel_products(a, b, with_ones(v), causal, chunk_size)
-    return both[..., :-1] / ops.maximum(both[..., -1:], TINY)
+    if rotary is None:
+        both = kernel_products(a, b, with_ones(v), causal, chunk_size)
+        return both[..., :-1] / ops.maximum(both[..., -1:], TINY)
+    numerator = kernel_products(rotary(a), rotary(b), v, causal, chunk_size)
+    denominator = kernel_products(a, b, ops.ones_like(v[..., :1]), causal, chunk_size)
+    return numerator / ops.maximum(denominator, TINY)
 
 
 def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
@@ -131,16 +95,30 @@ def softmax_linear_attention(q, k, v, keep, causal, chunk_size):
     return kernel_products(a, b, v)
 
 
-def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64):
+def check_rotary_feature_map(feature_map, rotary):
+    """RoPE needs a scalar denominator ``φ(q_i)·Σ_j φ(k_j)`` to leave unrotated; Efficient
+    Attention normalises every key feature separately over positions, which a rotation (it
+    mixes pairs of features) does not commute with."""
+    if rotary is not None and feature_map != "elu":
+        raise ValueError(f"`rotary` needs feature_map='elu' (a scalar normaliser that stays "
+                         f"unrotated); received feature_map={feature_map!r}")
+
+
+def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_size=64,
+                     rotary=None):
     """Linear attention on ``(batch, length, heads, head_dim)`` tensors, in float32.
 
     ``mask``: boolean key padding mask ``(batch, k_len)`` or ``(batch, 1, 1, k_len)``; masked
     keys never contribute. ``causal``: query ``i`` sees keys ``j <= i`` (needs
     ``q_len == k_len``), computed chunk by chunk (``chunk_size``). ``feature_map``: ``"elu"``
-    (``φ = elu + 1``, Katharopoulos et al. 2020) or ``"softmax"`` (Shen et al. 2021). Returns
+    (``φ = elu + 1``, Katharopoulos et al. 2020) or ``"softmax"`` (Shen et al. 2021).
+    ``rotary``: ``None`` or a callable that rotates ``(batch, length, heads, d)`` by position
+    (a ``keraformer.positions.RotaryEmbedding``), applied to ``φ(q)`` and ``φ(k)`` in the
+    numerator only (``"elu"`` only; see the module docstring). Returns
     ``(batch, q_len, heads, d_v)`` in ``v``'s dtype.
     """
     check_choice("feature_map", feature_map, FEATURE_MAPS)
+    check_rotary_feature_map(feature_map, rotary)
     check_positive_ints(chunk_size=chunk_size)
     check_attention_inputs(q, k, v)
     if causal and q.shape[1] != k.shape[1]:
@@ -148,79 +126,55 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
                          f"{q.shape[1]} and {k.shape[1]}")
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
-    attend = elu_linear_attention if feature_map == "elu" else softmax_linear_attention
-    return ops.cast(attend(q32, k32, v32, keep, causal, chunk_size), v.dtype)
-
-
-class ProjectedHeads:
-    """Query/key/value/output ``Dense`` projections and head splitting shared by the
-    attention layers that take ``heads``, ``head_size``, ``key_size`` and ``output_dim``."""
-
-    def _dense(self, units, name, input_shape):
-        layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                   kernel_initializer=self.kernel_initializer,
-                                   dtype=self.dtype_policy)
-        layer.build(input_shape)
-        return layer
-
-    def build_projections(self, query_shape, key_shape=None, value_shape=None):
-        key_shape = key_shape or query_shape
-        value_shape = value_shape or key_shape
-        self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
-        self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
-        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
-        self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
-                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
-
-    def split_heads(self, x, size):
-        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.heads, size))
+    if feature_map == "elu":
+        out = elu_linear_attention(q32, k32, v32, keep, causal, chunk_size, rotary)
+    else:
+        out = softmax_linear_attention(q32, k32, v32, keep, causal, chunk_size)
+    return ops.cast(out, v.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
 class LinearAttention(ProjectedHeads, keras.layers.Layer):
-    """Multi-head linear attention: Dense projections around :func:`linear_attention`.
+    """Multi-head linear attention: the projections of ``keraformer.attentions.projection``
+    (sublayers ``query``, ``key``, ``value``, ``output``) around :func:`linear_attention`.
 
     Call with ``query (batch, q_len, dim)``, optional ``key``/``value`` (default ``query``), a
     boolean key padding ``mask`` ``(batch, k_len)`` or ``(batch, 1, 1, k_len)`` and ``causal``;
-    returns ``(batch, q_len, output_dim)`` (``output_dim`` defaults to ``dim``). Sublayers
-    ``query``, ``key``, ``value``, ``output`` as in :class:`MultiHeadAttention`.
+    returns ``(batch, q_len, output_dim)``.
+
+    Args:
+        heads: number of heads.
+        head_size: value size per head.
+        key_size: query/key size per head (default ``head_size``).
+        output_dim: width of the output projection (default: the query width).
+        use_bias: whether the projections have biases.
+        feature_map: ``"elu"`` (``elu + 1``) or ``"softmax"`` (Efficient Attention).
+        chunk_size: positions per chunk of the causal prefix sums.
+        rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config; ``"elu"`` only)
+            that rotates the feature-mapped queries and keys of the numerator, as in
+            RoFormer's linear attention.
+        kernel_initializer: initializer of the projection kernels.
     """
 
     def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,
-                 feature_map="elu", chunk_size=64, kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 feature_map="elu", chunk_size=64, rotary=None,
+                 kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        check_positive_ints(heads=heads, head_size=head_size, chunk_size=chunk_size)
-        self.heads, self.head_size = heads, head_size
-        self.key_size = key_size or head_size
-        self.output_dim, self.use_bias = output_dim, use_bias
         self.feature_map = check_choice("feature_map", feature_map, FEATURE_MAPS)
+        check_positive_ints(chunk_size=chunk_size)
         self.chunk_size = chunk_size
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
+        self.init_heads(heads, head_size, key_size, output_dim, use_bias, kernel_initializer,
+                        rotary)
+        check_rotary_feature_map(self.feature_map, self.rotary)
 
     def build(self, query_shape, key_shape=None, value_shape=None):
         self.build_projections(query_shape, key_shape, value_shape)
 
     def call(self, query, key=None, value=None, mask=None, causal=False):
-        key = query if key is None else key
-        value = key if value is None else value
-        q = self.split_heads(self.query_dense(query), self.key_size)
-        k = self.split_heads(self.key_dense(key), self.key_size)
-        v = self.split_heads(self.value_dense(value), self.head_size)
-        out = linear_attention(q, k, v, mask, causal, self.feature_map, self.chunk_size)
-        out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
-        return self.output_dense(out)
-
-    def compute_output_shape(self, query_shape, *args, **kwargs):
-        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
-
-    def compute_mask(self, *args, **kwargs):
-        return None
+        q, k, v = self.project(query, key, value)
+        return self.merge_heads(linear_attention(q, k, v, mask, causal, self.feature_map,
+                                                 self.chunk_size, self.rotary))
 
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
-                "key_size": self.key_size, "output_dim": self.output_dim,
-                "use_bias": self.use_bias, "feature_map": self.feature_map,
-                "chunk_size": self.chunk_size,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), **self.heads_config(), "feature_map": self.feature_map,
+                "chunk_size": self.chunk_size}

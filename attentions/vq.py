@@ -8,7 +8,18 @@ the count ``N_c`` and the sum ``S_c`` of the values whose keys chose it:
 forms an ``n × n`` matrix. Causal attention walks blocks of ``block_size`` positions: exact
 softmax over the quantised keys inside the block plus the per-code counts and sums of all
 earlier blocks (the block-recurrent cache), one softmax over both, ``O(n·(block_size +
-codes))``. The result equals ``dot_product_attention(q, quantize(k), v)`` exactly.
+codes))``. The result equals ``dot_product_attention(q, quantize(k), v)`` exactly, also with
+``entropy_scaling`` (the logits times ``log(n_i)/log(base)``, ``n_i`` the keys query ``i`` may
+see): the factor depends on the query only, so it scales ``q_i`` and the caches are unchanged.
+
+Positions. ``VQAttention(rotary=...)`` rotates the queries and the keys *before* the keys are
+quantised: ``softmax_j((R_i q_i)·VQ(R_j k_j))``. Rotating after quantising (``R_j C[z_j]``,
+as RoPE on softmax attention would) makes each key's logit depend on its own position, so the
+keys that share a code could no longer share one cached count and value sum and the cost
+would return to ``O(n²)``. Rotating first keeps every cached term a function of the code
+alone: the key's position reaches the logits through the codeword it picks (the codebook is
+learned on rotated keys) and the query's through ``R_i``. The logits are then only
+approximately a function of ``i − j`` (exactly so as the quantisation error goes to zero).
 """
 
 import math
@@ -16,8 +27,11 @@ import math
 import keras
 from keras import ops
 
-from keraformer.attentions.linear import (ProjectedHeads, exclusive_cumsum, heads_first,
-                                          key_padding_weights, pad_to_multiple)
+from keraformer.attentions.chunks import (allowed_key_counts, chunk_length, exclusive_cumsum,
+                                          full_key_weights, heads_first, key_padding_weights,
+                                          merge_chunks, split_chunks)
+from keraformer.attentions.dot_product import entropy_scale
+from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_positive_ints
 from keraformer.masks import apply_mask
 
@@ -81,20 +95,19 @@ def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_thr
     matrix products without transposes in between.
     """
     batch, length = ops.shape(q)[0], ops.shape(q)[1]
-    heads, codes = q.shape[2], codebook.shape[1]
-    size = min(block_size, length) if isinstance(length, int) else block_size
+    codes = codebook.shape[1]
+    size = chunk_length(length, block_size)
     quantized, one_hot = quantize(k, codebook)
-    keep = ops.ones((batch, length), "float32") * (1.0 if keep is None else keep)  # (1, n) too
+    keep = full_key_weights(keep, batch, length)
     one_hot = one_hot * keep[:, :, None, None]
     if straight_through:
         quantized = quantized + (k - ops.stop_gradient(k))
 
     def blocks(x):
-        x = pad_to_multiple(heads_first(x), size, axis=2)
-        return ops.reshape(x, (batch, heads, -1, size, x.shape[-1]))
+        return split_chunks(heads_first(x), size, axis=2)
 
     qb, kb, vb, hot = (blocks(x) for x in (q, quantized, v, one_hot))
-    kept = ops.reshape(pad_to_multiple(keep, size), (batch, 1, -1, 1, size))
+    kept = split_chunks(keep, size)[:, None, :, None, :]                  # (b, 1, g, 1, j)
     hot_t = ops.swapaxes(hot, -1, -2)                                     # (b, h, g, c, j)
     counts = exclusive_cumsum(ops.sum(hot, axis=3), axis=2)[:, :, :, None]  # (b, h, g, 1, c)
     sums = exclusive_cumsum(ops.matmul(hot_t, vb), axis=2)                # (b, h, g, c, e)
@@ -115,8 +128,7 @@ def vq_attention_causal(q, k, v, codebook, keep, scale, block_size, straight_thr
         extra = ops.einsum("bhgicd,bhgcde->bhgie", weighted_q, delta_values)
         norm = ops.einsum("bhgicd,bhgcd->bhgi", weighted_q, delta_counts)[..., None]
         out = (out + extra) / (1.0 + norm)
-    out = ops.reshape(out, (batch, heads, -1, v.shape[-1]))[:, :, :length]
-    return heads_first(out)
+    return heads_first(merge_chunks(out, length, axis=2))
 
 
 def check_vq_inputs(q, k, v, codebook):
@@ -129,7 +141,7 @@ def check_vq_inputs(q, k, v, codebook):
 
 
 def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, scale=None,
-                 straight_through=False):
+                 straight_through=False, entropy_scaling=False, scaling_base=512):
     """Softmax attention over nearest-codeword keys, linear in length; ``(batch, q_len, heads,
     d_v)`` in ``v``'s dtype.
 
@@ -138,7 +150,9 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
     blocks of ``block_size`` (default 64); ``scale`` defaults to ``1/sqrt(head_dim)``.
     Keys get no gradient from the ``argmin`` itself; ``straight_through=True`` gives them the
     straight-through estimate (the gradient that softmax attention over ``k̂`` would give
-    ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training.
+    ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training. ``entropy_scaling``
+    multiplies the logits by ``log(n_i)/log(scaling_base)`` as in
+    :func:`dot_product_attention`.
     """
     check_vq_inputs(q, k, v, codebook)
     block_size = 64 if block_size is None else block_size
@@ -150,6 +164,9 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     codebook = ops.cast(codebook, "float32")
+    if entropy_scaling:
+        counts = allowed_key_counts(keep, k.shape[1], causal)
+        q32 = q32 * entropy_scale(counts, scaling_base)[:, :, None, None]
     if causal:
         out = vq_attention_causal(q32, k32, v32, codebook, keep, scale, block_size,
                                   straight_through)
@@ -162,32 +179,48 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
 class VQAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head attention with vector-quantised keys (Transformer-VQ), linear in length.
 
-    Projections as in :class:`MultiHeadAttention` (sublayers ``query``, ``key``, ``value``,
-    ``output``) around :func:`vq_attention` with a learned codebook of ``codes`` codewords per
-    head. Training (``training=True``) passes straight-through gradients to the keys, adds the
-    commitment loss ``commitment·mean‖k − sg(k̂)‖²`` with ``add_loss`` and updates the
-    codebook by exponential-moving-average k-means (``decay``; Laplace smoothing
-    ``epsilon``), as Transformer-VQ and VQ-VAE-2 do: the EMA update is the k-means step
-    itself, needs no learning rate, does not depend on the optimizer and avoids the dead
-    codes that a gradient-trained codebook gets. The codebook is ``codebook_sums /
-    codebook_counts`` (non-trainable weights). Call ``layer(query, key=None, value=None,
-    mask=None, causal=False, training=None)``; returns ``(batch, q_len, output_dim or dim)``.
+    The projections of ``keraformer.attentions.projection`` (sublayers ``query``, ``key``,
+    ``value``, ``output``) around :func:`vq_attention` with a learned codebook of ``codes``
+    codewords per head. Training (``training=True``) passes straight-through gradients to the
+    keys, adds the commitment loss ``commitment·mean‖k − sg(k̂)‖²`` with ``add_loss`` and
+    updates the codebook by exponential-moving-average k-means, as Transformer-VQ and
+    VQ-VAE-2 do: the EMA update is the k-means step itself, needs no learning rate, does not
+    depend on the optimizer and avoids the dead codes that a gradient-trained codebook gets.
+    The codebook is ``codebook_sums / codebook_counts`` (non-trainable weights). Call
+    ``layer(query, key=None, value=None, mask=None, causal=False, training=None)``; returns
+    ``(batch, q_len, output_dim or dim)``.
+
+    Args:
+        heads: number of heads.
+        head_size: value size per head.
+        codes: codewords per head.
+        key_size: query/key (and codeword) size per head (default ``head_size``).
+        output_dim: width of the output projection (default: the query width).
+        use_bias: whether the projections have biases.
+        block_size: positions per block of the causal recurrence.
+        commitment: weight of the commitment loss.
+        decay: EMA decay of the codebook statistics, in ``[0, 1)``.
+        epsilon: Laplace smoothing of the codeword counts.
+        rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config) that rotates
+            queries and keys before the keys are quantised (see the module docstring).
+        entropy_scaling: multiply the logits by ``log(n)/log(scaling_base)``.
+        scaling_base: see ``entropy_scaling``.
+        kernel_initializer: initializer of the projection kernels.
     """
 
     def __init__(self, heads, head_size, codes=64, key_size=None, output_dim=None,
                  use_bias=True, block_size=64, commitment=1e-4, decay=0.99, epsilon=1e-5,
+                 rotary=None, entropy_scaling=False, scaling_base=512,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        check_positive_ints(heads=heads, head_size=head_size, codes=codes,
-                            block_size=block_size)
+        check_positive_ints(codes=codes, block_size=block_size)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must lie in [0, 1); received {decay!r}")
-        self.heads, self.head_size, self.codes = heads, head_size, codes
-        self.key_size = key_size or head_size
-        self.output_dim, self.use_bias, self.block_size = output_dim, use_bias, block_size
+        self.init_heads(heads, head_size, key_size, output_dim, use_bias, kernel_initializer,
+                        rotary)
+        self.codes, self.block_size = codes, block_size
         self.commitment, self.decay, self.epsilon = commitment, decay, epsilon
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.supports_masking = True  # `mask` is the key padding mask, not a Keras input mask
+        self.entropy_scaling, self.scaling_base = entropy_scaling, scaling_base
 
     def build(self, query_shape, key_shape=None, value_shape=None):
         self.build_projections(query_shape, key_shape, value_shape)
@@ -209,26 +242,24 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
         return self.codebook_sums / smoothed[..., None]
 
     def call(self, query, key=None, value=None, mask=None, causal=False, training=None):
-        key = query if key is None else key
-        value = key if value is None else value
-        q = self.split_heads(self.query_dense(query), self.key_size)
-        k = self.split_heads(self.key_dense(key), self.key_size)
-        v = self.split_heads(self.value_dense(value), self.head_size)
+        q, k, v = self.project(query, key, value)
+        q, k = self.rotate(q), self.rotate(k)  # before quantisation: see the module docstring
         codebook = self.codebook
         if training:
             self.add_commitment_loss(k, codebook, mask)
         out = vq_attention(q, k, v, codebook, mask, causal, self.block_size,
-                           straight_through=bool(training))
+                           straight_through=bool(training),
+                           entropy_scaling=self.entropy_scaling,
+                           scaling_base=self.scaling_base)
         if training:
             self.ema_update(k, codebook, mask)
-        out = ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
-        return self.output_dense(out)
+        return self.merge_heads(out)
 
     def kept_codes(self, k, codebook, mask):
         """Quantised keys and one-hot codes with padding keys zeroed, float32."""
         quantized, one_hot = quantize(k, codebook)
-        keep = key_padding_weights(mask, k.shape[1], k.shape[0])
-        keep = ops.ones(ops.shape(k)[:2], "float32") * (1.0 if keep is None else keep)
+        keep = full_key_weights(key_padding_weights(mask, k.shape[1], k.shape[0]),
+                                ops.shape(k)[0], ops.shape(k)[1])
         return quantized, one_hot * keep[:, :, None, None], keep
 
     def add_commitment_loss(self, k, codebook, mask):
@@ -246,15 +277,8 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
                                     + (1.0 - self.decay) * counts)
         self.codebook_sums.assign(self.decay * self.codebook_sums + (1.0 - self.decay) * sums)
 
-    def compute_output_shape(self, query_shape, *args, **kwargs):
-        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
-
-    def compute_mask(self, *args, **kwargs):
-        return None
-
     def get_config(self):
-        return {**super().get_config(), "heads": self.heads, "head_size": self.head_size,
-                "codes": self.codes, "key_size": self.key_size, "output_dim": self.output_dim,
-                "use_bias": self.use_bias, "block_size": self.block_size,
-                "commitment": self.commitment, "decay": self.decay, "epsilon": self.epsilon,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+        return {**super().get_config(), **self.heads_config(), "codes": self.codes,
+                "block_size": self.block_size, "commitment": self.commitment,
+                "decay": self.decay, "epsilon": self.epsilon,
+                "entropy_scaling": self.entropy_scaling, "scaling_base": self.scaling_base}

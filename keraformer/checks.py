@@ -28,9 +28,95 @@ def check_token_ids(token_ids, vocab_size, name="token_ids"):
     if not is_concrete(token_ids):
         return
     values = ops.convert_to_numpy(token_ids)
+    if values.dtype.kind == "f" and not np.all(values == np.floor(values)):
+        fractional = values[values != np.floor(values)]
+        raise ValueError(f"`{name}` must be whole numbers (integer ids); received "
+                         f"{fractional.size} fractional values such as {fractional.flat[0]}")
     if values.size and (values.max() >= vocab_size or values.min() < 0):
         raise ValueError(f"`{name}` must lie in [0, {vocab_size}) (the vocabulary size); "
                          f"received ids from {values.min()} to {values.max()}")
+
+
+def guard_ids(ids, size, name="token_ids", ignore_index=None):
+    """``(safe_ids, valid)``: ids (int32) that are safe to gather with and a boolean tensor,
+    ``True`` where ``ids`` is an integer in ``[0, size)`` (or equals ``ignore_index``).
+
+    Callers gather with ``safe_ids`` (invalid ids replaced by 0) and then set the invalid
+    positions to NaN with ``valid``, so a bad id never yields a plausible value, whatever the
+    backend's gather does with it (TensorFlow wraps negative ids and, under XLA, clamps;
+    GPUs return zeros). Errors are raised where the backend can raise one: eagerly a
+    ``ValueError`` naming ``name``; in a TensorFlow graph without XLA an assertion fails with
+    ``InvalidArgumentError`` naming it (XLA ignores assertions; JAX has none in traced code).
+    """
+    ids = ops.convert_to_tensor(ids)
+    check_token_ids(ids if ignore_index is None else ops.where(
+        ops.equal(ids, ignore_index), 0, ids), size, name)
+    valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, size))
+    if "float" in keras.backend.standardize_dtype(ids.dtype):
+        valid = ops.logical_and(valid, ops.equal(ids, ops.floor(ids)))
+    if ignore_index is not None:
+        valid = ops.logical_or(valid, ops.equal(ids, ignore_index))
+    if keras.backend.backend() == "tensorflow" and not is_concrete(ids):
+        import tensorflow as tf
+
+        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        check = tf.debugging.Assert(tf.reduce_all(valid), [
+            f"`{name}` must be integers in [0, {size}){allowed}; received invalid values",
+            tf.boolean_mask(ids, tf.logical_not(valid))], summarize=8)
+        with tf.control_dependencies([check]):
+            valid = tf.identity(valid)
+    safe = ops.where(valid, ops.cast(ids, "int32"), 0)
+    if ignore_index is not None:
+        safe = ops.where(ops.equal(ids, ignore_index), 0, safe)
+    return safe, valid
+
+
+def integer_id(value, name="token_id"):
+    """``value`` as a Python int, or ``TypeError`` naming ``name``: integers, NumPy integers
+    and 0-d integer arrays or tensors are ids; bools, floats (even whole ones) and strings are
+    not, so no id is silently truncated."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be an integer id; received the bool {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, str):
+        try:
+            array = np.asarray(ops.convert_to_numpy(value))
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.ndim == 0 and array.dtype.kind in "iu":
+            return int(array)
+    raise TypeError(f"`{name}` must be an integer id; received {value!r} of type "
+                    f"{type(value).__name__}")
+
+
+def integer_ids(ids, vocab_size=None, name="token_ids"):
+    """``ids`` (a list, tuple, 1-D array or tensor of integer ids) as a list of Python ints.
+
+    ``TypeError`` for a string, a non-sequence or non-integer ids (floats, bools), naming the
+    first bad entry as ``name[i]``; ``ValueError`` for more than one axis and, when
+    ``vocab_size`` is given, for an id outside ``[0, vocab_size)``.
+    """
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__") and not hasattr(
+            ids, "shape"):
+        raise TypeError(f"`{name}` must be a sequence of integer ids; received "
+                        f"{type(ids).__name__}")
+    if hasattr(ids, "shape") and hasattr(ids, "dtype"):
+        array = np.asarray(ops.convert_to_numpy(ids))
+        if array.ndim != 1:
+            raise ValueError(f"`{name}` must be one sequence of ids (1-D); received shape "
+                             f"{array.shape}")
+        if array.size and array.dtype.kind not in "iu":
+            raise TypeError(f"`{name}` must be integer ids; received dtype {array.dtype}")
+        values = array.astype("int64").tolist()
+    else:
+        values = [integer_id(value, f"{name}[{i}]") for i, value in enumerate(ids)]
+    if vocab_size is not None:
+        for i, value in enumerate(values):
+            if not 0 <= value < vocab_size:
+                raise ValueError(f"`{name}[{i}]` must lie in [0, {vocab_size}) (the vocabulary "
+                                 f"size); received {value}")
+    return values
 
 
 def check_choice(name, value, choices):

@@ -1,22 +1,260 @@
-"""Data helpers: raw text to padded ``tf.data`` batches for ``model.fit``.
+"""Data helpers with bert4keras' API: ``sequence_padding`` and ``DataGenerator``.
 
-``text_dataset`` (classification, pairs) and ``seq2seq_dataset`` (T5) encode the texts once
-with the tokenizer's compiled ``encode_batch`` and pad every batch to its own longest row, so a
-KerasHub-style user fits on raw strings. The datasets are ``tf.data`` pipelines (the one
-TensorFlow dependency here), which ``model.fit`` takes on TensorFlow and JAX alike.
+``sequence_padding`` pads (or cuts) a list of sequences to one array, as bert4keras'
+``snippets.sequence_padding`` does. ``DataGenerator`` is bert4keras' batching template: a
+subclass writes ``__iter__(random)`` yielding one padded batch at a time, built from
+``self.sample(random)``; ``forfit()`` then feeds ``model.fit`` forever with batches padded to
+their own longest row. Keras 3 needs two things that bert4keras' generators did not give it,
+and ``forfit``/``fortest`` supply them: every batch as a tuple ``(inputs, targets)`` of arrays
+(a list-shaped batch is refused by Keras), and, on TensorFlow, a ``tf.data.Dataset`` whose
+spec leaves every axis but the rank open, because Keras otherwise fixes the sequence length
+from the first two batches and fails on the first batch of another length. (On JAX every new
+batch shape is compiled once; padding lengths to a multiple, ``sequence_padding(x,
+length=...)``, bounds how many.)
+
+``text_dataset`` (classification, pairs) and ``seq2seq_dataset`` (T5) take raw strings, as a
+KerasHub user has them: the texts are encoded once with the tokenizer's compiled
+``encode_batch`` and every batch of the ``tf.data`` pipeline is padded to its own longest row;
+``model.fit`` takes it on TensorFlow and JAX alike.
 """
 
 import numbers
 
+import keras
 import numpy as np
 
 
+def check_int(name, value, minimum):
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer; received {value!r} of type "
+                        f"{type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; received {value}")
+
+
+def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post",
+                     pad_to_multiple_of=None):
+    """Pad each sequence of ``inputs`` to one length and stack them into a NumPy array.
+
+    ``inputs`` is a list of sequences (lists or arrays) of equal rank whose first
+    ``seq_dims`` axes are sequence axes. ``length`` (an int, or one int per sequence axis)
+    defaults to the longest size of each axis; a sequence longer than ``length`` is cut to
+    it, as in bert4keras. ``mode="post"`` pads at the end, ``"pre"`` at the start; ``value``
+    fills the padding. Returns an array of shape ``(len(inputs), *length, *rest)`` with the
+    inputs' dtype, equal to bert4keras 0.11.5's ``sequence_padding``. ``pad_to_multiple_of``
+    (keraformer's addition) rounds the default lengths up to a multiple of it, so fewer
+    distinct batch shapes reach the model (JAX and XLA compile each shape once).
+    """
+    if mode not in ("post", "pre"):
+        raise ValueError(f'`mode` must be "post" or "pre"; received {mode!r}')
+    check_int("seq_dims", seq_dims, 1)
+    if isinstance(inputs, np.ndarray):
+        inputs = list(inputs)
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise ValueError(f"`inputs` must be a non-empty list of sequences; received "
+                         f"{inputs!r}"[:200])
+    arrays = [np.asarray(x) for x in inputs]
+    ranks = {x.ndim for x in arrays}
+    if len(ranks) != 1 or min(ranks) < seq_dims:
+        raise ValueError(f"`inputs` must be sequences of one rank >= seq_dims={seq_dims}; "
+                         f"received ranks {sorted(ranks)} (ragged nesting inside one "
+                         f"sequence cannot be padded)")
+    if pad_to_multiple_of is not None:
+        check_int("pad_to_multiple_of", pad_to_multiple_of, 1)
+        if length is not None:
+            raise ValueError(f"`pad_to_multiple_of` rounds up the default length; pass it or "
+                             f"`length`, not both (received length={length!r})")
+    if length is None:
+        length = np.max([x.shape[:seq_dims] for x in arrays], axis=0)
+        if pad_to_multiple_of is not None:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    elif not hasattr(length, "__getitem__"):
+        length = [length]
+    if len(length) < seq_dims:
+        raise ValueError(f"`length` must give one size per sequence axis (seq_dims="
+                         f"{seq_dims}); received {length!r}")
+    for size in list(length)[:seq_dims]:
+        check_int("length", size, 0)
+    rest = {x.shape[seq_dims:] for x in arrays}
+    if len(rest) != 1:
+        raise ValueError(f"`inputs` must agree on every axis after the first seq_dims="
+                         f"{seq_dims}; received trailing shapes {sorted(rest)}")
+    dtype = np.result_type(*arrays)
+    if not representable(value, dtype):
+        raise ValueError(f"`value` must be representable in the inputs' dtype {dtype}; "
+                         f"received {value!r}")
+    cut = tuple(slice(0, int(length[i])) for i in range(seq_dims))
+    outputs = []
+    for x in arrays:
+        x = x[cut]
+        pad_width = [(0, 0)] * x.ndim
+        for i in range(seq_dims):
+            missing = int(length[i]) - x.shape[i]
+            pad_width[i] = (0, missing) if mode == "post" else (missing, 0)
+        outputs.append(np.pad(x, pad_width, "constant", constant_values=value))
+    return np.array(outputs)
+
+
+def representable(value, dtype):
+    """True when ``value`` survives a cast to the numeric ``dtype`` unchanged (NaN counts)."""
+    if not np.issubdtype(dtype, np.number):
+        return True
+    try:
+        cast = np.asarray(value, dtype).item()
+    except (OverflowError, TypeError, ValueError):
+        return False
+    return cast == value or (cast != cast and value != value)
+
+
+def open_shape(shape):
+    """The shape a ``tf.data`` spec gives an array of ``shape``: the batch axis and every other
+    axis open (``None``) except those of size 1 (a label column, which losses squeeze)."""
+    return (None,) + tuple(1 if size == 1 else None for size in shape[1:])
+
+
+def as_arrays(part):
+    """One element of a batch as Keras takes it: an array, a tuple of arrays or a dict."""
+    if isinstance(part, dict):
+        return {key: np.asarray(item) for key, item in part.items()}
+    if isinstance(part, (list, tuple)) and part and not all(
+            isinstance(item, (numbers.Number, str, bytes)) for item in part):
+        return tuple(np.asarray(item) for item in part)
+    return np.asarray(part)
+
+
+def as_batch(batch):
+    """``(inputs, targets[, sample_weights])`` as a tuple of arrays (lists become tuples)."""
+    if isinstance(batch, (list, tuple)):
+        if not 1 <= len(batch) <= 3:
+            raise ValueError(f"a batch from `__iter__` must be (inputs,), (inputs, targets) or "
+                             f"(inputs, targets, sample_weights); received {len(batch)} parts")
+        return tuple(as_arrays(part) for part in batch)
+    return (as_arrays(batch),)
+
+
+class DataGenerator:
+    """bert4keras' batching template: subclass it and write ``__iter__(self, random=False)``.
+
+    ``data`` is any iterable of samples (a list, or an unsized iterable streamed through a
+    shuffle buffer of ``buffer_size`` samples, default ``1000 * batch_size``).
+    ``self.sample(random)`` yields ``(is_end, sample)`` pairs, ``is_end`` True for the last
+    sample, so ``__iter__`` knows when to yield the final, shorter batch. ``len(generator)``
+    is the number of batches per epoch (``ceil(len(data) / batch_size)``).
+
+    ``forfit(random=True)`` repeats epochs forever for ``model.fit(generator.forfit(),
+    steps_per_epoch=len(generator), ...)``; ``fortest()`` does the same with inputs only,
+    for ``model.predict``. Batches may each have their own length (dynamic padding).
+    """
+
+    def __init__(self, data, batch_size=32, buffer_size=None):
+        check_int("batch_size", batch_size, 1)
+        if buffer_size is not None:
+            check_int("buffer_size", buffer_size, 1)
+        self.data = data
+        self.batch_size = batch_size
+        if hasattr(data, "__len__"):
+            self.steps = -(-len(data) // batch_size)
+        else:
+            self.steps = None
+        self.buffer_size = buffer_size or batch_size * 1000
+
+    def __len__(self):
+        if self.steps is None:
+            raise TypeError("len() of a DataGenerator needs `data` with a length; this one "
+                            f"streams a {type(self.data).__name__} (pass steps_per_epoch "
+                            f"to model.fit yourself)")
+        return self.steps
+
+    def sample(self, random=False):
+        """Yield ``(is_end, sample)`` over one pass of the data, shuffled if ``random``.
+
+        Sized data is permuted with ``np.random.permutation``; unsized data goes through a
+        buffer of ``buffer_size`` samples from which ``np.random.randint`` picks, so a fixed
+        ``np.random.seed`` gives bert4keras' order.
+        """
+        if not random:
+            samples = iter(self.data)
+        elif self.steps is None:
+            samples = self.buffered_shuffle()
+        else:
+            samples = (self.data[i] for i in np.random.permutation(len(self.data)))
+        try:
+            current = next(samples)
+        except StopIteration:
+            return
+        for following in samples:
+            yield False, current
+            current = following
+        yield True, current
+
+    def buffered_shuffle(self):
+        """Samples of unsized ``data`` in a random order, ``buffer_size`` held at a time."""
+        cache, full = [], False
+        for item in self.data:
+            cache.append(item)
+            if full:
+                yield cache.pop(np.random.randint(len(cache)))
+            elif len(cache) == self.buffer_size:
+                full = True
+        while cache:
+            yield cache.pop(np.random.randint(len(cache)))
+
+    def __iter__(self, random=False):
+        raise NotImplementedError(
+            f"{type(self).__name__} must define __iter__(self, random=False) yielding "
+            f"batches built from self.sample(random), as in bert4keras")
+
+    def epochs(self, random, inputs_only=False):
+        """Batches of epoch after epoch, each a tuple of arrays, without end."""
+        while True:
+            empty = True
+            for batch in self.__iter__(random):
+                empty = False
+                batch = as_batch(batch)
+                yield batch[:1] if inputs_only else batch
+            if empty:
+                raise ValueError(f"{type(self).__name__}.__iter__ yielded no batch for "
+                                 f"`data` of {self.steps} batches; it must yield at least one")
+
+    def forfit(self, random=True):
+        """Batches for ``model.fit`` (with ``steps_per_epoch=len(self)``), repeating forever.
+
+        On TensorFlow a ``tf.data.Dataset`` with open axes (all but the batch's size-1 axes,
+        see :func:`open_shape`), so that every batch keeps its own length; on JAX (and torch)
+        a Python generator of tuples.
+        """
+        return self.for_keras(self.epochs(random))
+
+    def fortest(self, random=False):
+        """Inputs-only batches for ``model.predict(..., steps=len(self))``, forever."""
+        return self.for_keras(self.epochs(random, inputs_only=True))
+
+    @staticmethod
+    def for_keras(batches):
+        if keras.backend.backend() != "tensorflow":
+            return batches
+        import tensorflow as tf
+
+        first = next(batches)
+        signature = keras.tree.map_structure(
+            lambda x: tf.TensorSpec(open_shape(x.shape), tf.as_dtype(x.dtype)), first)
+        pending = [first]
+
+        def generate():
+            while pending:
+                yield pending.pop()
+            yield from batches
+
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def __repr__(self):
+        size = "unsized" if self.steps is None else f"{self.steps} batches"
+        return f"{type(self).__name__}(batch_size={self.batch_size}, {size})"
+
+
 # -- raw text to tf.data -------------------------------------------------------------------
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1; received {value!r}")
 
 
 def check_tokenizer(tokenizer):
@@ -105,7 +343,7 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
     import tensorflow as tf
 
     check_tokenizer(tokenizer)
-    check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     boundaries = check_buckets(bucket_boundaries)
     token_ids, segment_ids = tokenizer.encode_batch(texts, second, maxlen)
     count = len(token_ids)
@@ -162,7 +400,7 @@ def seq2seq_dataset(sources, targets=None, tokenizer=None, source_maxlen=None,
     check_tokenizer(tokenizer)
     target_tokenizer = tokenizer if target_tokenizer is None else target_tokenizer
     check_tokenizer(target_tokenizer)
-    check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     if isinstance(decoder_start_id, bool) or not isinstance(decoder_start_id, numbers.Integral) \
             or decoder_start_id < 0:
         raise ValueError(f"`decoder_start_id` must be an int >= 0; received "

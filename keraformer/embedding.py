@@ -3,15 +3,18 @@
 import keras
 from keras import ops
 
-from keraformer.checks import check_token_ids
+from keraformer.checks import guard_ids
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
 class Embedding(keras.layers.Embedding):
-    """``keras.layers.Embedding`` with a ``reverse`` mode and an eager range check.
+    """``keras.layers.Embedding`` with a ``reverse`` mode and checked ids.
 
-    ``layer(token_ids)`` maps ``(batch, length)`` ids to ``(batch, length, dim)`` vectors and
-    raises ``ValueError`` for ids outside the vocabulary in eager calls.
+    ``layer(token_ids)`` maps ``(batch, length)`` ids to ``(batch, length, dim)`` vectors. An
+    id outside ``[0, input_dim)`` (or a fractional float id) never gathers a plausible row:
+    eager calls raise ``ValueError``, TensorFlow graphs without XLA fail an assertion
+    (``InvalidArgumentError``), and compiled graphs (XLA, JAX) give NaN vectors at those
+    positions, which reach the model's outputs and loss.
     ``layer(hidden, reverse=True)`` maps ``(..., dim)`` to ``(..., vocab)`` logits with the
     transposed table, which is how BERT's MLM head and T5 1.0 tie their output projection.
     ``ids_name`` names the ids in that error (``"segment_ids"`` for a segment embedding).
@@ -25,8 +28,10 @@ class Embedding(keras.layers.Embedding):
         if reverse:
             table = ops.cast(self.embeddings, self.compute_dtype)
             return ops.matmul(inputs, ops.transpose(table))
-        check_token_ids(inputs, self.input_dim, self.ids_name)
-        return super().call(inputs)
+        ids, valid = guard_ids(inputs, self.input_dim, self.ids_name)
+        outputs = super().call(ids)
+        nan = ops.full((), float("nan"), dtype=outputs.dtype)
+        return ops.where(ops.expand_dims(valid, -1), outputs, nan)
 
     def compute_output_spec(self, inputs, reverse=False):
         if reverse:

@@ -229,3 +229,73 @@ def generate(step, cache, start_id, end_id=None, max_length=32, method="greedy",
     if not isinstance(max_length, (int, np.integer)) or max_length < 1:
         raise ValueError(f"`max_length` must be an integer >= 1; received {max_length!r}")
     return METHODS[method](step, cache, start_id, end_id, max_length, **kwargs)
+
+
+def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
+    """The highest-scoring label path of a linear-chain CRF (Viterbi 1967), in NumPy.
+
+    ``scores``: emission scores ``(length, labels)`` or ``(batch, length, labels)``, e.g. a
+    ``ConditionalRandomField``'s output, whose masked positions are rows of ``-inf``; ``mask``
+    ``(length,)``/``(batch, length)`` may mark the positions to decode instead (those rows are
+    then skipped too). ``transitions``: ``(labels, labels)``, ``transitions[i, j]`` scoring
+    label ``i`` followed by ``j`` (``crf.trans``). ``starts``/``ends``: the labels a path may
+    begin/end with, as bert4keras' ``ViterbiDecoder`` (None allows every label). A path
+    maximises ``sum_t scores[t, y_t] + sum_t transitions[y_t, y_{t+1}]`` over the unmasked
+    positions, taken in order. Returns int32 labels of ``scores``' leading shape, ``-1`` at
+    masked positions (first maximum on ties).
+    """
+    scores = np.asarray(ops.convert_to_numpy(scores), dtype="float64")
+    transitions = np.asarray(ops.convert_to_numpy(transitions), dtype="float64")
+    if scores.ndim not in (2, 3):
+        raise ValueError(f"`scores` must have shape (length, labels) or (batch, length, "
+                         f"labels); received shape {scores.shape}")
+    labels = scores.shape[-1]
+    if transitions.shape != (labels, labels):
+        raise ValueError(f"`transitions` must have shape ({labels}, {labels}) for scores with "
+                         f"{labels} labels; received shape {transitions.shape}")
+    single = scores.ndim == 2
+    if single:
+        scores = scores[None]
+    keep = ~np.all(np.isneginf(scores), axis=-1)
+    if mask is not None:
+        mask = np.asarray(ops.convert_to_numpy(mask)).astype(bool)
+        mask = mask[None] if single and mask.ndim == 1 else mask
+        if mask.shape != keep.shape:
+            raise ValueError(f"`mask` must have shape {keep.shape[1:] if single else keep.shape}"
+                             f"; received shape {mask.shape}")
+        keep &= mask
+    barred = {}
+    for name, allowed in (("starts", starts), ("ends", ends)):
+        barred[name] = np.ones(labels, bool)
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype="int64").reshape(-1)
+            if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= labels:
+                raise ValueError(f"`{name}` must list labels in [0, {labels}); received "
+                                 f"{allowed.tolist()}")
+            barred[name][allowed] = False
+        else:
+            barred[name][:] = False
+    paths = np.full(scores.shape[:2], -1, dtype="int32")
+    for row in range(scores.shape[0]):
+        positions = np.flatnonzero(keep[row])
+        if positions.size == 0:
+            continue
+        emissions = scores[row, positions].copy()
+        emissions[0, barred["starts"]] = -np.inf
+        emissions[-1, barred["ends"]] = -np.inf
+        best, pointers = emissions[0], []
+        for t in range(1, len(positions)):
+            candidates = best[:, None] + transitions + emissions[t][None]
+            pointers.append(candidates.argmax(axis=0))
+            best = candidates.max(axis=0)
+        if np.isneginf(best).all():
+            raise ValueError(f"no label path of length {len(positions)} (row {row}) begins "
+                             f"with one of `starts` and ends with one of `ends`; received "
+                             f"starts={starts}, ends={ends}")
+        label = int(best.argmax())
+        path = [label]
+        for pointer in reversed(pointers):
+            label = int(pointer[label])
+            path.append(label)
+        paths[row, positions] = path[::-1]
+    return paths[0] if single else paths

@@ -114,3 +114,35 @@ class AttentionMask(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "pad_id": self.pad_id}
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class OutputMask(keras.layers.Layer):
+    """Passes ``x`` through and attaches ``token_ids != pad_id`` as its Keras mask.
+
+    Call ``layer([x, token_ids])`` with ``x (batch, length, ...)`` and ``token_ids (batch,
+    length)``; the output is ``x`` with the boolean Keras mask ``(batch, length)``, so that
+    mask-aware layers after a builder's output (pooling, RNNs, a CRF, Keras' masked losses)
+    skip padding. ``keep_first=True`` keeps position 0 whatever its id (a decoder's start
+    token, which T5 writes as the padding id).
+    """
+
+    def __init__(self, pad_id=0, keep_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id, self.keep_first = pad_id, keep_first
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        keep = ops.not_equal(inputs[1], self.pad_id)
+        if self.keep_first:
+            keep = ops.concatenate([ops.ones_like(keep[:, :1]), keep[:, 1:]], axis=1)
+        return keep
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs[0].shape, dtype=inputs[0].dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id, "keep_first": self.keep_first}

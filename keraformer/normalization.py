@@ -53,3 +53,10 @@ class LayerNormalization(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "center": self.center, "scale": self.scale,
                 "rms": self.rms, "epsilon": self.epsilon}
+
+
+def rms_norm(epsilon=1e-6, scale=True, **kwargs):
+    """The RMS norm ``x / sqrt(mean(x²) + ε) · γ`` without mean or bias: T5's (``scale=True``)
+    or RoFormerV2's and GAU-α's parameter-free form (``scale=False``). ``kwargs`` (``name``,
+    ``dtype``) go to :class:`LayerNormalization`."""
+    return LayerNormalization(rms=True, center=False, scale=scale, epsilon=epsilon, **kwargs)

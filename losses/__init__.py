@@ -3,3 +3,5 @@
 from keraformer.losses.emo import EMOLoss, emo_distance, emo_loss, emo_token_losses
 from keraformer.losses.logit_adjustment import (LogitAdjustedLoss, adjust_logits,
                                                  logit_adjusted_loss)
+from keraformer.losses.multilabel import (global_pointer_crossentropy,
+                                          multilabel_categorical_crossentropy)

@@ -13,9 +13,46 @@ import keras
 import numpy as np
 from keras import ops
 
-from keraformer.checks import check_broadcastable, check_sparse_labels
+from keraformer.checks import check_broadcastable, check_sparse_labels, guard_ids
 
 MODES = ("combined", "emo")
+
+
+def check_mode(mode):
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
+    return mode
+
+
+def check_ignore_index(ignore_index):
+    """``ignore_index`` must be ``None`` or an integer label (not a bool or a float)."""
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(
+            ignore_index, (int, np.integer))):
+        raise TypeError(f"`ignore_index` must be None or an integer label; received "
+                        f"{ignore_index!r} of type {type(ignore_index).__name__}")
+    return None if ignore_index is None else int(ignore_index)
+
+
+def check_cost_embeddings(cost_embeddings):
+    """A finite float32 ``(vocab, dim)`` NumPy matrix, or ``TypeError``/``ValueError``."""
+    if isinstance(cost_embeddings, keras.KerasTensor):
+        raise TypeError("`cost_embeddings` must hold concrete values (NumPy array, tensor or "
+                        "variable); received a symbolic KerasTensor")
+    if cost_embeddings is None or isinstance(cost_embeddings, (str, bytes)):
+        raise TypeError(f"`cost_embeddings` must be a numeric (vocab, dim) matrix; received "
+                        f"{cost_embeddings!r}")
+    try:
+        cost = np.asarray(ops.convert_to_numpy(cost_embeddings), dtype="float32")
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`cost_embeddings` must be a numeric (vocab, dim) matrix; received "
+                        f"{type(cost_embeddings).__name__} ({error})") from None
+    if cost.ndim != 2 or 0 in cost.shape:
+        raise ValueError(f"`cost_embeddings` must be a non-empty (vocab, dim) matrix; "
+                         f"received shape {cost.shape}")
+    if not np.all(np.isfinite(cost)):
+        raise ValueError(f"`cost_embeddings` must be finite; received "
+                         f"{int(np.sum(~np.isfinite(cost)))} NaN or infinite entries")
+    return cost
 
 
 def normalized_cost_embeddings(cost_embeddings):
@@ -70,19 +107,20 @@ def emo_token_losses(y_true, logits, cost_embeddings, mode="combined", ignore_in
 
     ``mode="combined"`` gives ``0.5·(CE + stop_gradient(CE/emo)·emo)``, ``"emo"`` the pure
     transport cost ``emo``. Ignored labels are replaced by 0 (their loss is later weighted 0).
+    A label outside ``[0, vocab)`` raises eagerly and gives a NaN loss in a compiled graph.
     """
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
-    labels = ops.cast(y_true, "int32")
-    if ignore_index is not None:
-        labels = ops.where(ops.equal(labels, ignore_index), 0, labels)
+    check_mode(mode)
+    classes = logits.shape[-1] if logits.shape[-1] is not None else ops.shape(logits)[-1]
+    labels, valid = guard_ids(y_true, classes, "y_true", ignore_index)
     log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
     emo = emo_distance(labels, ops.exp(log_probs), normalized_cost_embeddings(cost_embeddings))
     if mode == "emo":
-        return emo
-    ce = token_cross_entropy(labels, log_probs)
-    ratio = ops.stop_gradient(ce / ops.maximum(emo, 1e-12))
-    return 0.5 * (ce + ratio * emo)
+        losses = emo
+    else:
+        ce = token_cross_entropy(labels, log_probs)
+        ratio = ops.stop_gradient(ce / ops.maximum(emo, 1e-12))
+        losses = 0.5 * (ce + ratio * emo)
+    return ops.where(valid, losses, float("nan"))
 
 
 def emo_loss(y_true, logits, cost_embeddings, mask=None, ignore_index=None,
@@ -95,7 +133,14 @@ def emo_loss(y_true, logits, cost_embeddings, mask=None, ignore_index=None,
     scales each token's term. ``mode="combined"`` (default) is ``0.5·(CE + sg(CE/emo)·emo)``,
     ``"emo"`` the pure ``emo = 1 − ⟨E[y], softmax(logits)·E⟩``.
     """
-    y_true = ops.convert_to_tensor(y_true)
+    check_mode(mode)
+    ignore_index = check_ignore_index(ignore_index)
+    if not hasattr(cost_embeddings, "shape"):
+        cost_embeddings = check_cost_embeddings(cost_embeddings)
+    elif len(cost_embeddings.shape) != 2:
+        raise ValueError(f"`cost_embeddings` must be a (vocab, dim) matrix; received shape "
+                         f"{tuple(cost_embeddings.shape)}")
+    y_true, logits = ops.convert_to_tensor(y_true), ops.convert_to_tensor(logits)
     check_sparse_labels(y_true, logits, ignore_index)
     vocab = cost_embeddings.shape[0]
     if logits.shape[-1] is not None and vocab is not None and logits.shape[-1] != vocab:
@@ -114,25 +159,24 @@ class EMOLoss(keras.losses.Loss):
     ``cost_embeddings (vocab, dim)``: a frozen copy of the output embedding matrix (kept as a
     NumPy array and stored in the config). ``y_pred`` are logits ``(..., vocab)``, ``y_true``
     sparse labels ``(...)``. The result is the mean over the tokens whose label is not
-    ``ignore_index`` (use it for padding), each scaled by ``sample_weight``; ``reduction`` is
-    kept for Keras compatibility but the mean is always over the counted tokens.
+    ``ignore_index`` (use it for padding), each scaled by ``sample_weight``, cast to ``dtype``.
+    That mean is the only reduction: ``reduction`` must be ``"sum_over_batch_size"`` (the
+    Keras default, kept for compatibility); any other value is refused.
     """
 
     def __init__(self, cost_embeddings, mode="combined", ignore_index=None,
                  name="emo_loss", reduction="sum_over_batch_size", dtype=None):
+        if reduction != "sum_over_batch_size":
+            raise ValueError(f"`reduction` must be 'sum_over_batch_size' (EMOLoss always "
+                             f"averages over the counted tokens); received {reduction!r}")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}; received {mode!r}")
-        cost = np.asarray(ops.convert_to_numpy(cost_embeddings), dtype="float32")
-        if cost.ndim != 2:
-            raise ValueError(f"`cost_embeddings` must be a (vocab, dim) matrix; received shape "
-                             f"{cost.shape}")
-        self.cost_embeddings, self.mode, self.ignore_index = cost, mode, ignore_index
+        self.cost_embeddings = check_cost_embeddings(cost_embeddings)
+        self.mode, self.ignore_index = check_mode(mode), check_ignore_index(ignore_index)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return emo_loss(y_true, y_pred, self.cost_embeddings,
-                        ignore_index=self.ignore_index, sample_weight=sample_weight,
-                        mode=self.mode)
+        loss = emo_loss(y_true, y_pred, self.cost_embeddings, ignore_index=self.ignore_index,
+                        sample_weight=sample_weight, mode=self.mode)
+        return ops.cast(loss, self.dtype)
 
     def call(self, y_true, y_pred):
         return emo_token_losses(y_true, y_pred, self.cost_embeddings, self.mode,

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keraformer.checks import check_sparse_labels
+from keraformer.checks import check_sparse_labels, guard_ids
 
 
 def class_log_priors(class_priors, num_classes=None):
@@ -37,9 +37,11 @@ def class_log_priors(class_priors, num_classes=None):
 
 
 def check_tau(tau):
-    """``tau`` must be a finite, non-negative number."""
-    if not isinstance(tau, (int, float, np.floating, np.integer)) or not np.isfinite(tau) \
-            or tau < 0:
+    """``tau`` must be a finite, non-negative number (not a bool)."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating, np.integer)):
+        raise TypeError(f"`tau` must be a finite number >= 0; received {tau!r} of type "
+                        f"{type(tau).__name__}")
+    if not np.isfinite(tau) or tau < 0:
         raise ValueError(f"`tau` must be a finite number >= 0; received {tau!r}")
     return float(tau)
 
@@ -58,14 +60,17 @@ def logit_adjusted_loss(y_true, logits, class_priors, tau=1.0):
 
     ``y_true (...)`` sparse integer labels, ``logits (..., num_classes)``, ``class_priors
     (num_classes,)`` counts or probabilities. With uniform priors this is plain sparse CE.
+    A label outside ``[0, num_classes)`` raises eagerly and gives NaN in a compiled graph.
     """
+    logits = ops.convert_to_tensor(logits)
     log_priors = class_log_priors(class_priors, logits.shape[-1])
     y_true = ops.convert_to_tensor(y_true)
     check_sparse_labels(y_true, logits)
+    labels, valid = guard_ids(y_true, log_priors.size, "y_true")
     adjusted = ops.cast(logits, "float32") + check_tau(tau) * log_priors
     log_probs = ops.log_softmax(adjusted, axis=-1)
-    labels = ops.expand_dims(ops.cast(y_true, "int32"), -1)
-    return -ops.squeeze(ops.take_along_axis(log_probs, labels, axis=-1), axis=-1)
+    picked = ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1)
+    return ops.where(valid, -ops.squeeze(picked, axis=-1), float("nan"))
 
 
 @keras.saving.register_keras_serializable(package="keraformer")

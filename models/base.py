@@ -1,9 +1,10 @@
-"""What every model builder shares: config handling, checkpoint loading and writing.
+"""What every model builder shares: its config, options, checkpoint names and saving.
 
 A builder subclass builds ``self.model`` in ``build()`` and states, in one readable dict
 returned by ``variable_mapping()``, which checkpoint variable (Google TF naming) feeds which
-Keras variable. ``from_hf_names`` converts a Hugging Face state dict to those names, so every
-format loads through the same mapping and the same shape checks.
+Keras variable. ``rename`` turns a checkpoint in another naming (Hugging Face PyTorch or
+``tf_model.h5``) into those names, so every format loads through the same mapping and the
+same checks (see ``keraformer.models.loading``, the one loading path).
 """
 
 import json
@@ -15,34 +16,29 @@ import numpy as np
 from keraformer import checkpoints
 
 
-def read_config(config_path=None, **overrides):
-    """A model config dict from a JSON file (or none), updated by ``overrides``."""
-    config = {}
-    if config_path is not None:
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"`config_path` {config_path!r} does not exist")
-        with open(config_path) as f:
-            config = json.load(f)
-    config.update(overrides)
-    return config
-
-
 class Transformer:
-    """Base of the model builders. Subclasses define ``build`` and ``variable_mapping``.
+    """Base of the model builders. Subclasses define ``build``, ``variable_mapping`` and
+    ``rename``.
 
     ``config`` holds the checkpoint's hyper-parameters (BERT's ``bert_config.json`` keys or a
-    Hugging Face ``config.json``); keyword arguments override config keys.
+    Hugging Face ``config.json``). ``options`` are the builder's keyword options
+    (``with_pool``...), recorded so that ``save`` can rebuild the same model.
+    ``model_name`` is the builder's name in ``keraformer.models.MODELS``.
     """
 
-    checkpoint_prefix = None
+    model_name = None
     APPLICATIONS = ("encoder",)
 
-    def __init__(self, config, application="encoder", **kwargs):
+    def __init__(self, config, application="encoder", **options):
         if application not in self.APPLICATIONS:
             raise ValueError(f"`application` must be one of {self.APPLICATIONS} for "
                              f"{type(self).__name__}; received {application!r}")
+        if not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict of config keys; received "
+                            f"{type(config).__name__}")
         self.config = dict(config)
         self.application = application
+        self.options = {"application": application, **options}
         self.model = None
 
     def require(self, *keys):
@@ -56,9 +52,28 @@ class Transformer:
     def build(self):
         raise NotImplementedError
 
+    # -- checkpoint names -----------------------------------------------------------------
     def variable_mapping(self):
         """``{checkpoint_name: keras.Variable}`` for every weight of the model."""
         raise NotImplementedError
+
+    def rename(self, arrays, naming):
+        """``{name: array}`` of a checkpoint in ``naming`` (``"google"``, ``"pytorch"``: a
+        Hugging Face state dict, Linear weights ``(out, in)``; ``"tf_h5"``: a Hugging Face
+        ``tf_model.h5``) as ``{checkpoint_name: array}`` in the names of
+        ``variable_mapping``."""
+        if naming == "google":
+            return dict(arrays)
+        raise ValueError(f"{type(self).__name__} cannot read {naming!r} checkpoints")
+
+    def unused_allowed(self, name):
+        """Whether checkpoint tensor ``name`` may go unused (a head the user did not ask
+        for, a buffer, optimizer state); see ``loading.UNUSED_ALLOWED``."""
+        return False
+
+    def check_checkpoint(self, arrays):
+        """Raise a ``ValueError`` with a hint when ``arrays`` belong to another model (before
+        the generic missing-variable error); subclasses override."""
 
     def to_keras(self, name, array):
         """Turn a checkpoint array into the layout of its Keras variable (default: as is)."""
@@ -68,93 +83,31 @@ class Transformer:
         """Inverse of :meth:`to_keras`, used when writing a checkpoint."""
         return array
 
-    def from_hf_names(self, arrays, transposed):
-        """Hugging Face ``{name: array}`` to checkpoint names (``transposed``: PyTorch Linear)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot read Hugging Face checkpoints")
+    def load_weights_from_checkpoint(self, path, strict=True):
+        """Load a checkpoint (any format ``keraformer.models.loading.detect`` knows) into
+        ``self.model``; ``strict=False`` turns unused checkpoint tensors into a warning."""
+        from keraformer.models import loading
+        loading.load_weights(self, loading.detect(path), strict=strict)
 
-    def load_weights_from_checkpoint(self, path):
-        """Load a checkpoint (any supported format, see ``read_checkpoint``) into ``self.model``."""
-        self.assign(read_checkpoint(path, self))
-
-    def assign(self, arrays):
-        """Assign ``{checkpoint_name: array}``; every mapped variable must be present and fit."""
-        mapping = self.variable_mapping()
-        missing = [name for name in mapping if name not in arrays]
-        if missing:
-            raise ValueError(f"checkpoint is missing {len(missing)} variable(s) the model "
-                             f"needs, e.g. {missing[:5]}; it holds e.g. {sorted(arrays)[:5]}")
-        for name, variable in mapping.items():
-            value = self.to_keras(name, np.asarray(arrays[name]))
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(f"checkpoint variable {name!r} has shape {tuple(value.shape)} "
-                                 f"but the model expects {tuple(variable.shape)}: the config "
-                                 f"does not match the checkpoint")
-            variable.assign(value.astype(variable.dtype))
-
+    # -- writing --------------------------------------------------------------------------
     def checkpoint_arrays(self):
         """``{checkpoint_name: array}`` of the current weights, in checkpoint layout."""
         return {name: self.to_checkpoint(name, keras.ops.convert_to_numpy(variable))
                 for name, variable in self.variable_mapping().items()}
 
     def save(self, directory):
-        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``)."""
+        """Save config, options and weights to ``directory`` (reload with ``load_pretrained``),
+        atomically: see ``checkpoints.write_keraformer_directory``."""
+        if self.model is None:
+            raise ValueError(f"{type(self).__name__}.save: the model is not built; call "
+                             f"build() first")
         os.makedirs(directory, exist_ok=True)
         options = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                    for k, v in self.options.items()}
-        with open(os.path.join(directory, "keraformer.json"), "w") as f:
-            json.dump({"model": self.model_name, "config": self.config, "options": options},
-                      f, indent=2)
-        self.model.save_weights(os.path.join(directory, "model.weights.h5"))
+        checkpoints.write_keraformer_directory(
+            directory, {"model": self.model_name, "config": self.config, "options": options},
+            self.model.save_weights)
 
     def save_weights_as_checkpoint(self, path):
         """Write the weights as a Google-format TF checkpoint at prefix ``path``."""
         return checkpoints.write_tf_checkpoint(self.checkpoint_arrays(), path)
-
-
-def hf_weight_files(directory):
-    """The Hugging Face weight file(s) of ``directory`` and their kind, or ``(None, None)``."""
-    for name, kind in (("model.safetensors", "safetensors"),
-                       ("model.safetensors.index.json", "sharded"),
-                       ("tf_model.h5", "h5")):
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            return path, kind
-    return None, None
-
-
-def read_hf_arrays(path, kind):
-    """Raw arrays of a Hugging Face weight file and whether kernels are PyTorch-transposed."""
-    if kind == "safetensors":
-        return checkpoints.read_safetensors(path), True
-    if kind == "sharded":
-        return checkpoints.read_sharded_safetensors(path), True
-    return checkpoints.read_h5_weights(path), False
-
-
-def read_checkpoint(path, builder):
-    """``{checkpoint_name: array}`` from a TF checkpoint, a Hugging Face directory or file.
-
-    ``.bin``/``.pt`` pickles are refused: loading never executes code from a checkpoint.
-    """
-    if path is None or not os.path.exists(path) and not os.path.exists(str(path) + ".index"):
-        raise FileNotFoundError(f"`checkpoint_path` {path!r} does not exist")
-    if str(path).endswith((".bin", ".pt", ".pth")) or os.path.isdir(path) and not any(
-            hf_weight_files(path)) and os.path.exists(os.path.join(path, "pytorch_model.bin")):
-        raise ValueError(f"{path!r} is a pickle-based PyTorch checkpoint, which can execute "
-                         f"code when loaded; convert it to safetensors first, e.g. "
-                         f"`safetensors.torch.save_file(torch.load(p, weights_only=True), "
-                         f"'model.safetensors')`")
-    if os.path.isdir(path):
-        hf_path, kind = hf_weight_files(path)
-        if hf_path is None:
-            return checkpoints.read_tf_checkpoint(path)
-    elif str(path).endswith(".safetensors"):
-        hf_path, kind = path, "safetensors"
-    elif str(path).endswith(".index.json"):
-        hf_path, kind = path, "sharded"
-    elif str(path).endswith(".h5"):
-        hf_path, kind = path, "h5"
-    else:
-        return checkpoints.read_tf_checkpoint(path)
-    arrays, transposed = read_hf_arrays(hf_path, kind)
-    return builder.from_hf_names(arrays, transposed)

@@ -1,11 +1,20 @@
-"""BERT and RoBERTa (Devlin et al. 2019; Liu et al. 2019): the builder and its checkpoint map.
+"""The BERT-shaped encoders: BERT, RoBERTa, RoFormer, RoFormerV2 and GAU-α as one builder
+and one table, ``FAMILIES``, of what differs between them.
 
 Inputs ``[token_ids, segment_ids]`` ``(batch, length)``; output the last hidden state
 ``(batch, length, hidden)``, or, as in bert4keras, the pooled ``[CLS]`` vector
 (``with_pool``), the MLM head (``with_mlm``: probabilities, or logits with ``"linear"``) or
-both ``[pooled, mlm]``. Token id 0 (``pad_token_id`` in the config) is padding.
+both ``[pooled, mlm]``. Token id ``pad_token_id`` (0 unless the config says otherwise) is
+padding; sequence outputs carry ``token_ids != pad_token_id`` as their Keras mask.
+
+Every family embeds tokens (plus segments, plus a learned position table for ``"table"``
+families), normalises, optionally maps ``embedding_size`` to ``hidden_size``, then stacks
+post-norm blocks (``keraformer.models.blocks.TransformerBlock``). Checkpoint names are
+Google BERT's (``bert/encoder/layer_{i}/attention/self/query/kernel``...), minus the biases
+and norm parameters a family does not have.
 """
 
+import dataclasses
 import re
 
 import keras
@@ -15,33 +24,152 @@ from keraformer import checkpoints
 from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
-from keraformer.masks import AttentionMask
+from keraformer.masks import AttentionMask, OutputMask
 from keraformer.models.base import Transformer
-from keraformer.models.blocks import TransformerBlock
-from keraformer.normalization import LayerNormalization
-from keraformer.positions import PositionEmbedding
+from keraformer.models.blocks import TransformerBlock, attention_class
+from keraformer.normalization import LayerNormalization, rms_norm
+from keraformer.positions import PositionEmbedding, RotaryEmbedding
 
 APPLICATION_MASKS = {"encoder": "padding", "lm": "causal", "unilm": "unilm"}
+FULL_MASK_ATTENTIONS = ("softmax", "gau")  # attentions that take a full boolean mask
+NORMS = {"layer": {}, "rms": {"rms": True, "center": False, "scale": False}}
+SCOPE = "bert"  # the checkpoint scope of every family's embeddings, blocks and pooler
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What distinguishes one BERT-shaped family, as data.
+
+    ``positions``: ``"table"`` (learned absolute positions) or ``"rotary"`` (RoPE on every
+    attention's queries and keys, no table). ``biases``: whether dense layers have biases.
+    ``norm``: ``"layer"`` (LayerNorm with ``gamma``/``beta``) or ``"rms"`` (parameter-free
+    ``x / sqrt(mean(x²) + ε)``). ``pooler``: whether checkpoints hold the ``[CLS]`` pooler.
+    ``mlm_head``: ``"transform"`` (dense, norm, tied projection, output bias) or ``"tied"``
+    (``h · Eᵀ`` only). ``attention``: the default attention kind. ``gau_layer``: whether a
+    ``"gau"`` attention is the whole layer (no feed-forward after it) and ``gau_options``
+    its extra constructor arguments; ``gau_names``: the checkpoint name template of such a
+    layer's weights (``{i}``: the layer). ``hf_export``: the ``transformers`` family
+    ``save_pretrained`` writes, or ``None``. ``config_defaults``: config keys the family's
+    checkpoints leave out.
+    """
+
+    positions: str
+    biases: bool
+    norm: str
+    pooler: bool
+    mlm_head: str
+    attention: str
+    gau_layer: bool
+    gau_options: dict
+    gau_names: str
+    hf_export: str
+    config_defaults: dict
+
+
+# What differs between the families, one column each: read across a row to compare them.
+FAMILY_NAMES = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha")
+FAMILY_TABLE = {
+    #               bert         roberta      roformer     roformer_v2  gau_alpha
+    "positions":   ("table",     "table",     "rotary",    "rotary",    "rotary"),
+    "biases":      (True,        True,        True,        False,       False),
+    "norm":        ("layer",     "layer",     "layer",     "rms",       "rms"),
+    "pooler":      (True,        True,        True,        False,       False),
+    "mlm_head":    ("transform", "transform", "transform", "tied",      "tied"),
+    "attention":   ("softmax",   "softmax",   "softmax",   "softmax",   "gau"),
+    "gau_layer":   (False,       False,       False,       False,       True),
+    "hf_export":   ("bert",      "bert",      "roformer",  None,        None),
+}
+# GAU-α's unit (Su 2022): softmax_plus normalisation, its own checkpoint scope, swish
+GAU_ALPHA = dict(gau_options={"normalization": "softmax_plus", "min_length": 16},
+                 gau_names="GAU_alpha/encoder/layer_{i}/gau/",
+                 config_defaults={"hidden_act": "swish", "num_attention_heads": 1})
+FAMILIES = {
+    name: Family(**{field: row[column] for field, row in FAMILY_TABLE.items()},
+                 **(GAU_ALPHA if name == "gau_alpha" else
+                    dict(gau_options={}, gau_names=None, config_defaults={})))
+    for column, name in enumerate(FAMILY_NAMES)}
+COMMON_OPTIONS = ("with_pool", "with_mlm", "keep_tokens", "dropout_rate", "recompute",
+                  "entropy_scaling", "name")
+POSITION_OPTIONS = {"table": ("hierarchical_position", "max_position"),
+                    "rotary": ("attention", "attention_options", "rotary_base")}
+
+
+def dense_names(prefix, dense):
+    """``{prefix + "kernel": ..., prefix + "bias": ...}`` of a Dense layer (bias if it has one)."""
+    names = {prefix + "kernel": dense.kernel}
+    if dense.use_bias:
+        names[prefix + "bias"] = dense.bias
+    return names
+
+
+def norm_names(prefix, norm):
+    """``gamma``/``beta`` checkpoint names of a normalisation layer (none if parameter-free)."""
+    names = {}
+    if norm.scale:
+        names[prefix + "gamma"] = norm.gamma
+    if norm.center:
+        names[prefix + "beta"] = norm.beta
+    return names
 
 
 class BERT(Transformer):
-    """BERT builder. ``application``: ``encoder`` (bidirectional), ``lm`` (causal) or
-    ``unilm`` (bidirectional over segment 0, causal over segment 1); ``lm`` and ``unilm``
-    default to ``with_mlm=True``. ``keep_tokens`` keeps only those vocabulary rows of a
-    checkpoint (a smaller vocabulary); ``hierarchical_position`` extends the position table
-    to ``max_position`` (default ``max_position_embeddings²``).
+    """The builder of every BERT-shaped family (``family``, one row of ``FAMILIES``).
+
+    ``application``: ``encoder`` (bidirectional), ``lm`` (causal) or ``unilm``
+    (bidirectional over segment 0, causal over segment 1); ``lm`` and ``unilm`` default to
+    ``with_mlm=True``. ``keep_tokens`` keeps only those vocabulary rows of a checkpoint (a
+    smaller vocabulary). ``dropout_rate`` overrides the config's dropout rates.
+    Table families take ``max_position`` (rows of the position table; default the config's
+    ``max_position_embeddings``, 512) and ``hierarchical_position`` (Su's hierarchical
+    decomposition, reaching ``rows²`` positions). Rotary families take ``attention``
+    (``"softmax"``, ``"linear"``, ``"vq"``, ``"gau"``), ``attention_options`` (extra
+    constructor arguments of that layer, e.g. the VQ codebook size) and ``rotary_base``.
+    With an attention that takes no full boolean mask (linear, VQ) the blocks get the padding
+    mask and ``causal=True`` for ``application="lm"``; ``"unilm"`` needs softmax or GAU.
     """
 
+    model_name = "bert"
     APPLICATIONS = tuple(APPLICATION_MASKS)
-    prefix = "bert"
+
+    @property
+    def family(self):
+        return FAMILIES[self.model_name]
+
+    @classmethod
+    def option_names(cls):
+        """The keyword options this builder takes (the rest of ``build_transformer_model``'s
+        keywords are config keys)."""
+        positions = FAMILIES[cls.model_name].positions
+        return set(COMMON_OPTIONS) | set(POSITION_OPTIONS[positions])
 
     def __init__(self, config, application="encoder", with_pool=False, with_mlm=None,
-                 keep_tokens=None, hierarchical_position=False, max_position=None,
-                 dropout_rate=None, recompute=False, entropy_scaling=False, name=None):
-        super().__init__(config, application)
+                 keep_tokens=None, dropout_rate=None, recompute=False, entropy_scaling=False,
+                 name=None, hierarchical_position=False, max_position=None, attention=None,
+                 attention_options=None, rotary_base=10000):
+        family = FAMILIES[self.model_name]
+        given = dict(hierarchical_position=hierarchical_position, max_position=max_position,
+                     attention=attention, attention_options=attention_options,
+                     rotary_base=rotary_base)
+        defaults = dict(hierarchical_position=False, max_position=None, attention=None,
+                        attention_options=None, rotary_base=10000)
+        foreign = sorted(k for k in given if k not in POSITION_OPTIONS[family.positions]
+                         and given[k] != defaults[k])
+        if foreign:
+            other = "rotary" if family.positions == "table" else "position-table"
+            raise ValueError(f"{type(self).__name__} does not take the option(s) {foreign} "
+                             f"(they apply to {other} families); its options are "
+                             f"{sorted(self.option_names())}")
+        options = dict(with_pool=with_pool, with_mlm=with_mlm, keep_tokens=keep_tokens,
+                       dropout_rate=dropout_rate, recompute=recompute,
+                       entropy_scaling=entropy_scaling, name=name)
+        options.update({k: given[k] for k in POSITION_OPTIONS[family.positions]})
+        super().__init__({**family.config_defaults, **config}, application, **options)
         if with_mlm not in (None, True, False, "linear", "softmax"):
             raise ValueError(f"`with_mlm` must be True, False, 'linear' or 'softmax'; "
                              f"received {with_mlm!r}")
+        if with_pool and not family.pooler:
+            raise ValueError(f"`with_pool=True`: {type(self).__name__} checkpoints have no "
+                             f"pooler; received with_pool={with_pool!r}")
         self.with_pool = with_pool
         self.with_mlm = (application != "encoder") if with_mlm is None else with_mlm
         self.keep_tokens = None if keep_tokens is None else np.asarray(keep_tokens)
@@ -60,7 +188,10 @@ class BERT(Transformer):
                              f"`num_attention_heads` ({self.heads})")
         if self.keep_tokens is not None:
             self.vocab_size = len(self.keep_tokens)
-        self.max_position = max_position or self.config.get("max_position_embeddings", 512)
+        self.embedding_size = self.config.get("embedding_size") or self.hidden_size
+        self.segment_vocab_size = self.config.get("type_vocab_size", 2)
+        self.max_position = (self.config.get("max_position_embeddings", 512)
+                             if max_position is None else max_position)
         self.dropout_rate = (self.config.get("hidden_dropout_prob", 0.1)
                              if dropout_rate is None else dropout_rate)
         self.attention_dropout_rate = (self.config.get("attention_probs_dropout_prob", 0.1)
@@ -68,66 +199,129 @@ class BERT(Transformer):
         self.activation = self.config.get("hidden_act", "gelu")
         self.epsilon = self.config.get("layer_norm_eps", 1e-12)
         self.pad_id = self.config.get("pad_token_id", 0) or 0
-        self.name = name or self.prefix
+        self.name = name or SCOPE
         self.initializer = keras.initializers.TruncatedNormal(
             stddev=self.config.get("initializer_range", 0.02))
+        self.attention = attention or family.attention
+        attention_class(self.attention)
+        self.attention_options = dict(attention_options or {})
+        self.rotary_base = rotary_base
+        if family.positions == "rotary":
+            if self.config.get("rotary_value"):
+                raise ValueError("RoFormer with `rotary_value=True` (rotated values) is not "
+                                 "supported; received rotary_value=True in the config")
+            self.check_rotary_size()
+
+    def check_rotary_size(self):
+        """RoPE rotates pairs of features, so the rotated head (or GAU key) size must be even."""
+        if self.attention == "gau":
+            key_size = self.config.get("attention_key_size", 128)
+            check_positive_ints(attention_key_size=key_size)
+            if key_size % 2:
+                raise ValueError(f"`attention_key_size` (the query/key size that rotary "
+                                 f"positions rotate) must be even; received {key_size}")
+            return
+        size = self.hidden_size // self.heads
+        if size % 2:
+            raise ValueError(f"`hidden_size` / `num_attention_heads` (the head size that "
+                             f"rotary positions rotate) must be even; received "
+                             f"{self.hidden_size} / {self.heads} = {size}")
 
     # -- layers ---------------------------------------------------------------------------
-    def block_options(self):
-        """Keyword arguments of every ``TransformerBlock`` (subclasses change norms, rotary)."""
-        return dict(activation=self.activation, norm="post",
-                    normalization={"epsilon": self.epsilon},
-                    dropout_rate=self.dropout_rate,
-                    attention_dropout_rate=self.attention_dropout_rate,
-                    entropy_scaling=self.entropy_scaling, recompute=self.recompute,
-                    kernel_initializer=self.initializer)
+    def norm(self, name):
+        """A normalisation layer of the family's kind."""
+        if self.family.norm == "rms":
+            return rms_norm(self.epsilon, scale=False, name=name)
+        return LayerNormalization(epsilon=self.epsilon, name=name)
 
     def embed(self, token_ids, segment_ids):
-        """Token + segment + position embeddings, normalised and dropped out."""
-        self.token_embedding = Embedding(self.vocab_size, self.hidden_size,
+        """Token (+ segment) (+ position) embeddings, normalised, dropped out and mapped from
+        ``embedding_size`` to ``hidden_size`` where they differ."""
+        self.token_embedding = Embedding(self.vocab_size, self.embedding_size,
                                          embeddings_initializer=self.initializer,
                                          name="Embedding-Token")
-        self.segment_embedding = Embedding(
-            self.config.get("type_vocab_size", 2), self.hidden_size, ids_name="segment_ids",
-            embeddings_initializer=self.initializer, name="Embedding-Segment")
-        x = keras.layers.Add(name="Embedding-Add")(
-            [self.token_embedding(token_ids), self.segment_embedding(segment_ids)])
-        rows = self.max_position_table()
-        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
-            raise ValueError(f"`max_position_embeddings` must give a position table of at "
-                             f"least one row; received "
-                             f"{self.config.get('max_position_embeddings')!r}, which gives "
-                             f"{rows!r} rows for {type(self).__name__}")
-        self.position_embedding = PositionEmbedding(
-            rows, self.hidden_size, hierarchical=self.hierarchical_position,
-            embeddings_initializer=self.initializer, name="Embedding-Position")
-        x = self.position_embedding(x)
-        self.embedding_norm = LayerNormalization(epsilon=self.epsilon, name="Embedding-Norm")
-        x = self.embedding_norm(x)
-        return keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(x)
+        x = self.token_embedding(token_ids)
+        self.segment_embedding = None
+        if self.segment_vocab_size:
+            self.segment_embedding = Embedding(
+                self.segment_vocab_size, self.embedding_size, ids_name="segment_ids",
+                embeddings_initializer=self.initializer, name="Embedding-Segment")
+            x = keras.layers.Add(name="Embedding-Add")([x, self.segment_embedding(segment_ids)])
+        self.position_embedding = None
+        if self.family.positions == "table":
+            rows = self.max_position - self.hf_position_offset()
+            if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+                raise ValueError(f"`max_position_embeddings` must give a position table of "
+                                 f"at least one row; received {self.max_position!r}, which "
+                                 f"gives {rows!r} rows for {type(self).__name__}")
+            self.position_embedding = PositionEmbedding(
+                rows, self.embedding_size, hierarchical=self.hierarchical_position,
+                embeddings_initializer=self.initializer, name="Embedding-Position")
+            x = self.position_embedding(x)
+        self.embedding_norm = self.norm("Embedding-Norm")
+        x = keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(
+            self.embedding_norm(x))
+        self.embedding_mapping_dense = None
+        if self.embedding_size != self.hidden_size:
+            self.embedding_mapping_dense = keras.layers.Dense(
+                self.hidden_size, use_bias=self.family.biases,
+                kernel_initializer=self.initializer, name="Embedding-Mapping")
+            x = self.embedding_mapping_dense(x)
+        return x
 
-    def max_position_table(self):
-        return self.config.get("max_position_embeddings", 512)
+    def block_options(self):
+        """Keyword arguments of every ``TransformerBlock``, read off the family."""
+        family = self.family
+        options = dict(activation=self.activation, norm="post", use_bias=family.biases,
+                       normalization={**NORMS[family.norm], "epsilon": self.epsilon},
+                       dropout_rate=self.dropout_rate,
+                       attention_dropout_rate=self.attention_dropout_rate,
+                       entropy_scaling=self.entropy_scaling, recompute=self.recompute,
+                       kernel_initializer=self.initializer, attention=self.attention,
+                       attention_options=self.attention_options)
+        if family.positions == "rotary":
+            options["rotary"] = RotaryEmbedding(base=self.rotary_base, interleaved=True)
+        if self.attention == "gau":  # a gated unit takes its width and key size from the config
+            options["attention_options"] = {
+                "units": self.intermediate_size,
+                "key_size": self.config.get("attention_key_size", 128),
+                "activation": self.activation, **family.gau_options, **self.attention_options}
+            options["feedforward"] = not family.gau_layer
+        return options
+
+    def attention_masks(self, token_ids, segment_ids):
+        """``(mask, causal)`` for the blocks: the full application mask for attentions that
+        take one (softmax, GAU), else the padding mask plus a causal flag."""
+        if self.attention in FULL_MASK_ATTENTIONS:
+            inputs = [token_ids, segment_ids] if self.application == "unilm" else token_ids
+            mask = AttentionMask(APPLICATION_MASKS[self.application], pad_id=self.pad_id,
+                                 name="Attention-Mask")(inputs)
+            return mask, False
+        if self.application == "unilm":
+            raise ValueError(f"application='unilm' needs attention='softmax' or 'gau' (a "
+                             f"full boolean mask); received attention={self.attention!r}")
+        mask = AttentionMask("padding", pad_id=self.pad_id, name="Attention-Mask")(token_ids)
+        return mask, self.application == "lm"
 
     def build(self):
         token_ids = keras.Input((None,), dtype="int32", name="Input-Token")
         segment_ids = keras.Input((None,), dtype="int32", name="Input-Segment")
         x = self.embed(token_ids, segment_ids)
-        mask_inputs = [token_ids, segment_ids] if self.application == "unilm" else token_ids
-        mask = AttentionMask(APPLICATION_MASKS[self.application], pad_id=self.pad_id,
-                             name="Attention-Mask")(mask_inputs)
+        mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
         for i in range(self.num_layers):
             block = TransformerBlock(self.heads, self.hidden_size // self.heads,
                                      self.intermediate_size, **self.block_options(),
                                      name=f"Transformer-{i}")
-            x = block(x, attention_mask=mask)
+            x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)
-        self.model = keras.Model([token_ids, segment_ids], self.heads_on(x), name=self.name)
+        self.model = keras.Model([token_ids, segment_ids], self.heads_on(x, token_ids),
+                                 name=self.name)
         return self.model
 
-    def heads_on(self, x):
-        """The bert4keras output convention over the last hidden state ``x``."""
+    def heads_on(self, x, token_ids):
+        """The bert4keras output convention over the last hidden state ``x``; sequence
+        outputs carry the padding mask of ``token_ids`` as their Keras mask."""
         outputs = []
         if self.with_pool:
             first = FirstToken(name="Pooler-First")(x)
@@ -136,72 +330,73 @@ class BERT(Transformer):
                                              name="Pooler")
             outputs.append(self.pooler(first))
         if self.with_mlm:
-            outputs.append(self.mlm_head(x))
+            outputs.append(OutputMask(self.pad_id, name="MLM-Output-Mask")(
+                [self.mlm_head(x), token_ids]))
         if not outputs:
-            return x
+            return OutputMask(self.pad_id, name="Output-Mask")([x, token_ids])
         return outputs[0] if len(outputs) == 1 else outputs
 
     def mlm_head(self, x):
-        """Transform, normalise, tied output projection, bias and (optionally) softmax."""
-        self.mlm_dense = keras.layers.Dense(self.hidden_size,
-                                            activation=activation_by_name(self.activation),
-                                            kernel_initializer=self.initializer,
-                                            name="MLM-Dense")
-        self.mlm_norm = LayerNormalization(epsilon=self.epsilon, name="MLM-Norm")
-        x = self.mlm_norm(self.mlm_dense(x))
+        """Logits over the vocabulary with the token table tied as output projection; the
+        ``"transform"`` head first applies a dense layer and a norm and adds a bias."""
+        if self.family.mlm_head == "transform":
+            self.mlm_dense = keras.layers.Dense(self.embedding_size,
+                                                activation=activation_by_name(self.activation),
+                                                kernel_initializer=self.initializer,
+                                                name="MLM-Dense")
+            self.mlm_norm = LayerNormalization(epsilon=self.epsilon, name="MLM-Norm")
+            x = self.mlm_norm(self.mlm_dense(x))
         x = self.token_embedding(x, reverse=True)
-        self.mlm_bias = OutputBias(name="MLM-Bias")
-        x = self.mlm_bias(x)
+        if self.family.mlm_head == "transform":
+            self.mlm_bias = OutputBias(name="MLM-Bias")
+            x = self.mlm_bias(x)
         activation = "linear" if self.with_mlm == "linear" else "softmax"
         return keras.layers.Activation(activation, dtype="float32", name="MLM-Activation")(x)
 
     # -- checkpoint names -----------------------------------------------------------------
-    def block_mapping(self, i, block):
-        """Checkpoint names of one encoder block (Google BERT layout)."""
-        p = f"{self.prefix}/encoder/layer_{i}/"
-        att, ffn = block.attention, block.feedforward
-        return {
-            p + "attention/self/query/kernel": att.query_dense.kernel,
-            p + "attention/self/query/bias": att.query_dense.bias,
-            p + "attention/self/key/kernel": att.key_dense.kernel,
-            p + "attention/self/key/bias": att.key_dense.bias,
-            p + "attention/self/value/kernel": att.value_dense.kernel,
-            p + "attention/self/value/bias": att.value_dense.bias,
-            p + "attention/output/dense/kernel": att.output_dense.kernel,
-            p + "attention/output/dense/bias": att.output_dense.bias,
-            p + "attention/output/LayerNorm/gamma": block.attention_norm.gamma,
-            p + "attention/output/LayerNorm/beta": block.attention_norm.beta,
-            p + "intermediate/dense/kernel": ffn.input_dense.kernel,
-            p + "intermediate/dense/bias": ffn.input_dense.bias,
-            p + "output/dense/kernel": ffn.output_dense.kernel,
-            p + "output/dense/bias": ffn.output_dense.bias,
-            p + "output/LayerNorm/gamma": block.feedforward_norm.gamma,
-            p + "output/LayerNorm/beta": block.feedforward_norm.beta,
-        }
-
     def embedding_mapping(self):
-        p = f"{self.prefix}/embeddings/"
-        return {
-            p + "word_embeddings": self.token_embedding.embeddings,
-            p + "token_type_embeddings": self.segment_embedding.embeddings,
-            p + "position_embeddings": self.position_embedding.embeddings,
-            p + "LayerNorm/gamma": self.embedding_norm.gamma,
-            p + "LayerNorm/beta": self.embedding_norm.beta,
-        }
+        p = f"{SCOPE}/embeddings/"
+        mapping = {p + "word_embeddings": self.token_embedding.embeddings}
+        if self.segment_embedding is not None:
+            mapping[p + "token_type_embeddings"] = self.segment_embedding.embeddings
+        if self.position_embedding is not None:
+            mapping[p + "position_embeddings"] = self.position_embedding.embeddings
+        mapping.update(norm_names(p + "LayerNorm/", self.embedding_norm))
+        if self.embedding_mapping_dense is not None:
+            mapping.update(dense_names(f"{SCOPE}/encoder/embedding_hidden_mapping_in/",
+                                       self.embedding_mapping_dense))
+        return mapping
+
+    def block_mapping(self, i, block):
+        """Checkpoint names of block ``i``: Google BERT's for softmax attention; for another
+        attention its own weights under ``.../attention/`` (or the family's ``gau_names``)."""
+        p = f"{SCOPE}/encoder/layer_{i}/"
+        att = block.attention
+        if self.attention == "softmax":
+            mapping = {}
+            for name, dense in (("self/query/", att.query_dense), ("self/key/", att.key_dense),
+                                ("self/value/", att.value_dense),
+                                ("output/dense/", att.output_dense)):
+                mapping.update(dense_names(p + "attention/" + name, dense))
+        else:
+            template = self.family.gau_names if self.attention == "gau" else None
+            scope = (template or p + "attention/").format(i=i)
+            mapping = {scope + v.path.split("/attention/", 1)[-1]: v for v in att.weights}
+        mapping.update(norm_names(p + "attention/output/LayerNorm/", block.attention_norm))
+        if block.use_feedforward:
+            mapping.update(dense_names(p + "intermediate/dense/", block.feedforward.input_dense))
+            mapping.update(dense_names(p + "output/dense/", block.feedforward.output_dense))
+            mapping.update(norm_names(p + "output/LayerNorm/", block.feedforward_norm))
+        return mapping
 
     def head_mapping(self):
         mapping = {}
         if self.with_pool:
-            mapping[f"{self.prefix}/pooler/dense/kernel"] = self.pooler.kernel
-            mapping[f"{self.prefix}/pooler/dense/bias"] = self.pooler.bias
-        if self.with_mlm:
-            mapping.update({
-                "cls/predictions/transform/dense/kernel": self.mlm_dense.kernel,
-                "cls/predictions/transform/dense/bias": self.mlm_dense.bias,
-                "cls/predictions/transform/LayerNorm/gamma": self.mlm_norm.gamma,
-                "cls/predictions/transform/LayerNorm/beta": self.mlm_norm.beta,
-                "cls/predictions/output_bias": self.mlm_bias.bias,
-            })
+            mapping.update(dense_names(f"{SCOPE}/pooler/dense/", self.pooler))
+        if self.with_mlm and self.family.mlm_head == "transform":
+            mapping.update(dense_names("cls/predictions/transform/dense/", self.mlm_dense))
+            mapping.update(norm_names("cls/predictions/transform/LayerNorm/", self.mlm_norm))
+            mapping["cls/predictions/output_bias"] = self.mlm_bias.bias
         return mapping
 
     def variable_mapping(self):
@@ -217,10 +412,40 @@ class BERT(Transformer):
             return array[self.keep_tokens]
         return array
 
+    # -- other checkpoint namings -----------------------------------------------------------
+    def hf_position_offset(self):
+        """Rows at the top of a Hugging Face ``roberta`` position table that positions never
+        reach (they start after the padding id); dropped on load."""
+        if self.config.get("model_type") != "roberta":
+            return 0
+        return self.config.get("pad_token_id", 1) + 1
+
+    def rename(self, arrays, naming):
+        if naming == "google":
+            return dict(arrays)
+        if naming not in ("pytorch", "tf_h5"):
+            return super().rename(arrays, naming)
+        converted = (hf_to_google(key, array, naming == "pytorch")
+                     for key, array in arrays.items()
+                     if "embed_positions" not in key)  # transformers RoFormer's sinusoids
+        old, new = f"{SCOPE}/embeddings_project/", f"{SCOPE}/encoder/embedding_hidden_mapping_in/"
+        arrays = {name.replace(old, new): value for name, value in converted if name is not None}
+        position = f"{SCOPE}/embeddings/position_embeddings"
+        if position in arrays:
+            arrays[position] = arrays[position][self.hf_position_offset():]
+        return arrays
+
+    # -- Hugging Face export ---------------------------------------------------------------
     def save_pretrained(self, directory):
         """Write a Hugging Face directory (``config.json`` + ``model.safetensors``) that
-        ``transformers`` loads (``BertModel``, ``BertForPreTraining``...); returns it.
-        Subclasses change what is written through ``hf_arrays`` and ``hf_config``."""
+        ``transformers`` loads (``BertModel``, ``BertForPreTraining``...); returns it."""
+        if self.family.hf_export is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot be saved as a Hugging Face directory: "
+                f"transformers has no port of it (bias-free layers, parameter-free RMS norms"
+                f"{', gated attention units' if self.attention == 'gau' else ''}), so no "
+                f"transformers class could load it; use save_weights_as_checkpoint (Google / "
+                f"bert4keras format) or save (keraformer's own format)")
         return checkpoints.write_hf_directory(directory, self.hf_arrays(), self.hf_config())
 
     def hf_arrays(self):
@@ -237,32 +462,14 @@ class BERT(Transformer):
                       vocab_size=int(self.vocab_size), hidden_act=self.activation)
         return config
 
-    def from_hf_names(self, arrays, transposed):
-        converted = (hf_to_google(key, array, self.prefix, transposed)
-                     for key, array in arrays.items())
-        return {name: value for name, value in converted if name is not None}
-
 
 class RoBERTa(BERT):
-    """RoBERTa: BERT's architecture. Google-format (e.g. Chinese RoBERTa-wwm) checkpoints use
-    BERT's names; Hugging Face ``roberta`` directories keep ``pad_token_id + 1`` unused rows at
-    the top of the position table (positions start after the padding id), dropped on load.
+    """RoBERTa: BERT's architecture (``FAMILIES["roberta"]`` equals BERT's row).
+    Google-format (e.g. Chinese RoBERTa-wwm) checkpoints use BERT's names; Hugging Face
+    ``roberta`` directories keep ``pad_token_id + 1`` unused position rows, dropped on load.
     """
 
-    def hf_position_offset(self):
-        if self.config.get("model_type") != "roberta":
-            return 0
-        return self.config.get("pad_token_id", 1) + 1
-
-    def max_position_table(self):
-        return super().max_position_table() - self.hf_position_offset()
-
-    def from_hf_names(self, arrays, transposed):
-        arrays = super().from_hf_names(arrays, transposed)
-        name = f"{self.prefix}/embeddings/position_embeddings"
-        if name in arrays:
-            arrays[name] = arrays[name][self.hf_position_offset():]
-        return arrays
+    model_name = "roberta"
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -295,7 +502,7 @@ HF_SUFFIXES = (("LayerNorm.weight", "LayerNorm/gamma"), ("LayerNorm.bias", "Laye
                ("LayerNorm.gamma", "LayerNorm/gamma"), ("LayerNorm.beta", "LayerNorm/beta"))
 
 
-def hf_to_google(key, array, prefix, transposed):
+def hf_to_google(key, array, transposed):
     """One Hugging Face BERT-style variable as ``(google_name, array)``; ``(None, None)`` to drop.
 
     PyTorch names (``encoder.layer.0.attention.self.query.weight``, Linear weights stored
@@ -322,7 +529,7 @@ def hf_to_google(key, array, prefix, transposed):
             if key.startswith(model_prefix):
                 key = key[len(model_prefix):]
                 break
-        key = f"{prefix}." + key
+        key = f"{SCOPE}." + key
     key = re.sub(r"\.layer\.(\d+)\.", r".layer_\1.", key)
     for old, new in HF_SUFFIXES:
         if key.endswith(old):

@@ -4,6 +4,14 @@
 ``"linear"`` (``LinearAttention``), ``"vq"`` (``VQAttention``) or ``"gau"``
 (``GatedAttentionUnit``); the layer classes live in ``keraformer.attentions`` and are looked up
 when a block is built, so one builder composes any of them with the same embeddings and norms.
+
+A block offers its attention layer only what it asks for: the multi-head size (``heads``,
+``head_size``; not to ``"gau"``, a single-head unit sized by ``units``/``key_size`` in
+``attention_options``), ``use_bias``, ``kernel_initializer``, every entry of
+``attention_options``, and ``rotary``, ``entropy_scaling`` and ``attention_dropout_rate``
+when they are set (not ``None``/``False``/``0``). A layer that does not take an offered option
+cannot honour it, so the block raises a ``ValueError`` naming the option and the kind instead
+of building a model that silently computes something else.
 """
 
 import inspect
@@ -15,6 +23,21 @@ from keraformer.normalization import LayerNormalization
 
 ATTENTION_CLASSES = {"softmax": "MultiHeadAttention", "linear": "LinearAttention",
                      "vq": "VQAttention", "gau": "GatedAttentionUnit"}
+MULTI_HEAD = ("softmax", "linear", "vq")  # the kinds sized by `heads` and `head_size`
+# The block's name of an option, where the layer's constructor calls it something else.
+BLOCK_NAMES = {"dropout_rate": "attention_dropout_rate"}
+# Why a kind cannot honour an option, where the layer's missing argument does not say it all.
+REFUSALS = {
+    ("linear", "entropy_scaling"): "linear attention has no softmax whose logits the "
+                                   "log(n)/log(base) factor could scale",
+    ("linear", "dropout_rate"): "linear attention forms no attention probabilities to drop; "
+                                "set attention_probs_dropout_prob (or dropout_rate) to 0",
+    ("vq", "dropout_rate"): "VQ attention weighs codes, not keys, so there are no per-key "
+                            "probabilities to drop; set attention_probs_dropout_prob (or "
+                            "dropout_rate) to 0",
+    ("gau", "entropy_scaling"): "a gated unit's entropy-invariant softmax is its "
+                                "normalization='softmax_plus' (in attention_options)",
+}
 
 
 def attention_class(kind):
@@ -30,18 +53,30 @@ def attention_class(kind):
     return cls
 
 
-def accepted_arguments(cls, arguments):
-    """The entries of ``arguments`` that ``cls.__init__`` takes by name."""
+def shown(value):
+    """A short text for an option's value in an error (a serialised layer by its class)."""
+    if isinstance(value, dict) and "class_name" in value:
+        return value["class_name"]
+    return repr(value)
+
+
+def check_supported(kind, options):
+    """Raise ``ValueError`` for an entry of ``options`` that the ``kind`` layer does not take."""
+    cls = attention_class(kind)
     parameters = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in arguments.items() if k in parameters}
+    for name, value in options.items():
+        if name in parameters:
+            continue
+        reason = REFUSALS.get((kind, name), f"{cls.__name__} takes no `{name}`")
+        raise ValueError(f"attention={kind!r} does not support "
+                         f"{BLOCK_NAMES.get(name, name)}={shown(value)}: {reason}")
 
 
 def build_attention(kind, options, name, dtype):
-    """An attention layer of ``kind``; ``options`` are offered to its constructor and those
-    it does not take are dropped (the layers share most names: ``heads``, ``use_bias``,
-    ``rotary``...)."""
-    cls = attention_class(kind)
-    return cls(**accepted_arguments(cls, options), name=name, dtype=dtype)
+    """An attention layer of ``kind`` built with every entry of ``options``, which it must
+    take (:func:`check_supported`)."""
+    check_supported(kind, options)
+    return attention_class(kind)(**options, name=name, dtype=dtype)
 
 
 def call_attention(layer, x, mask, causal, training):
@@ -54,14 +89,35 @@ class TransformerBlock(keras.layers.Layer):
     """Attention then (optionally) feed-forward, each with a residual and a normalisation.
 
     ``norm="post"`` (BERT, RoFormer): ``x = norm(x + f(x))``; ``norm="pre"``:
-    ``x = x + f(norm(x))``. ``normalization`` holds ``LayerNormalization`` keyword arguments
-    (e.g. ``{"rms": True, "center": False, "scale": False}`` for RoFormerV2). ``attention``
-    picks the mixing layer (see the module docstring) and ``attention_options`` adds or
-    overrides its constructor arguments; ``feedforward=False`` leaves only the attention
-    residual (GAU-α, whose gated unit replaces both). ``recompute`` recomputes the block's
-    activations in the backward pass instead of storing them.
-    Input ``(batch, length, hidden)``, an optional boolean ``attention_mask`` broadcasting to
-    ``(batch, heads, length, length)`` and ``causal``; output ``(batch, length, hidden)``.
+    ``x = x + f(norm(x))``. Call ``block(x, attention_mask=None, causal=False,
+    training=None)`` with ``x`` ``(batch, length, hidden)`` and an optional boolean
+    ``attention_mask`` broadcasting to ``(batch, heads, length, length)``; returns
+    ``(batch, length, hidden)``. Options the chosen attention cannot honour raise a
+    ``ValueError`` when the block is built (see the module docstring).
+
+    Args:
+        heads: number of attention heads (softmax, linear, vq; a "gau" unit has one).
+        head_size: size of each head (softmax, linear, vq).
+        intermediate_size: width of the feed-forward hidden layer.
+        activation: feed-forward activation name.
+        use_bias: whether the Dense layers of attention and feed-forward have biases.
+        norm: ``"post"`` or ``"pre"`` normalisation around each residual.
+        normalization: ``LayerNormalization`` keyword arguments, e.g.
+            ``{"rms": True, "center": False, "scale": False}`` for RoFormerV2.
+        dropout_rate: dropout on each residual branch.
+        attention_dropout_rate: dropout on the attention probabilities (softmax, gau).
+        rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config) for the attention.
+        entropy_scaling: scale attention logits by ``log(n)/log(512)`` (softmax, vq).
+        glu: gated feed-forward.
+        recompute: recompute the block's activations in the backward pass instead of
+            storing them.
+        kernel_initializer: initializer of every Dense kernel.
+        attention: ``"softmax"``, ``"linear"``, ``"vq"`` or ``"gau"``.
+        attention_options: extra constructor arguments of the attention layer (e.g.
+            ``{"codes": 32}`` for VQ, ``{"units": ..., "key_size": ...}`` for GAU); each must
+            be one the layer takes.
+        feedforward: ``False`` leaves only the attention residual (GAU-α, whose gated unit
+            replaces both).
     """
 
     def __init__(self, heads, head_size, intermediate_size, activation="gelu", use_bias=True,
@@ -72,7 +128,6 @@ class TransformerBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         if norm not in ("post", "pre"):
             raise ValueError(f"`norm` must be 'post' or 'pre'; received {norm!r}")
-        attention_class(attention)
         self.heads, self.head_size, self.intermediate_size = heads, head_size, intermediate_size
         self.activation, self.use_bias, self.norm = activation, use_bias, norm
         self.normalization = dict(normalization or {})
@@ -85,13 +140,18 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_kind = attention
         self.attention_options = dict(attention_options or {})
         self.use_feedforward = feedforward
+        check_supported(attention, self.attention_arguments())
 
     def attention_arguments(self):
-        """Constructor arguments offered to the attention layer."""
-        return {"heads": self.heads, "head_size": self.head_size, "use_bias": self.use_bias,
-                "rotary": self.rotary, "dropout_rate": self.attention_dropout_rate,
-                "entropy_scaling": self.entropy_scaling,
-                "kernel_initializer": self.kernel_initializer, **self.attention_options}
+        """Constructor arguments offered to the attention layer: its size, ``use_bias``,
+        ``kernel_initializer``, the options that are set, and ``attention_options``."""
+        arguments = {"use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer}
+        if self.attention_kind in MULTI_HEAD:
+            arguments.update(heads=self.heads, head_size=self.head_size)
+        set_options = {"rotary": self.rotary, "entropy_scaling": self.entropy_scaling,
+                       "dropout_rate": self.attention_dropout_rate}
+        arguments.update({k: v for k, v in set_options.items() if v})
+        return {**arguments, **self.attention_options}
 
     def build(self, input_shape):
         policy = self.dtype_policy

@@ -7,10 +7,12 @@ feed-forward and an output projection tied to the shared embedding (decoder outp
 ``d_model^-0.5``); T5.1.1 and mT5 a gated-GELU feed-forward and an untied output projection.
 
 ``builder.encoder``: ``token_ids (batch, src_len)`` -> hidden states ``(batch, src_len,
-d_model)``, exactly zero at padding (id 0) so that ``builder.decoder`` can recover the source
-padding mask from them. ``builder.decoder``: ``[encoder_output, decoder_token_ids]`` ->
-next-token probabilities ``(batch, tgt_len, vocab)``. ``builder.model``: ``[encoder_token_ids,
-decoder_token_ids]`` -> probabilities, trainable with ``model.fit`` (teacher forcing).
+d_model)``. ``builder.decoder``: ``[encoder_output, decoder_token_ids, encoder_token_ids]`` ->
+next-token probabilities ``(batch, tgt_len, vocab)``; the source padding mask comes from
+``encoder_token_ids`` (id ``pad_token_id``, 0), never from the values of the states.
+``builder.model``: ``[encoder_token_ids, decoder_token_ids]`` -> probabilities, trainable
+with ``model.fit`` (teacher forcing). Outputs carry the padding mask as a Keras mask (the
+decoder's position 0, the start token, counts as real although its id is the padding id).
 ``builder.generate`` decodes with a key/value cache (see ``keraformer.generation``).
 """
 
@@ -23,9 +25,9 @@ from keraformer.attentions import MultiHeadAttention
 from keraformer.checks import check_positive_ints
 from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward
-from keraformer.masks import padding_mask
+from keraformer.masks import AttentionMask, OutputMask, padding_mask
 from keraformer.models.base import Transformer
-from keraformer.normalization import LayerNormalization
+from keraformer.normalization import rms_norm
 from keraformer.positions import RelativePositionBias
 
 
@@ -39,20 +41,28 @@ def feed_forward_kind(proj):
     return activation, len(parts) == 2
 
 
-def rms_norm(epsilon, name):
-    """T5's normalisation: ``x / sqrt(mean(x²) + eps) · scale`` (no mean, no bias)."""
-    return LayerNormalization(rms=True, center=False, epsilon=epsilon, name=name)
-
-
 @keras.saving.register_keras_serializable(package="keraformer")
 class T5Block(keras.layers.Layer):
-    """One pre-norm T5 layer: self-attention, optional cross-attention, feed-forward.
+    """One pre-norm T5 layer: self-attention, optional cross-attention, feed-forward, each
+    ``x + f(rms_norm(x))``; attention without biases and with unscaled logits.
 
     Call ``block(x, position_bias, attention_mask=None, causal=False, context=None,
     context_mask=None)`` with ``x (batch, length, d_model)``, the stack's shared
-    ``position_bias (1, heads, length, length)``, boolean masks broadcasting to ``(batch, heads, q_len, k_len)`` and, for decoder
-    blocks, the encoder output ``context (batch, src_len, d_model)``. Returns
-    ``(batch, length, d_model)``. ``step`` is the cached single-position form for decoding.
+    ``position_bias (1, heads, length, length)``, boolean masks broadcasting to ``(batch,
+    heads, q_len, k_len)`` and, for decoder blocks, the encoder output ``context (batch,
+    src_len, d_model)`` with its key mask ``context_mask``. Returns ``(batch, length,
+    d_model)``. ``step`` is the cached single-position form for decoding.
+
+    Args:
+        heads: number of attention heads.
+        head_size: size of each head's queries, keys and values (``d_kv``).
+        intermediate_size: width of the feed-forward layer (``d_ff``).
+        activation: feed-forward activation name (``"relu"``, ``"gelu_new"``...).
+        glu: whether the feed-forward is gated (T5.1.1, mT5).
+        cross_attention: whether the block attends to an encoder output (decoder blocks).
+        epsilon: the RMS norms' epsilon.
+        dropout_rate: dropout after each sub-layer and on the attention weights.
+        kernel_initializer: initializer of every kernel.
     """
 
     def __init__(self, heads, head_size, intermediate_size, activation="relu", glu=False,
@@ -71,8 +81,7 @@ class T5Block(keras.layers.Layer):
                                   dtype=self.dtype_policy)
 
     def _norm(self, name):
-        return LayerNormalization(rms=True, center=False, epsilon=self.epsilon, name=name,
-                                  dtype=self.dtype_policy)
+        return rms_norm(self.epsilon, name=name, dtype=self.dtype_policy)
 
     def build(self, input_shape, *args, **kwargs):
         self.self_attention = self._attention("self_attention")
@@ -141,45 +150,6 @@ class T5Block(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
-@keras.saving.register_keras_serializable(package="keraformer")
-class ZeroPadding(keras.layers.Layer):
-    """Zero the hidden states ``(batch, length, dim)`` where ``token_ids`` equal ``pad_id``."""
-
-    def __init__(self, pad_id=0, **kwargs):
-        super().__init__(**kwargs)
-        self.pad_id = pad_id
-
-    def call(self, x, token_ids):
-        keep = ops.cast(ops.not_equal(token_ids, self.pad_id), x.dtype)
-        return x * keep[..., None]
-
-    def compute_output_shape(self, input_shape, *args, **kwargs):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "pad_id": self.pad_id}
-
-
-def context_mask(encoder_output):
-    """Key mask ``(batch, 1, 1, src_len)``: ``False`` where the encoder output is all zero."""
-    return ops.any(ops.not_equal(encoder_output, 0), axis=-1)[:, None, None, :]
-
-
-@keras.saving.register_keras_serializable(package="keraformer")
-class ContextMask(keras.layers.Layer):
-    """The source padding mask recovered from a zero-padded encoder output (see ``ZeroPadding``).
-
-    Input ``(batch, src_len, d_model)``; output boolean ``(batch, 1, 1, src_len)``.
-    """
-
-    def call(self, encoder_output):
-        return context_mask(encoder_output)
-
-    def compute_output_spec(self, encoder_output):
-        return keras.KerasTensor((encoder_output.shape[0], 1, 1, encoder_output.shape[1]),
-                                 dtype="bool")
-
-
 class T5(Transformer):
     """T5 1.0 builder (ReLU feed-forward, tied and scaled output projection).
 
@@ -192,14 +162,19 @@ class T5(Transformer):
     """
 
     APPLICATIONS = ("encoder", "seq2seq")
-    version = "t5"
+    model_name = version = "t5"
     default_feed_forward = "relu"
     default_tied = True
     honours_tie_word_embeddings = True
     norm_name, final_norm_name = "layer_norm", "final_layer_norm"
 
+    @classmethod
+    def option_names(cls):
+        """The keyword options this builder takes (other keywords are config keys)."""
+        return {"dropout_rate", "name"}
+
     def __init__(self, config, application="encoder", dropout_rate=None, name=None):
-        super().__init__(config, application)
+        super().__init__(config, application, dropout_rate=dropout_rate, name=name)
         (self.vocab_size, self.d_model, self.head_size, self.d_ff, self.num_layers,
          self.heads) = self.require("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
                                     "num_heads")
@@ -264,8 +239,8 @@ class T5(Transformer):
                                                  name="Decoder-Relative-Position")
         self.encoder_blocks = self.make_blocks(self.num_layers, False, "Encoder")
         self.decoder_blocks = self.make_blocks(self.num_decoder_layers, True, "Decoder")
-        self.encoder_norm = rms_norm(self.epsilon, "Encoder-Output-Norm")
-        self.decoder_norm = rms_norm(self.epsilon, "Decoder-Output-Norm")
+        self.encoder_norm = rms_norm(self.epsilon, name="Encoder-Output-Norm")
+        self.decoder_norm = rms_norm(self.epsilon, name="Decoder-Output-Norm")
         if self.tied:
             self.output_scale = keras.layers.Rescaling(self.d_model ** -0.5,
                                                        name="Decoder-Output-Scale")
@@ -273,9 +248,8 @@ class T5(Transformer):
             self.output_dense = keras.layers.Dense(self.vocab_size, use_bias=False,
                                                    kernel_initializer=self.initializer,
                                                    name="Decoder-Output-LM")
-        self.zero_padding = ZeroPadding(self.pad_id, name="Encoder-Output-Padding")
-        self.encoder_mask = PaddingMask(self.pad_id, name="Encoder-Attention-Mask")
-        self.context_mask = ContextMask(name="Decoder-Context-Mask")
+        self.encoder_mask = AttentionMask("padding", pad_id=self.pad_id,
+                                          name="Encoder-Attention-Mask")
         self.output_softmax = keras.layers.Activation("softmax", dtype="float32",
                                                       name="Decoder-Output-Softmax")
         # three flat graphs over the same layers (a nested model would not reload from .keras)
@@ -284,30 +258,35 @@ class T5(Transformer):
         context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
         self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
                                    name=f"{self.name}_encoder")
-        self.decoder = keras.Model([context, decoder_ids], self.decode(context, decoder_ids),
+        self.decoder = keras.Model([context, decoder_ids, encoder_ids],
+                                   self.decode(context, decoder_ids, encoder_ids),
                                    name=f"{self.name}_decoder")
-        probs = self.decode(self.encode(encoder_ids), decoder_ids)
+        # it takes an encoder output with a Keras mask; the source mask comes from the ids
+        self.decoder.supports_masking = True
+        probs = self.decode(self.encode(encoder_ids), decoder_ids, encoder_ids)
         self.model = keras.Model([encoder_ids, decoder_ids], probs, name=self.name)
         return self.model
 
     def encode(self, token_ids):
-        """Encoder graph: ids ``(batch, src_len)`` to zero-padded states."""
+        """Encoder graph: ids ``(batch, src_len)`` to states (Keras mask: ids != pad)."""
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.encoder_bias(x, x)
         mask = self.encoder_mask(token_ids)
         for block in self.encoder_blocks:
             x = block(x, bias, attention_mask=mask)
         x = self.dropout(self.encoder_norm(x))
-        return self.zero_padding(x, token_ids)
+        return OutputMask(self.pad_id)([x, token_ids])
 
-    def decode(self, context, token_ids):
-        """Decoder graph: encoder states and ids ``(batch, tgt_len)`` to probabilities."""
-        mask = self.context_mask(context)
+    def decode(self, context, token_ids, context_ids):
+        """Decoder graph: encoder states, decoder ids ``(batch, tgt_len)`` and the source ids
+        ``(batch, src_len)`` (for the source padding mask) to probabilities."""
+        context_mask = self.encoder_mask(context_ids)
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.decoder_bias(x, x)
         for block in self.decoder_blocks:
-            x = block(x, bias, causal=True, context=context, context_mask=mask)
-        return self.output_softmax(self.logits(self.dropout(self.decoder_norm(x))))
+            x = block(x, bias, causal=True, context=context, context_mask=context_mask)
+        probs = self.output_softmax(self.logits(self.dropout(self.decoder_norm(x))))
+        return OutputMask(self.pad_id, keep_first=True)([probs, token_ids])
 
     def logits(self, x):
         """Vocabulary logits of the final decoder states (tied and scaled, or untied)."""
@@ -316,10 +295,11 @@ class T5(Transformer):
         return self.output_dense(x)
 
     # -- cached decoding ------------------------------------------------------------------
-    def initial_cache(self, encoder_output, max_length):
-        """Decoding state for ``encoder_output (batch, src_len, d_model)``: per decoder layer
-        an empty self-attention cache ``(batch, max_length, heads, d_kv)`` and the
-        cross-attention keys/values, computed once; plus the source mask."""
+    def initial_cache(self, encoder_output, max_length, token_ids):
+        """Decoding state for ``encoder_output (batch, src_len, d_model)`` of source
+        ``token_ids (batch, src_len)``: per decoder layer an empty self-attention cache
+        ``(batch, max_length, heads, d_kv)`` and the cross-attention keys/values, computed
+        once; plus the source padding mask."""
         encoder_output = ops.convert_to_tensor(encoder_output, self.decoder_norm.compute_dtype)
         batch = ops.shape(encoder_output)[0]
         empty = ops.zeros((batch, max_length, self.heads, self.head_size),
@@ -329,7 +309,7 @@ class T5(Transformer):
             k, v = block.context_key_value(encoder_output)
             layers.append({"key": empty, "value": empty, "context_key": k, "context_value": v})
         # (batch, 1, 1, src_len) with the batch axis first so that beams can reorder it
-        return {"layers": layers, "context_mask": context_mask(encoder_output)}
+        return {"layers": layers, "context_mask": padding_mask(token_ids, self.pad_id)}
 
     def decode_step(self, token_ids, index, cache):
         """Log-probabilities ``(batch, vocab)`` of the token after ``token_ids (batch, 1)``
@@ -351,7 +331,8 @@ class T5(Transformer):
         """A step function that recomputes the decoder over the whole prefix (no cache)."""
         def step(token_ids, index, cache):
             tokens = ops.slice_update(cache["tokens"], (0, index), token_ids)
-            probs = self.decoder([cache["context"], tokens[:, :index + 1]])
+            probs = self.decoder([cache["context"], tokens[:, :index + 1],
+                                  cache["context_ids"]])
             log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
             return log_probs, {**cache, "tokens": tokens}
         return step
@@ -363,13 +344,15 @@ class T5(Transformer):
         ``beam_size``, ``top_k``, ``top_p``, ``min_length``, ``seed``... in ``kwargs``).
         Returns int32 ``(batch, ≤ max_length)`` generated ids (after the start token),
         padded with ``pad_token_id`` after the end id."""
-        encoder_output = self.encoder(ops.convert_to_tensor(np.asarray(token_ids, "int32")))
+        token_ids = ops.convert_to_tensor(np.asarray(token_ids, "int32"))
+        encoder_output = self.encoder(token_ids)
         if use_cache:
-            step, cache = self.decode_step, self.initial_cache(encoder_output, max_length)
+            step = self.decode_step
+            cache = self.initial_cache(encoder_output, max_length, token_ids)
         else:
             batch = ops.shape(encoder_output)[0]
             step = self.full_decode_step(encoder_output)
-            cache = {"context": encoder_output,
+            cache = {"context": encoder_output, "context_ids": token_ids,
                      "tokens": ops.zeros((batch, max_length), "int32")}
         if compile and use_cache:
             if getattr(self, "compiled_step", None) is None:  # trace once per builder
@@ -432,8 +415,8 @@ class T5(Transformer):
 
     to_checkpoint = to_keras
 
-    def assign(self, arrays):
-        """As the base class, with a hint when the checkpoint is of another T5 version."""
+    def check_checkpoint(self, arrays):
+        """A hint when the checkpoint is of another T5 version."""
         looks_like = checkpoint_version(arrays)
         if looks_like is not None and looks_like[0] != self.glu:
             raise ValueError(
@@ -442,10 +425,11 @@ class T5(Transformer):
                 f"was built as {self.version!r} with feed_forward_proj="
                 f"{self.feed_forward_proj!r}; build it with model="
                 f"{'t5.1.1 or mt5' if looks_like[0] else 't5'!r}")
-        super().assign(arrays)
 
-    def from_hf_names(self, arrays, transposed):
-        converted = (hf_to_google(key, array, self.norm_name, self.final_norm_name, transposed)
+    def rename(self, arrays, naming):
+        if naming != "pytorch":
+            return super().rename(arrays, naming)
+        converted = (hf_to_google(key, array, self.norm_name, self.final_norm_name, True)
                      for key, array in arrays.items())
         result = {name: value for name, value in converted if name is not None}
         if self.tied:
@@ -496,7 +480,7 @@ class T5v11(T5):
     """T5.1.1: gated-GELU feed-forward (``wi_0``, ``wi_1``, ``wo``), untied output projection
     (``decoder/logits/kernel``), no output scaling."""
 
-    version = "t5.1.1"
+    model_name = version = "t5.1.1"
     default_feed_forward = "gated-gelu"
     default_tied = False
 
@@ -504,27 +488,9 @@ class T5v11(T5):
 class MT5(T5v11):
     """mT5: T5.1.1's architecture; Google checkpoints name the norms ``rms_norm``."""
 
-    version = "mt5"
+    model_name = version = "mt5"
     honours_tie_word_embeddings = False  # always true in mT5 configs, yet mT5 is untied
     norm_name, final_norm_name = "rms_norm", "rms_norm"
-
-
-@keras.saving.register_keras_serializable(package="keraformer")
-class PaddingMask(keras.layers.Layer):
-    """Key mask ``(batch, 1, 1, length)`` of ``token_ids (batch, length)``, ``False`` at padding."""
-
-    def __init__(self, pad_id=0, **kwargs):
-        super().__init__(**kwargs)
-        self.pad_id = pad_id
-
-    def call(self, token_ids):
-        return padding_mask(token_ids, self.pad_id)
-
-    def compute_output_spec(self, token_ids):
-        return keras.KerasTensor((token_ids.shape[0], 1, 1, token_ids.shape[1]), dtype="bool")
-
-    def get_config(self):
-        return {**super().get_config(), "pad_id": self.pad_id}
 
 
 def checkpoint_version(arrays):

@@ -2,3 +2,4 @@
 
 from keraformer.optimizers.accumulation import SGD, AdamW
 from keraformer.optimizers.recompute import recompute_grad
+from keraformer.optimizers.schedules import PiecewiseLinearSchedule, piecewise_linear

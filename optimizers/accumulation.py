@@ -19,9 +19,93 @@ from keraformer.checks import is_concrete
 
 
 def check_accumulation_steps(steps):
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"`accumulation_steps` must be an integer >= 1; received {steps!r} "
+                        f"of type {type(steps).__name__}")
+    if steps < 1:
         raise ValueError(f"`accumulation_steps` must be an integer >= 1; received {steps!r}")
     return int(steps)
+
+
+def check_number(name, value, low, high=None, low_open=False, high_open=True):
+    """``value`` as a Python float, or ``TypeError``/``ValueError`` naming ``name``.
+
+    Numbers and 0-d arrays or tensors are accepted (not bools, strings or callables); the
+    value must be finite and lie in the interval from ``low`` to ``high`` (``None``: no upper
+    bound), each end open or closed as given.
+    """
+    if isinstance(value, (bool, str, bytes)) or callable(value) or value is None:
+        raise TypeError(f"`{name}` must be a number; received {value!r} of type "
+                        f"{type(value).__name__}")
+    try:
+        array = np.asarray(value if isinstance(value, (int, float, np.number, np.ndarray))
+                           else ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        array = np.asarray(None)
+    if array.ndim != 0 or array.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must be a number; received {value!r} of type "
+                        f"{type(value).__name__}")
+    number = float(array)
+    above = number > low if low_open else number >= low
+    below = high is None or (number < high if high_open else number <= high)
+    if not (np.isfinite(number) and above and below):
+        interval = (f"{'(' if low_open else '['}{low}, "
+                    f"{'inf)' if high is None else str(high) + (')' if high_open else ']')}")
+        raise ValueError(f"`{name}` must be a finite number in {interval}; received {value!r}")
+    return number
+
+
+def check_learning_rate(learning_rate):
+    """A ``LearningRateSchedule`` or a callable as given; otherwise a finite float >= 0."""
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return learning_rate
+    if callable(learning_rate) and not isinstance(learning_rate, keras.Variable):
+        return learning_rate
+    return check_number("learning_rate", learning_rate, 0.0)
+
+
+def check_base_options(options):
+    """The keyword arguments passed on to ``keras.optimizers.Optimizer``, checked: no
+    ``decay`` (Keras would ignore it), clipping thresholds and ``loss_scale_factor`` finite and
+    > 0, ``use_ema`` a bool, ``ema_momentum`` in [0, 1], ``ema_overwrite_frequency`` an
+    integer >= 1, and the EMA options only with ``use_ema=True`` (Keras would ignore them)."""
+    options = dict(options)
+    if "decay" in options:  # Keras 3 would warn and ignore it
+        raise ValueError(f"`decay` (Keras 2's learning-rate decay) is not supported; pass a "
+                         f"keras.optimizers.schedules.LearningRateSchedule as `learning_rate`; "
+                         f"received decay={options['decay']!r}")
+    for name in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        if options.get(name) is not None:
+            options[name] = check_number(name, options[name], 0.0, low_open=True)
+    use_ema = options.get("use_ema", False)
+    if not isinstance(use_ema, (bool, np.bool_)):
+        raise TypeError(f"`use_ema` must be a bool; received {use_ema!r}")
+    if "ema_momentum" in options:
+        options["ema_momentum"] = check_number("ema_momentum", options["ema_momentum"], 0.0,
+                                               1.0, high_open=False)
+    frequency = options.get("ema_overwrite_frequency")
+    if frequency is not None:
+        if isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer)):
+            raise TypeError(f"`ema_overwrite_frequency` must be None or an integer >= 1; "
+                            f"received {frequency!r}")
+        if frequency < 1:
+            raise ValueError(f"`ema_overwrite_frequency` must be None or an integer >= 1; "
+                             f"received {frequency!r}")
+        options["ema_overwrite_frequency"] = int(frequency)
+    ignored = [name for name, default in (("ema_momentum", 0.99),
+                                          ("ema_overwrite_frequency", None))
+               if options.get(name, default) != default]
+    if ignored and not use_ema:
+        raise ValueError(f"{ignored} only apply with `use_ema=True`; received "
+                         f"use_ema={use_ema!r}")
+    name = options.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"`name` must be a str; received {name!r}")
+    return options
+
+
+def check_weight_decay(weight_decay):
+    return None if weight_decay is None else check_number("weight_decay", weight_decay, 0.0)
 
 
 class FoldedAccumulation:
@@ -38,6 +122,14 @@ class FoldedAccumulation:
         t = ops.cast(self.iterations, "int32")
         return (ops.equal(t % steps, 0), ops.equal((t + 1) % steps, 0),
                 ops.cast(t // steps + 1, dtype))
+
+    @property
+    def learning_rate(self):
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        keras.optimizers.Optimizer.learning_rate.fset(self, check_learning_rate(learning_rate))
 
     def _get_current_learning_rate(self):
         schedule = self._learning_rate
@@ -93,20 +185,30 @@ class AdamW(FoldedAccumulation, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` with momentum-folded ``accumulation_steps`` (see module).
 
     Holds exactly the variables of ``keras.optimizers.AdamW``. ``amsgrad`` and Keras'
-    own ``gradient_accumulation_steps`` are not supported.
+    own ``gradient_accumulation_steps`` are not supported. Arguments are checked here:
+    ``learning_rate`` a finite number >= 0, a ``LearningRateSchedule`` or a callable;
+    ``beta_1``, ``beta_2`` in [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0 (or None);
+    ``accumulation_steps`` an integer >= 1; Keras' clipping and EMA options in range.
     """
 
     def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-7, amsgrad=False, accumulation_steps=1, **kwargs):
+        if not isinstance(amsgrad, (bool, np.bool_)):
+            raise TypeError(f"`amsgrad` must be a bool; received {amsgrad!r}")
         if amsgrad:
             raise ValueError("`amsgrad=True` is not supported with folded accumulation")
         if kwargs.get("gradient_accumulation_steps"):
             raise ValueError("use `accumulation_steps` (folded into the moments), not "
                              "`gradient_accumulation_steps` (which adds accumulators)")
         kwargs.pop("gradient_accumulation_steps", None)
-        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay,
-                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **kwargs)
-        self.accumulation_steps = check_accumulation_steps(accumulation_steps)
+        accumulation_steps = check_accumulation_steps(accumulation_steps)
+        super().__init__(learning_rate=check_learning_rate(learning_rate),
+                         weight_decay=check_number("weight_decay", weight_decay, 0.0),
+                         beta_1=check_number("beta_1", beta_1, 0.0, 1.0),
+                         beta_2=check_number("beta_2", beta_2, 0.0, 1.0),
+                         epsilon=check_number("epsilon", epsilon, 0.0, low_open=True),
+                         **check_base_options(kwargs))
+        self.accumulation_steps = accumulation_steps
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
@@ -137,7 +239,10 @@ class SGD(FoldedAccumulation, keras.optimizers.SGD):
     """``keras.optimizers.SGD`` with momentum-folded ``accumulation_steps`` (see module).
 
     Needs ``momentum > 0`` when ``accumulation_steps > 1`` (the velocity is the accumulator);
-    ``nesterov`` only with ``accumulation_steps=1``.
+    ``nesterov`` only with ``accumulation_steps=1``. Arguments are checked here:
+    ``learning_rate`` a finite number >= 0, a ``LearningRateSchedule`` or a callable;
+    ``momentum`` in [0, 1); ``nesterov`` a bool; ``weight_decay`` >= 0 (or None);
+    ``accumulation_steps`` an integer >= 1; Keras' clipping and EMA options in range.
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, accumulation_steps=1,
@@ -146,9 +251,15 @@ class SGD(FoldedAccumulation, keras.optimizers.SGD):
             raise ValueError("use `accumulation_steps` (folded into the velocity), not "
                              "`gradient_accumulation_steps` (which adds accumulators)")
         kwargs.pop("gradient_accumulation_steps", None)
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         **kwargs)
-        self.accumulation_steps = check_accumulation_steps(accumulation_steps)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"`nesterov` must be a bool; received {nesterov!r}")
+        momentum = check_number("momentum", momentum, 0.0, 1.0)
+        accumulation_steps = check_accumulation_steps(accumulation_steps)
+        kwargs = check_base_options(kwargs)
+        kwargs["weight_decay"] = check_weight_decay(kwargs.get("weight_decay"))
+        super().__init__(learning_rate=check_learning_rate(learning_rate), momentum=momentum,
+                         nesterov=bool(nesterov), **kwargs)
+        self.accumulation_steps = accumulation_steps
         if self.accumulation_steps > 1 and not momentum > 0:
             raise ValueError(f"`accumulation_steps` > 1 needs `momentum` > 0 to hold the "
                              f"accumulated gradient; received momentum={momentum!r}")

@@ -315,31 +315,44 @@ class BatchEncoder:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        start = getattr(tokenizer, "token_start", self.default_start)
-        end = getattr(tokenizer, "token_end", self.default_end)
+        start, end = tokenizer.token_start, tokenizer.token_end
         self.start_id = None if start is None else tokenizer.token_to_id(start)
         self.end_id = None if end is None else tokenizer.token_to_id(end)
         pad_id = tokenizer.pad_id
         self.pad_id = pad_id if pad_id is not None and pad_id >= 0 else 0
+        translate = tokenizer.token_translate
+        # bert4keras' token_translate, on ids; a key outside the vocabulary would share the
+        # unknown id with every other unknown token, so then only the Python path is exact
+        self.translatable = all(self.known(token) for token in translate)
+        self.translate = {tokenizer.token_to_id(k): tokenizer.token_to_id(v)
+                          for k, v in translate.items()} if self.translatable else {}
+
+    def known(self, token):
+        raise NotImplementedError
 
     def python_only(self, text):
         """Why ``text`` must go through the Python tokenizer, or ``None``."""
         return None
 
     def flagged(self, texts):
+        if not self.translatable or self.tokenizer.pre_tokenize is not None:
+            return list(range(len(texts)))  # a Python function: the engine cannot run it
         return [i for i, text in enumerate(texts) if self.python_only(text)]
 
     def python_pieces(self, text):
         raise NotImplementedError
 
     def pieces(self, texts):
-        """Piece ids of every text (no frame)."""
+        """Piece ids of every text (no frame), ``token_translate`` applied."""
         slow = self.flagged(texts)
         if not slow:
-            return self.engine_pieces(texts)
-        rows = self.engine_pieces(blank(texts, slow))  # a lone surrogate would not pass
-        for i in slow:
-            rows[i] = self.python_pieces(texts[i])
+            rows = self.engine_pieces(texts)
+        else:
+            rows = self.engine_pieces(blank(texts, slow))  # a lone surrogate would not pass
+            for i in slow:
+                rows[i] = self.python_pieces(texts[i])
+        if self.translate:
+            rows = [[self.translate.get(i, i) for i in row] for row in rows]
         return rows
 
     def engine_pieces(self, texts):
@@ -366,15 +379,11 @@ def blank(texts, indices):
 class WordPieceBatchEncoder(BatchEncoder):
     """``encode_batch`` of a WordPiece ``Tokenizer`` on the Rust engine; see the module doc."""
 
-    default_start, default_end = "[CLS]", "[SEP]"
-
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
         vocab, self.lower = tokenizer.vocab, tokenizer.do_lower_case
-        word_maxlen = getattr(tokenizer, "word_maxlen", getattr(wordpiece, "MAX_WORD_CHARS",
-                                                                  100))
-        self.engine = rust_wordpiece(vocab, self.lower, word_maxlen)
-        self.native = native_wordpiece(vocab, self.lower, word_maxlen)
+        self.engine = rust_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
+        self.native = native_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
         self.native_text = re.compile(python_class(native_characters(self.lower)) + "*")
         self.missing_specials = [t for t in wordpiece.SPECIAL_TOKENS if t not in vocab]
         suspects = ("\u03a3" if self.lower else "") + disagreeing_characters(self.lower)
@@ -396,10 +405,12 @@ class WordPieceBatchEncoder(BatchEncoder):
             return "a dropped character that may join a special token such as [MA\\x00SK]"
         return None
 
+    def known(self, token):
+        return token in self.tokenizer.vocab
+
     def flagged(self, texts):
-        if getattr(self.tokenizer, "pre_tokenize", None) is not None:
-            return list(range(len(texts)))  # a Python function: the engine cannot run it
-        if not self.suspect.search("\n".join(texts)):
+        if self.translatable and self.tokenizer.pre_tokenize is None \
+                and not self.suspect.search("\n".join(texts)):
             return []  # the common case: one scan, nothing to look at text by text
         return super().flagged(texts)
 
@@ -426,8 +437,6 @@ class SentencePieceBatchEncoder(BatchEncoder):
     """``encode_batch`` of an ``SpTokenizer`` on SentencePiece's own (C++, multi-threaded)
     batch encoder; texts with a sentinel, or only whitespace, go through ``encode``'s path."""
 
-    default_start, default_end = None, "</s>"
-
     def python_only(self, text):
         if "<extra_id_" in text:
             return "a sentinel token, kept whole"
@@ -435,14 +444,26 @@ class SentencePieceBatchEncoder(BatchEncoder):
             return "only whitespace"
         return None
 
-    def flagged(self, texts):
-        if getattr(self.tokenizer, "pre_tokenize", None) is not None:
-            return list(range(len(texts)))  # a Python function: the engine cannot run it
-        return super().flagged(texts)
+    def known(self, token):
+        return self.tokenizer.has_token(token)
 
     def python_pieces(self, text):
-        piece_ids = getattr(self.tokenizer, "piece_ids", None)
-        return piece_ids(text) if piece_ids else self.tokenizer.encode(text, add_eos=False)
+        return self.tokenizer.piece_ids(text)
 
     def engine_pieces(self, texts):
         return self.tokenizer.processor.encode(texts, out_type=int, num_threads=-1)
+
+
+def batch_encoder(tokenizer):
+    """The tokenizer's batch encoder, built on first use and again whenever a setting it was
+    built from (vocabulary, casing, word length, frame, translations) has changed."""
+    vocab = getattr(tokenizer, "vocab", None)
+    key = (id(vocab), None if vocab is None else len(vocab),
+           getattr(tokenizer, "do_lower_case", None), getattr(tokenizer, "word_maxlen", None),
+           tokenizer.token_start, tokenizer.token_end,
+           tuple(sorted(tokenizer.token_translate.items())))
+    cached = tokenizer.__dict__.get("_batch_encoder")
+    if cached is None or cached[0] != key:
+        cls = WordPieceBatchEncoder if vocab is not None else SentencePieceBatchEncoder
+        cached = tokenizer._batch_encoder = (key, cls(tokenizer))
+    return cached[1]

@@ -1,29 +1,42 @@
-"""SentencePiece tokenizer with T5's conventions: pad 0, end 1, unknown 2 and sentinels.
+"""SentencePiece tokenizer with bert4keras' API and T5's sentinels.
 
-T5 and mT5 vocabularies are SentencePiece models whose ids are followed by ``extra_ids``
-sentinel tokens ``<extra_id_0>`` ... ``<extra_id_{extra_ids-1}>`` counted down from the top:
-``<extra_id_i>`` has id ``pieces + extra_ids - 1 - i``. ``encode`` appends the end id ``</s>``
-as T5's tokenizer does. Sentinels written in the text are kept whole; the text between them is
-encoded by SentencePiece on its own.
+``SpTokenizer(model_path, token_start="[CLS]", token_end="[SEP]")`` frames every text with
+``token_start``/``token_end`` as bert4keras does (ALBERT-style vocabularies hold ``[CLS]`` and
+``[SEP]``); T5 and mT5 take ``token_start=None, token_end="</s>"``, which appends the end id
+as T5's tokenizer does. T5 vocabularies are followed by ``extra_ids`` sentinel tokens
+``<extra_id_0>`` ... ``<extra_id_{extra_ids-1}>`` counted down from the top: ``<extra_id_i>``
+has id ``pieces + extra_ids - 1 - i``. Sentinels written in the text are kept whole; the text
+between them is encoded by SentencePiece on its own.
 """
 
 import os
 import re
 
-import numpy as np
+from keraformer.checks import integer_id, integer_ids
+
+from keraformer.tokenizers.base import TokenizerBase
 
 SENTINEL = re.compile(r"(<extra_id_\d+>)")
 
 
-class SpTokenizer:
-    """``SpTokenizer(model_path, extra_ids=100)``: text <-> ids with a SentencePiece model.
+class SpTokenizer(TokenizerBase):
+    """``SpTokenizer(model_path, token_start="[CLS]", token_end="[SEP]", extra_ids=100)``.
 
-    ``tokenize(text)`` gives pieces, ``encode(text)`` ids ending with ``eos_id``,
-    ``decode(ids)`` text without pad/end/sentinel tokens (unless ``skip_special=False``).
-    ``pad_id``, ``eos_id``, ``unk_id`` come from the model; ``vocab_size`` counts sentinels.
+    ``tokenize(text, maxlen=None)`` gives the framed pieces, ``encode(first, second=None,
+    maxlen=None)`` ``(token_ids, segment_ids)`` (bert4keras' ``encode``; ``maxlen`` cuts the
+    longer text first and never the frame), ``decode(ids)`` text without pad/end/unknown/
+    sentinel tokens (unless ``skip_special=False``). ``pre_tokenize(text)`` may split the text
+    into words first, which are joined with spaces (bert4keras' rule); ``token_translate``
+    (``{piece: token}``) replaces pieces after splitting and ``decode`` maps them back.
+    ``pad_id``, ``eos_id``,
+    ``unk_id`` come from the model; ``vocab_size`` counts the sentinels.
+
+    bert4keras' default frame ``[CLS] ... [SEP]`` is kept; a frame token the model lacks is
+    refused (bert4keras would silently use the unknown id).
     """
 
-    def __init__(self, model_path, extra_ids=100):
+    def __init__(self, model_path, token_start="[CLS]", token_end="[SEP]", extra_ids=100,
+                 pre_tokenize=None, token_translate=None):
         import sentencepiece
 
         if not isinstance(model_path, (str, os.PathLike)) or not os.path.exists(model_path):
@@ -31,13 +44,41 @@ class SpTokenizer:
                                     f"file; received {model_path!r}")
         if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
             raise ValueError(f"`extra_ids` must be an integer >= 0; received {extra_ids!r}")
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
-        self.pieces = self.processor.get_piece_size()
+        self.model_path = os.fspath(model_path)
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+        self.pieces_count = self.processor.get_piece_size()
         self.extra_ids = extra_ids
-        self.vocab_size = self.pieces + extra_ids
+        self.vocab_size = self.pieces_count + extra_ids
         self.pad_id = self.processor.pad_id()
         self.eos_id = self.processor.eos_id()
         self.unk_id = self.processor.unk_id()
+        for name, token in (("token_start", token_start), ("token_end", token_end)):
+            if token is not None and not self.has_token(token):
+                raise ValueError(
+                    f"`{name}` {token!r} is not a piece of the SentencePiece model "
+                    f"{os.fspath(model_path)!r}; pass a piece it holds or None (T5 and mT5: "
+                    f"token_start=None, token_end='</s>')")
+        self.token_start, self.token_end = token_start, token_end
+        if pre_tokenize is not None and not callable(pre_tokenize):
+            raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
+                            f"received {type(pre_tokenize).__name__}")
+        self.pre_tokenize = pre_tokenize
+        self.set_token_translate(token_translate)
+
+    def has_token(self, token):
+        """True when ``token`` is a piece of the model or a sentinel within ``extra_ids``."""
+        match = re.fullmatch(r"<extra_id_(\d+)>", token)
+        if match:
+            return int(match.group(1)) < self.extra_ids
+        return self.processor.piece_to_id(token) != self.unk_id \
+            or token == self.processor.id_to_piece(self.unk_id)
+
+    # bert4keras' attribute names (None where the model lacks the token)
+    _token_pad_id = property(lambda self: self.pad_id if self.pad_id >= 0 else None)
+    _token_unk_id = property(lambda self: self.unk_id)
+    _token_mask_id = property(
+        lambda self: self.token_to_id("[MASK]") if self.has_token("[MASK]") else None)
+    _vocab_size = property(lambda self: self.pieces_count)
 
     # -- sentinels -------------------------------------------------------------------------
     def sentinel_id(self, index):
@@ -45,10 +86,11 @@ class SpTokenizer:
         if not 0 <= index < self.extra_ids:
             raise ValueError(f"sentinel `index` must lie in [0, {self.extra_ids}); "
                              f"received {index}")
-        return self.pieces + self.extra_ids - 1 - index
+        return self.pieces_count + self.extra_ids - 1 - index
 
     def is_special(self, token_id):
-        return token_id in (self.pad_id, self.eos_id, self.unk_id) or token_id >= self.pieces
+        return token_id in (self.pad_id, self.eos_id, self.unk_id) \
+            or token_id >= self.pieces_count
 
     def token_to_id(self, token):
         match = re.fullmatch(r"<extra_id_(\d+)>", token)
@@ -57,11 +99,12 @@ class SpTokenizer:
         return self.processor.piece_to_id(token)
 
     def id_to_token(self, token_id):
+        token_id = integer_id(token_id, "token_id")
         if not 0 <= token_id < self.vocab_size:
             raise ValueError(f"`token_id` must lie in [0, {self.vocab_size}); "
                              f"received {token_id}")
-        if token_id >= self.pieces:
-            return f"<extra_id_{self.pieces + self.extra_ids - 1 - token_id}>"
+        if token_id >= self.pieces_count:
+            return f"<extra_id_{self.pieces_count + self.extra_ids - 1 - token_id}>"
         return self.processor.id_to_piece(token_id)
 
     # -- text <-> ids ----------------------------------------------------------------------
@@ -71,27 +114,32 @@ class SpTokenizer:
             raise TypeError(f"`text` must be a str; received {type(text).__name__}")
         return [chunk for chunk in SENTINEL.split(text) if chunk and not chunk.isspace()]
 
-    def tokenize(self, text):
-        """Pieces of ``text`` (no end token); unknown characters become the ``<unk>`` piece."""
-        return [self.id_to_token(i) for i in self.encode(text, add_eos=False)]
-
-    def encode(self, text, add_eos=True, max_length=None):
-        """Ids of ``text``, ending with ``eos_id`` when ``add_eos``; cut to ``max_length``
-        (the end id kept last)."""
+    def piece_ids(self, text):
+        """Ids of ``text``'s pieces, without the frame."""
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a str; received {type(text).__name__}")
+        if self.pre_tokenize is not None:
+            text = " ".join(self.pre_tokenize(text))
         ids = []
         for chunk in self.split_sentinels(text):
             if SENTINEL.fullmatch(chunk) and int(chunk[10:-1]) < self.extra_ids:
                 ids.append(self.sentinel_id(int(chunk[10:-1])))
             else:
                 ids.extend(self.processor.encode(chunk))
-        if max_length is not None:
-            ids = ids[:max_length - 1 if add_eos else max_length]
-        return ids + [self.eos_id] if add_eos else ids
+        return ids
+
+    def pieces(self, text):
+        """Pieces of ``text`` without the frame; unknown characters become ``<unk>``."""
+        return [self.id_to_token(i) for i in self.piece_ids(text)]
 
     def decode(self, ids, skip_special=True):
         """Text of ``ids`` (a list or 1-D array), without pad/end/unknown/sentinel tokens when
         ``skip_special``, else with them written out between the decoded stretches."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        ids = integer_ids(ids, self.vocab_size, "ids")
+        if self.token_translate:  # back to the pieces the translated tokens stood for
+            inverse = {self.token_to_id(v): self.token_to_id(k)
+                       for k, v in self.token_translate.items()}
+            ids = [inverse.get(i, i) for i in ids]
         text, run = [], []
         for token_id in ids:
             if self.is_special(token_id):
@@ -113,9 +161,6 @@ class SpTokenizer:
         ids of text ``i`` framed as ``encode`` frames them (T5: the pieces then ``eos_id``),
         cut to ``maxlen``. SentencePiece encodes the batch in C++ on every core.
         """
-        from keraformer.tokenizers.batch import SentencePieceBatchEncoder
+        from keraformer.tokenizers.batch import batch_encoder
 
-        encoder = self.__dict__.get("_batch_encoder")
-        if encoder is None:
-            encoder = self._batch_encoder = SentencePieceBatchEncoder(self)
-        return encoder(texts, second, maxlen)
+        return batch_encoder(self)(texts, second, maxlen)

@@ -7,9 +7,10 @@ is NFC-normalised and split on whitespace; each word is optionally lower-cased w
 accents stripped (NFD, combining marks dropped) and split around punctuation (Unicode ``P*``
 plus every ASCII symbol such as ``$ ^ `` ``). Each word is then cut greedily into the longest
 vocabulary pieces, pieces after the first prefixed ``##``; a word with no such cut, or longer
-than 100 characters, becomes ``[UNK]`` (Wu et al. 2016, "Google's Neural Machine Translation
-System"; Devlin et al. 2019, BERT). The ids equal Hugging Face's pure-Python BERT tokenizer
-(``BertTokenizerLegacy`` in transformers 5) on the same vocabulary.
+than ``word_maxlen`` characters, becomes ``[UNK]`` (Wu et al. 2016, "Google's Neural Machine
+Translation System"; Devlin et al. 2019, BERT). The ids equal Hugging Face's pure-Python BERT
+tokenizer (``BertTokenizerLegacy`` in transformers 5, with ``word_maxlen=100``) and bert4keras
+0.11.5's ``Tokenizer`` on the same vocabulary, apart from the cases ``Tokenizer`` lists.
 """
 
 import numbers
@@ -17,15 +18,14 @@ import os
 import re
 import unicodedata
 
+from keraformer.checks import integer_id, integer_ids
+from keraformer.tokenizers.base import TokenizerBase
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_TOKEN_PATTERN = re.compile(
     "(" + "|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)) + ")")
-STRUCTURAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]")
-MAX_WORD_CHARS = 100
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-NO_SPACE_BEFORE = set(".,!?;:%)]}'\u3001\u3002\uff0c\uff01\uff1f")
-NO_SPACE_AFTER = set("([{$'")
 
 
 def is_cjk(char):
@@ -99,9 +99,10 @@ def basic_words(text, do_lower_case=True):
     return words
 
 
-def word_pieces(word, vocab, unk="[UNK]"):
-    """Greedy longest-match-first WordPiece split of one word; ``[unk]`` if none exists."""
-    if len(word) > MAX_WORD_CHARS:
+def word_pieces(word, vocab, unk="[UNK]", max_chars=200):
+    """Greedy longest-match-first WordPiece split of one word; ``[unk]`` if none exists or
+    the word is longer than ``max_chars`` characters."""
+    if len(word) > max_chars:
         return [unk]
     pieces, start = [], 0
     while start < len(word):
@@ -120,46 +121,165 @@ class MissingVocabularyError(FileNotFoundError, ValueError):
     """The vocabulary file does not exist (both a ``FileNotFoundError`` and a ``ValueError``)."""
 
 
-def load_vocab(vocab):
-    """``{token: id}`` from a ``vocab.txt`` path (token of line ``i`` gets id ``i``) or a dict."""
+def stem(token):
+    """``token`` without its ``##`` continuation prefix."""
+    return token[2:] if token.startswith("##") else token
+
+
+def is_redundant(token):
+    """True for a token that basic splitting never produces: longer than one character with a
+    CJK or punctuation character in its stem (``##。``, ``中国``) — bert4keras' rule."""
+    return len(token) > 1 and any(is_cjk(c) or is_punctuation(c) for c in stem(token))
+
+
+def checked_vocab(vocab, name="vocab_path", encoding="utf-8"):
+    """``{token: id}`` from a vocab.txt path or a dict, with errors naming ``name``.
+
+    A line's token is its first whitespace-separated field (bert4keras' reading); its id is
+    its line number. Blank lines keep their number but hold no token. A token listed twice
+    is refused: its id would be ambiguous.
+    """
     if isinstance(vocab, dict):
         for token, index in vocab.items():
             if not isinstance(token, str) or isinstance(index, bool) \
                     or not isinstance(index, numbers.Integral):
-                raise TypeError(f"`vocab_path` as a dict must map str tokens to int ids; "
+                raise TypeError(f"`{name}` as a dict must map str tokens to int ids; "
                                 f"received {token!r}: {index!r}")
         return {token: int(index) for token, index in vocab.items()}
     if not isinstance(vocab, (str, os.PathLike)):
-        raise TypeError(f"`vocab_path` must be a path to a vocab.txt or a dict of token -> id; "
+        raise TypeError(f"`{name}` must be a path to a vocab.txt or a dict of token -> id; "
                         f"received {type(vocab).__name__}")
     if not os.path.isfile(vocab):
-        raise MissingVocabularyError(f"`vocab_path` must be an existing vocab.txt file; "
-                                f"{os.fspath(vocab)!r} does not exist or is not a file")
-    with open(vocab, encoding="utf-8") as f:
-        tokens = [line.rstrip("\n") for line in f]
-    return {token: i for i, token in enumerate(tokens) if token}
+        raise MissingVocabularyError(f"`{name}` must be an existing vocab.txt file; "
+                                     f"{os.fspath(vocab)!r} does not exist or is not a file")
+    tokens = {}
+    with open(vocab, encoding=encoding) as f:
+        for line_number, line in enumerate(f):
+            fields = line.split()
+            token = fields[0] if fields else line.strip()
+            if not token:
+                continue
+            if token in tokens:
+                raise ValueError(f"`{name}` {os.fspath(vocab)!r} lists the token {token!r} "
+                                 f"twice (lines {tokens[token] + 1} and {line_number + 1})")
+            tokens[token] = line_number
+    return tokens
 
 
-class Tokenizer:
-    """WordPiece tokenizer for BERT-family vocabularies (``vocab.txt`` or a token->id dict).
+def load_vocab(dict_path, encoding="utf-8", simplified=False, startswith=None):
+    """``{token: id}`` from a BERT ``vocab.txt`` (or a dict), as bert4keras reads it.
 
-    ``encode(first, second=None, maxlen=None)`` returns ``(token_ids, segment_ids)`` for
-    ``[CLS] first [SEP]`` or ``[CLS] first [SEP] second [SEP]`` (segments 0 then 1).
-    ``maxlen`` is an explicit request to cut the result to at most ``maxlen`` tokens: one
-    token at a time is removed from the end of the currently longer text (the first on a
-    tie), as bert4keras does; the special tokens are never removed. Without ``maxlen`` nothing
-    is cut. ``rematch(text, tokens)`` maps each token back to the indices of the characters
-    of ``text`` it came from, for span extraction.
+    With ``simplified=True`` it returns ``(token_dict, keep_tokens)``: the tokens of
+    ``startswith`` first, then, in id order, every token that tokenization can produce
+    (multi-character tokens holding CJK or punctuation characters are dropped), renumbered
+    from 0; ``keep_tokens[i]`` is the original id of new id ``i``, for
+    ``build_transformer_model(..., keep_tokens=keep_tokens)``.
+    """
+    token_dict = checked_vocab(dict_path, "dict_path", encoding)
+    if not simplified:
+        return token_dict
+    startswith = list(startswith or [])
+    for token in startswith:
+        if token not in token_dict:
+            raise ValueError(f"`startswith` token {token!r} is not in the vocabulary")
+    if len(set(startswith)) != len(startswith):
+        raise ValueError(f"`startswith` must not repeat a token; received {startswith}")
+    new_dict, keep_tokens = {}, []
+    for token in startswith:
+        new_dict[token] = len(new_dict)
+        keep_tokens.append(token_dict[token])
+    for token, index in sorted(token_dict.items(), key=lambda item: item[1]):
+        if token not in new_dict and not is_redundant(token):
+            new_dict[token] = len(new_dict)
+            keep_tokens.append(index)
+    return new_dict, keep_tokens
+
+
+CJK_PUNCTUATION_RANGES = (
+    (0x00B7, 0x00B7), (0x2013, 0x2014), (0x2018, 0x2019), (0x201B, 0x201F), (0x2026, 0x2027),
+    (0x3000, 0x3003), (0x3008, 0x3011), (0x3014, 0x301F), (0x3030, 0x3030), (0x303E, 0x303F),
+    (0xFE4F, 0xFE4F), (0xFE51, 0xFE51), (0xFE54, 0xFE54), (0xFF01, 0xFF0D), (0xFF0F, 0xFF0F),
+    (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF64))
+NO_SPACE_AFTER = "".join(chr(c) for low, high in CJK_PUNCTUATION_RANGES
+                         for c in range(low, high + 1)) + "+-/={(<["
+NO_SPACE_AFTER_PATTERN = re.compile("(" + "|".join(re.escape(c) for c in NO_SPACE_AFTER) + ") ")
+
+
+def readable_text(tokens):
+    """bert4keras' readable text of WordPiece ``tokens`` (bracketed ``[...]`` tokens dropped).
+
+    ``##`` pieces are glued on, CJK characters written without spaces, a space follows every
+    punctuation character except CJK punctuation and ``+-/={(<[``, and ``' s`` and
+    ``3. 5`` are joined back to ``'s`` and ``3.5``.
+    """
+    tokens = [t for t in tokens if not (t and t[0] == "[" and t[-1] == "]")]
+    text = ""
+    for i, token in enumerate(tokens):
+        if token.startswith("##"):
+            text += token[2:]
+        elif len(token) == 1 and is_cjk(token):
+            text += token
+        elif len(token) == 1 and is_punctuation(token):
+            text += token + " "
+        elif i > 0 and text and is_cjk(text[-1]):
+            text += token
+        else:
+            text += " " + token
+    text = re.sub(" +", " ", text)
+    text = re.sub("' (re|m|s|t|ve|d|ll) ", "'\\1 ", text)
+    text = NO_SPACE_AFTER_PATTERN.sub("\\1", text)
+    text = re.sub(r"(\d\.) (\d)", "\\1\\2", text)
+    return text.strip()
+
+
+class Tokenizer(TokenizerBase):
+    """WordPiece tokenizer for BERT-family vocabularies, with bert4keras' API.
+
+    ``Tokenizer(vocab_path, do_lower_case=False)``: ``vocab_path`` is a ``vocab.txt`` or a
+    ``{token: id}`` dict (``load_vocab(..., simplified=True)``'s). ``do_lower_case=False`` is
+    bert4keras' default: pass ``True`` for uncased vocabularies. Words longer than
+    ``word_maxlen`` characters become ``[UNK]`` (bert4keras: 200; Hugging Face: 100).
+    ``token_start``/``token_end`` frame every text (``None`` leaves the side open).
+    ``pre_tokenize(text)`` may split the text into words first (e.g. ``jieba.cut``); a word
+    found in the vocabulary is then kept whole. ``token_translate`` (``{token: token}``)
+    replaces tokens after splitting.
+
+    ``tokenize(text, maxlen=None)`` gives the framed tokens, ``encode(first, second=None,
+    maxlen=None)`` ``(token_ids, segment_ids)`` for ``[CLS] first [SEP] second [SEP]``
+    (segments 0 then 1). ``maxlen`` cuts as bert4keras does: one token at a time leaves the
+    end of the currently longer text (the first on a tie); the frame is never cut. ``decode``
+    gives bert4keras' readable text, ``rematch(text, tokens)`` the indices of the characters
+    of ``text`` each token came from.
+
+    The ids equal Hugging Face's Python ``BertTokenizer`` (with ``word_maxlen=100``) and
+    bert4keras' ``Tokenizer``, except where those two differ: literal ``[CLS]``/``[MASK]``/...
+    written in the text are kept whole, text is NFC-composed, private-use and unassigned
+    characters are dropped (all as Hugging Face); a word without a WordPiece split is the
+    token ``[UNK]`` (bert4keras keeps the word, whose id is ``[UNK]``'s).
     """
 
-    def __init__(self, vocab_path, do_lower_case=True):
-        self.vocab = load_vocab(vocab_path)
+    def __init__(self, vocab_path, do_lower_case=False, word_maxlen=200, token_start="[CLS]",
+                 token_end="[SEP]", pre_tokenize=None, token_translate=None):
+        self.vocab = checked_vocab(vocab_path)
         self.inverse = {i: token for token, i in self.vocab.items()}
         self.do_lower_case = bool(do_lower_case)
-        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in self.vocab]
-        if missing:
-            raise ValueError(f"`vocab_path` must hold the special tokens [UNK], [CLS] and "
-                             f"[SEP]; the vocabulary lacks {missing}")
+        if isinstance(word_maxlen, bool) or not isinstance(word_maxlen, numbers.Integral) \
+                or word_maxlen < 1:
+            raise ValueError(f"`word_maxlen` must be an int >= 1; received {word_maxlen!r}")
+        self.word_maxlen = int(word_maxlen)
+        if "[UNK]" not in self.vocab:
+            raise ValueError("`vocab_path` must hold the special token [UNK]; the vocabulary "
+                             "lacks it")
+        for name, token in (("token_start", token_start), ("token_end", token_end)):
+            if token is not None and token not in self.vocab:
+                raise ValueError(f"`{name}` {token!r} is not in the vocabulary of "
+                                 f"`vocab_path`; pass a token it holds or None")
+        self.token_start, self.token_end = token_start, token_end
+        if pre_tokenize is not None and not callable(pre_tokenize):
+            raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
+                            f"received {type(pre_tokenize).__name__}")
+        self.pre_tokenize = pre_tokenize
+        self.set_token_translate(token_translate)
 
     def __len__(self):
         return len(self.vocab)
@@ -179,92 +299,78 @@ class Tokenizer:
 
     @property
     def cls_id(self):
-        return self.vocab["[CLS]"]
+        """Id of ``[CLS]``, or ``None`` when the vocabulary has none."""
+        return self.vocab.get("[CLS]")
 
     @property
     def sep_id(self):
-        return self.vocab["[SEP]"]
+        """Id of ``[SEP]``, or ``None`` when the vocabulary has none."""
+        return self.vocab.get("[SEP]")
 
     @property
     def mask_id(self):
         """Id of ``[MASK]``, or ``None`` when the vocabulary has none."""
         return self.vocab.get("[MASK]")
 
+    # bert4keras' attribute names (None where the vocabulary lacks the token)
+    _token_pad_id = property(lambda self: self.vocab.get("[PAD]"))
+    _token_unk_id = property(lambda self: self.vocab["[UNK]"])
+    _token_mask_id = property(lambda self: self.vocab.get("[MASK]"))
+    _token_cls_id = property(lambda self: self.vocab.get("[CLS]"))
+    _token_sep_id = property(lambda self: self.vocab.get("[SEP]"))
+    _token_dict = property(lambda self: self.vocab)
+    _token_dict_inv = property(lambda self: self.inverse)
+    _vocab_size = property(lambda self: len(self.vocab))
+    _do_lower_case = property(lambda self: self.do_lower_case)
+
     def token_to_id(self, token):
         """Id of ``token``; the ``[UNK]`` id for a token outside the vocabulary."""
         return self.vocab.get(token, self.vocab["[UNK]"])
 
     def id_to_token(self, token_id):
-        """Token of ``token_id``; ``ValueError`` for an id outside the vocabulary."""
-        try:
-            return self.inverse[int(token_id)]
-        except (KeyError, TypeError, ValueError):
+        """Token of ``token_id``; ``TypeError`` for a non-integer (a float is not truncated),
+        ``ValueError`` for an id outside the vocabulary."""
+        token_id = integer_id(token_id, "token_id")
+        if token_id not in self.inverse:
             raise ValueError(f"`token_id` must be an id of the vocabulary (size "
-                             f"{len(self.vocab)}); received {token_id!r}") from None
+                             f"{len(self.vocab)}); received {token_id!r}")
+        return self.inverse[token_id]
 
     def pieces(self, text):
-        """WordPiece tokens of ``text``, without the added ``[CLS]``/``[SEP]``."""
+        """WordPiece tokens of ``text``, without ``token_start``/``token_end``."""
         if not isinstance(text, str):
             raise TypeError(f"`text` must be a str; received {type(text).__name__}")
+        if self.pre_tokenize is None:
+            return self.word_pieces_of(text)
+        if self.do_lower_case:
+            text = strip_accents(text.lower())
+        tokens = []
+        for word in self.pre_tokenize(text):
+            if word in self.vocab:
+                tokens.append(word)
+            else:
+                tokens.extend(self.word_pieces_of(word))
+        return tokens
+
+    def word_pieces_of(self, text):
         tokens = []
         for chunk in split_special_tokens(text):
             if chunk in SPECIAL_TOKENS:
                 tokens.append(chunk)
                 continue
             for word in basic_words(chunk, self.do_lower_case):
-                tokens.extend(word_pieces(word, self.vocab))
+                tokens.extend(word_pieces(word, self.vocab, max_chars=self.word_maxlen))
         return tokens
 
-    def tokenize(self, text):
-        """``["[CLS]", *pieces(text), "[SEP]"]``."""
-        return ["[CLS]"] + self.pieces(text) + ["[SEP]"]
+    def decode(self, ids, tokens=None):
+        """bert4keras' readable text of ``ids`` (or of ``tokens`` when given).
 
-    def encode(self, first, second=None, maxlen=None):
-        """``(token_ids, segment_ids)`` of ``[CLS] first [SEP]`` (+ ``second [SEP]``).
-
-        Both are lists of ints of equal length; segment ids are 0 for ``[CLS] first [SEP]``
-        and 1 for ``second [SEP]``. See the class docstring for ``maxlen``.
+        Bracketed tokens (``[CLS]``, ``[UNK]``, ``[unused1]``...) are dropped, ``##`` pieces
+        glued on, CJK characters joined without spaces; see :func:`readable_text`.
         """
-        first_pieces = self.pieces(first)
-        second_pieces = None if second is None else self.pieces(second)
-        if maxlen is not None:
-            specials = 2 if second is None else 3
-            if isinstance(maxlen, bool) or not isinstance(maxlen, numbers.Integral) \
-                    or maxlen < specials:
-                raise ValueError(f"`maxlen` must be None or an int >= {specials} (room for "
-                                 f"the special tokens); received {maxlen!r}")
-            second_pieces = second_pieces if second_pieces is not None else []
-            while len(first_pieces) + len(second_pieces) > maxlen - specials:
-                longer = second_pieces if len(second_pieces) > len(first_pieces) \
-                    else first_pieces
-                longer.pop()
-            second_pieces = None if second is None else second_pieces
-        tokens = ["[CLS]"] + first_pieces + ["[SEP]"]
-        segments = [0] * len(tokens)
-        if second_pieces is not None:
-            tokens += second_pieces + ["[SEP]"]
-            segments += [1] * (len(second_pieces) + 1)
-        return [self.token_to_id(t) for t in tokens], segments
-
-    def decode(self, token_ids):
-        """Readable text from ids: ``[PAD]/[CLS]/[SEP]`` dropped, ``##`` pieces glued on.
-
-        Spaces separate words except between CJK characters, before closing and after
-        opening punctuation; re-encoding the result gives the same word pieces.
-        """
-        text, previous = "", None
-        for token in (self.id_to_token(i) for i in token_ids):
-            if token in STRUCTURAL_TOKENS:
-                continue
-            if token.startswith("##") and previous is not None:
-                text += token[2:]
-            elif previous is None or token in NO_SPACE_BEFORE or previous in NO_SPACE_AFTER \
-                    or (is_cjk(token[0]) and is_cjk(previous[-1])):
-                text += token
-            else:
-                text += " " + token
-            previous = token
-        return text
+        if tokens is None:
+            tokens = self.ids_to_tokens(integer_ids(ids, name="ids"))
+        return readable_text(tokens)
 
     def comparable(self, text):
         """``text`` as rematch compares it: NFD, and lower-cased without marks if lowering."""
@@ -289,19 +395,24 @@ class Tokenizer:
         return "".join(chars), origins, starts
 
     def rematch(self, text, tokens):
-        """For each token, the sorted indices of the characters of ``text`` it came from.
+        """For each token, the indices of the characters of ``text`` it came from.
 
-        ``tokens`` is ``tokenize(text)`` or ``pieces(text)`` (or a prefix of them). The
-        ``[CLS]`` and ``[SEP]`` framing a ``tokenize`` output get ``[]``, as do special
-        tokens not written in ``text``; ``[UNK]`` gets the characters of the word it
-        replaced. A character that decomposes into several tokens (a Hangul syllable into
-        its jamo) belongs to each of them.
+        ``tokens`` is ``tokenize(text)`` or ``pieces(text)`` (or a prefix of them); the
+        ``token_start``/``token_end`` framing them get ``[]``, as do special tokens not
+        written in ``text``; ``[UNK]`` gets the characters of the word it replaced. As in
+        bert4keras, with ``do_lower_case`` a character that lower-cases and decomposes into
+        several characters (a Hangul syllable into its jamo) is listed once per character.
         """
         chars, origins, starts = self.comparable_characters(text)
-        framed = len(tokens) >= 2 and tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+        framed_start = self.token_start is not None and bool(tokens) \
+            and tokens[0] == self.token_start
+        framed_end = self.token_end is not None and len(tokens) > framed_start \
+            and tokens[-1] == self.token_end
+        if self.token_start is not None and self.token_end is not None:
+            framed_start = framed_end = framed_start and framed_end
         mapping, offset = [], 0
         for position, token in enumerate(tokens):
-            if framed and position in (0, len(tokens) - 1):
+            if (framed_start and position == 0) or (framed_end and position == len(tokens) - 1):
                 mapping.append([])
                 continue
             if token in SPECIAL_TOKENS:
@@ -313,17 +424,22 @@ class Tokenizer:
                 else:
                     mapping.append([])
                     continue
-                mapping.append(sorted(set(origins[offset:end])))
+                mapping.append(self.indices(origins[offset:end]))
                 offset = end
                 continue
-            piece = self.comparable(token[2:] if token.startswith("##") else token)
+            piece = self.comparable(stem(token))
             start = chars.find(piece, offset) if piece else -1
             if start < 0:
                 mapping.append([])
                 continue
-            mapping.append(sorted(set(origins[start:start + len(piece)])))
+            mapping.append(self.indices(origins[start:start + len(piece)]))
             offset = start + len(piece)
         return mapping
+
+    def indices(self, origins):
+        """bert4keras' index list: one entry per lower-cased character when lowering, else
+        one per character of ``text`` (the NFD split made for comparing is undone)."""
+        return list(origins) if self.do_lower_case else sorted(set(origins))
 
     @staticmethod
     def unknown_word_end(chars, starts, offset):
@@ -345,11 +461,6 @@ class Tokenizer:
         exactly ``encode(texts[i], second[i], maxlen)``. The work runs in the compiled
         ``tokenizers`` engine (see ``keraformer.tokenizers.batch``), built on first use.
         """
-        from keraformer.tokenizers.batch import WordPieceBatchEncoder
+        from keraformer.tokenizers.batch import batch_encoder
 
-        key = (id(self.vocab), len(self.vocab), self.do_lower_case)
-        encoder = self.__dict__.get("_batch_encoder")
-        if encoder is None or encoder.key != key:
-            encoder = self._batch_encoder = WordPieceBatchEncoder(self)
-            encoder.key = key
-        return encoder(texts, second, maxlen)
+        return batch_encoder(self)(texts, second, maxlen)

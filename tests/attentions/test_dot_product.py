@@ -7,52 +7,16 @@ the growth ratio it measured.
 
 import math
 
-import keras
 import numpy as np
 import pytest
 
 from keraformer.attentions import (MultiHeadAttention, attention_probabilities,
                                    dot_product_attention, entropy_scale)
-from keraformer.positions import RotaryEmbedding, apply_rotary
-
-
-def numpy_attention(q, k, v, allowed=None, bias=None, scale=None, entropy_base=None):
-    """Softmax over the allowed keys of each query; ``allowed`` broadcasts to (b, h, q, k)."""
-    q, k, v = (np.asarray(x, "float64") for x in (q, k, v))
-    batch, q_len, heads, d = q.shape
-    k_len = k.shape[1]
-    scale = 1 / math.sqrt(d) if scale is None else scale
-    allowed = np.broadcast_to(np.ones((1, 1, 1, 1), bool) if allowed is None else allowed,
-                              (batch, heads, q_len, k_len))
-    bias = np.zeros((1, 1, 1, 1)) if bias is None else np.asarray(bias, "float64")
-    bias = np.broadcast_to(bias, (batch, heads, q_len, k_len))
-    out = np.zeros((batch, q_len, heads, v.shape[-1]))
-    for b, h, i in np.ndindex(batch, heads, q_len):
-        keys = np.flatnonzero(allowed[b, h, i])
-        logits = np.array([q[b, i, h] @ k[b, j, h] for j in keys]) * scale
-        if entropy_base:
-            logits = logits * math.log(len(keys)) / math.log(entropy_base)
-        logits = logits + bias[b, h, i, keys]
-        w = np.exp(logits - logits.max())
-        out[b, i, h] = w @ v[b, keys, h] / w.sum()
-    return out
-
-
-def causal_allowed(q_len, k_len):
-    return np.arange(k_len)[None] <= np.arange(q_len)[:, None] + (k_len - q_len)
-
-
-def random_qkv(seed, batch, q_len, k_len, heads, d, e):
-    rng = np.random.RandomState(seed)
-    return (rng.randn(batch, q_len, heads, d).astype("float32"),
-            rng.randn(batch, k_len, heads, d).astype("float32"),
-            rng.randn(batch, k_len, heads, e).astype("float32"))
-
-
-def random_keep(seed, batch, length):
-    lengths = np.random.RandomState(seed).randint(1, length + 1, batch)
-    lengths[0] = length
-    return np.arange(length)[None] < lengths[:, None]
+from keraformer.positions import RotaryEmbedding
+from tests.references import (assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, causal_allowed,
+                              numpy_rope, numpy_softmax_attention, project_heads, random_keep,
+                              random_qkv)
 
 
 SHAPES = [(1, 1, 1, 1, 4, 3), (2, 5, 5, 2, 4, 4), (2, 3, 8, 3, 8, 5), (1, 9, 9, 2, 6, 2)]
@@ -74,7 +38,8 @@ def test_matches_numpy_reference(shape, masked, causal, with_bias, entropy_scali
     allowed = np.ones((1, 1, q_len, k_len), bool) if mask is None else mask
     if causal:
         allowed = allowed & causal_allowed(q_len, k_len)
-    want = numpy_attention(q, k, v, allowed, bias, entropy_base=512 if entropy_scaling else None)
+    want = numpy_softmax_attention(q, k, v, allowed, bias,
+                                   entropy_base=512 if entropy_scaling else None)
     if masked and causal:  # rows that can see no real key are uniform by convention: skip them
         real = (allowed.sum(-1) > 0).transpose(0, 2, 1)[..., None]
         got, want = np.asarray(got) * real, want * real
@@ -84,8 +49,8 @@ def test_matches_numpy_reference(shape, masked, causal, with_bias, entropy_scali
 def test_custom_scale_and_base():
     q, k, v = random_qkv(2, 2, 4, 6, 2, 4, 3)
     got = dot_product_attention(q, k, v, scale=0.3, entropy_scaling=True, scaling_base=64)
-    np.testing.assert_allclose(np.asarray(got), numpy_attention(q, k, v, scale=0.3,
-                                                                 entropy_base=64), atol=1e-5)
+    want = numpy_softmax_attention(q, k, v, scale=0.3, entropy_base=64)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
 def test_entropy_scale_values():
@@ -98,31 +63,19 @@ def test_entropy_scale_values():
 
 @pytest.mark.parametrize("entropy_scaling", [False, True])
 def test_causal_does_not_leak(entropy_scaling):
-    q, k, v = random_qkv(3, 1, 8, 8, 2, 4, 4)
-    base = np.asarray(dot_product_attention(q, k, v, causal=True,
-                                            entropy_scaling=entropy_scaling))
-    for t in (0, 3, 6):
-        changed = [x.copy() for x in (q, k, v)]
-        for x in changed:
-            x[:, t + 1:] = np.random.RandomState(t).randn(*x[:, t + 1:].shape)
-        out = np.asarray(dot_product_attention(*changed, causal=True,
-                                               entropy_scaling=entropy_scaling))
-        np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
-        assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-3
+    assert_causal_no_leak(
+        lambda *qkv: dot_product_attention(*qkv, causal=True, entropy_scaling=entropy_scaling),
+        random_qkv(3, 1, 8, 8, 2, 4, 4), times=(0, 3, 6))
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("entropy_scaling", [False, True])
 def test_padding_never_changes_real_outputs(causal, entropy_scaling):
-    q, k, v = random_qkv(4, 1, 5, 5, 2, 4, 4)
-    short = np.asarray(dot_product_attention(q, k, v, causal=causal,
-                                             entropy_scaling=entropy_scaling))
-    junk = random_qkv(5, 1, 4, 4, 2, 4, 4)
-    padded = [np.concatenate([x, 10 * j], axis=1) for x, j in zip((q, k, v), junk)]
-    mask = (np.arange(9) < 5)[None, None, None, :]
-    out = np.asarray(dot_product_attention(*padded, mask=mask, causal=causal,
-                                           entropy_scaling=entropy_scaling))
-    np.testing.assert_allclose(out[:, :5], short, atol=1e-6)
+    assert_padding_invariant(
+        lambda q, k, v, keep: dot_product_attention(
+            q, k, v, mask=None if keep is None else keep[:, None, None, :], causal=causal,
+            entropy_scaling=entropy_scaling),
+        random_qkv(4, 1, 5, 5, 2, 4, 4), extra=4, seed=5)
 
 
 def mean_entropy(probs):
@@ -167,16 +120,10 @@ def test_mha_matches_numpy_reference(mha_and_input, causal):
     keep = random_keep(1, 2, 7)
     mask = keep[:, None, None, :]
     got = np.asarray(layer(x, mask=mask, causal=causal))
-    w = {n: [np.asarray(t, "float64") for t in sub.weights] for n, sub in
-         (("q", layer.query_dense), ("k", layer.key_dense), ("v", layer.value_dense),
-          ("o", layer.output_dense))}
-    q = (x @ w["q"][0] + w["q"][1]).reshape(2, 7, HEADS, KEY)
-    k = (x @ w["k"][0] + w["k"][1]).reshape(2, 7, HEADS, KEY)
-    v = (x @ w["v"][0] + w["v"][1]).reshape(2, 7, HEADS, HEAD)
-    q, k = (np.asarray(apply_rotary(t.astype("float32")), "float64") for t in (q, k))
+    q, k, v, output = project_heads(layer, x, HEADS, KEY, HEAD)
+    q, k = numpy_rope(q), numpy_rope(k)
     allowed = mask & causal_allowed(7, 7) if causal else mask
-    want = numpy_attention(q, k, v, allowed, entropy_base=512).reshape(2, 7, -1)
-    want = want @ w["o"][0] + w["o"][1]
+    want = output(numpy_softmax_attention(q, k, v, allowed, entropy_base=512))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -193,16 +140,5 @@ def test_mha_dropout_path_without_dropout_equals_inference(mha_and_input):
 
 def test_mha_serialization_and_mixed_precision(mha_and_input, tmp_path):
     layer, x = mha_and_input
-    inputs = keras.Input((7, DIM))
-    model = keras.Model(inputs, layer(inputs, causal=True))
-    path = str(tmp_path / "mha.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    half = MultiHeadAttention.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half(x)
-    half.set_weights(layer.get_weights())
-    out = np.asarray(keras.ops.cast(half(x, causal=True), "float32"))
-    reference = np.asarray(layer(x, causal=True))
-    assert np.isfinite(out).all()
-    np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_round_trips(layer, x, str(tmp_path / "mha.keras"), causal=True)
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": True},))

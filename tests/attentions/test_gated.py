@@ -5,14 +5,16 @@ input gradients against float64 central differences of the reference, 5e-2 for
 mixed_bfloat16 against float32.
 """
 
-import keras
 from keras import ops
 import numpy as np
 import pytest
 
 from keraformer.attentions import GatedAttentionUnit
 from keraformer.masks import unilm_mask
-from keraformer.positions import RotaryEmbedding, apply_rotary
+from keraformer.positions import RotaryEmbedding
+from tests.references import (assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, numpy_rope,
+                              random_keep)
 
 DIM, UNITS, KEY = 6, 8, 4
 
@@ -29,7 +31,7 @@ def numpy_gau(layer, x, keep=None, causal=False, allowed=None, rotary=False):
     q = z * q_so[0] + (q_so[1] if len(q_so) > 1 else 0)
     k = z * k_so[0] + (k_so[1] if len(k_so) > 1 else 0)
     if rotary:
-        q, k = (np.asarray(apply_rotary(t.astype("float32")), "float64") for t in (q, k))
+        q, k = numpy_rope(q), numpy_rope(k)
     batch, length = x.shape[:2]
     if allowed is None:
         keep = np.ones((batch, length), bool) if keep is None else keep
@@ -71,12 +73,6 @@ def make_gau(x, **kwargs):
 
 def random_x(seed, batch, length):
     return np.random.RandomState(seed).randn(batch, length, DIM).astype("float32")
-
-
-def random_keep(seed, batch, length):
-    lengths = np.random.RandomState(seed).randint(1, length + 1, batch)
-    lengths[0] = length
-    return np.arange(length)[None] < lengths[:, None]
 
 
 VARIANTS = [
@@ -127,13 +123,7 @@ def test_chunk_covering_the_sequence_equals_relu2():
 def test_causal_does_not_leak(variant):
     x = random_x(4, 1, 9)
     layer = make_gau(x, **variant)
-    base = np.asarray(layer(x, causal=True))
-    for t in (0, 3, 7):
-        changed = x.copy()
-        changed[:, t + 1:] = random_x(t, 1, 8 - t)
-        out = np.asarray(layer(changed, causal=True))
-        np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
-        assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-4
+    assert_causal_no_leak(lambda h: layer(h, causal=True), (x,), times=(0, 3, 7), moved=1e-4)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -142,11 +132,8 @@ def test_causal_does_not_leak(variant):
 def test_padding_never_changes_real_outputs(variant, causal):
     x = random_x(5, 1, 5)
     layer = make_gau(x, **variant)
-    short = np.asarray(layer(x, causal=causal))
-    padded = np.concatenate([x, 10 * random_x(6, 1, 4)], axis=1)
-    keep = np.arange(9)[None] < 5
-    out = np.asarray(layer(padded, mask=keep, causal=causal))
-    np.testing.assert_allclose(out[:, :5], short, atol=1e-6)
+    assert_padding_invariant(lambda h, keep: layer(h, mask=keep, causal=causal), (x,), extra=4,
+                             seed=6)
 
 
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[4]], ids=["softmax_plus", "chunked"])
@@ -189,20 +176,5 @@ def test_bad_options_raise():
 def test_serialization_and_mixed_precision(variant, tmp_path):
     x = random_x(9, 2, 7)
     layer = make_gau(x, **variant)
-    clone = GatedAttentionUnit.from_config(layer.get_config())
-    clone.build(x.shape)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
-    inputs = keras.Input((7, DIM))
-    model = keras.Model(inputs, layer(inputs, causal=True))
-    path = str(tmp_path / "gau.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    half = GatedAttentionUnit.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half.build(x.shape)
-    half.set_weights(layer.get_weights())
-    out = np.asarray(keras.ops.cast(half(x, causal=True), "float32"))
-    assert np.isfinite(out).all()
-    reference = np.asarray(layer(x, causal=True))
-    np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_round_trips(layer, x, str(tmp_path / "gau.keras"), causal=True)
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": True},))

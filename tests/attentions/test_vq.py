@@ -13,31 +13,17 @@ import numpy as np
 import pytest
 
 from keraformer.attentions import VQAttention, dot_product_attention, quantize, vq_attention
+from keraformer.positions import RotaryEmbedding
+from tests.references import (allowed_keys, assert_causal_no_leak, assert_mixed_bfloat16_close,
+                              assert_padding_invariant, assert_round_trips, copy_layer,
+                              numpy_quantize, numpy_rope, numpy_softmax_attention,
+                              project_heads, random_keep)
 
 
-def numpy_quantize(k, codebook):
-    """Key by key: the codeword at the smallest squared distance."""
-    k, codebook = np.asarray(k, "float64"), np.asarray(codebook, "float64")
-    out = np.empty_like(k)
-    codes = np.empty(k.shape[:3], int)
-    for b, n, h in np.ndindex(k.shape[:3]):
-        distances = [np.sum((k[b, n, h] - c) ** 2) for c in codebook[h]]
-        codes[b, n, h] = int(np.argmin(distances))
-        out[b, n, h] = codebook[h, codes[b, n, h]]
-    return out, codes
-
-
-def numpy_attention(q, k, v, keep=None, causal=False):
-    q, k, v = (np.asarray(x, "float64") for x in (q, k, v))
-    batch, q_len, heads, d = q.shape
-    keep = np.ones((batch, k.shape[1]), bool) if keep is None else keep
-    out = np.zeros((batch, q_len, heads, v.shape[-1]))
-    for b, i, h in np.ndindex(batch, q_len, heads):
-        keys = [j for j in range(k.shape[1]) if keep[b, j] and (not causal or j <= i)]
-        s = np.array([q[b, i, h] @ k[b, j, h] for j in keys]) / np.sqrt(d)
-        w = np.exp(s - s.max())
-        out[b, i, h] = w @ v[b, keys, h] / w.sum()
-    return out
+def numpy_attention(q, k, v, keep=None, causal=False, entropy_base=None):
+    """Softmax attention over the keys ``keep`` (and ``causal``) allow."""
+    allowed = allowed_keys(q.shape[0], q.shape[1], k.shape[1], keep, causal)
+    return numpy_softmax_attention(q, k, v, allowed, entropy_base=entropy_base)
 
 
 def random_inputs(seed, batch, length, heads, d, e, codes):
@@ -46,12 +32,6 @@ def random_inputs(seed, batch, length, heads, d, e, codes):
             rng.randn(batch, length, heads, d).astype("float32"),
             rng.randn(batch, length, heads, e).astype("float32"),
             rng.randn(heads, codes, d).astype("float32"))
-
-
-def random_keep(seed, batch, length):
-    lengths = np.random.RandomState(seed).randint(1, length + 1, batch)
-    lengths[0] = length
-    return np.arange(length)[None] < lengths[:, None]
 
 
 CASES = [  # batch, length, heads, d, e, codes, block_size
@@ -63,44 +43,43 @@ CASES = [  # batch, length, heads, d, e, codes, block_size
 ]
 
 
+@pytest.mark.parametrize("entropy_scaling", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("case", CASES)
-def test_equals_softmax_over_quantised_keys(case, masked, causal):
+def test_equals_softmax_over_quantised_keys(case, masked, causal, entropy_scaling):
     batch, length, heads, d, e, codes, block = case
     q, k, v, codebook = random_inputs(length * codes, batch, length, heads, d, e, codes)
     keep = random_keep(length, batch, length) if masked else None
-    got = np.asarray(vq_attention(q, k, v, codebook, keep, causal, block))
+    got = np.asarray(vq_attention(q, k, v, codebook, keep, causal, block,
+                                  entropy_scaling=entropy_scaling, scaling_base=8))
     quantized, _ = numpy_quantize(k, codebook)
-    np.testing.assert_allclose(got, numpy_attention(q, quantized, v, keep, causal),
-                               atol=1e-5, rtol=1e-5)
+    want = numpy_attention(q, quantized, v, keep, causal, 8 if entropy_scaling else None)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     mask = None if keep is None else keep[:, None, None, :]
-    exact = dot_product_attention(q, quantize(k, codebook)[0], v, mask, causal=causal)
-    np.testing.assert_allclose(got, np.asarray(exact), atol=1e-5, rtol=1e-5)
+    exact = np.asarray(dot_product_attention(q, quantize(k, codebook)[0], v, mask,
+                                             causal=causal, entropy_scaling=entropy_scaling,
+                                             scaling_base=8))
+    np.testing.assert_allclose(got, exact, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("entropy_scaling", [False, True])
 @pytest.mark.parametrize("block", [1, 3, 8])
-def test_causal_does_not_leak(block):
+def test_causal_does_not_leak(block, entropy_scaling):
     q, k, v, codebook = random_inputs(1, 1, 9, 2, 4, 4, 6)
-    base = np.asarray(vq_attention(q, k, v, codebook, causal=True, block_size=block))
-    for t in (0, 4, 7):
-        changed = [x.copy() for x in (q, k, v)]
-        for x in changed:
-            x[:, t + 1:] = np.random.RandomState(t).randn(*x[:, t + 1:].shape)
-        out = np.asarray(vq_attention(*changed, codebook, causal=True, block_size=block))
-        np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
-        assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-3
+    assert_causal_no_leak(
+        lambda *qkv: vq_attention(*qkv, codebook, causal=True, block_size=block,
+                                  entropy_scaling=entropy_scaling), (q, k, v), times=(0, 4, 7))
 
 
+@pytest.mark.parametrize("entropy_scaling", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
-def test_padding_never_changes_real_outputs(causal):
+def test_padding_never_changes_real_outputs(causal, entropy_scaling):
     q, k, v, codebook = random_inputs(2, 1, 6, 2, 4, 4, 5)
-    short = np.asarray(vq_attention(q, k, v, codebook, causal=causal, block_size=4))
-    junk = random_inputs(3, 1, 5, 2, 4, 4, 5)[:3]
-    padded = [np.concatenate([x, 10 * j], axis=1) for x, j in zip((q, k, v), junk)]
-    keep = np.arange(11)[None] < 6
-    out = np.asarray(vq_attention(*padded, codebook, keep, causal, block_size=4))
-    np.testing.assert_allclose(out[:, :6], short, atol=1e-6)
+    assert_padding_invariant(
+        lambda q, k, v, keep: vq_attention(q, k, v, codebook, keep, causal, block_size=4,
+                                           entropy_scaling=entropy_scaling),
+        (q, k, v), extra=5, seed=3)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -137,6 +116,24 @@ def test_bad_inputs_raise():
         vq_attention(q, k, v, codebook, mask=np.ones((1, 1, 4, 4), bool))
     with pytest.raises(ValueError, match="decay"):
         VQAttention(2, 4, decay=1.5)
+    with pytest.raises(ValueError, match="key_size.*even"):
+        VQAttention(2, 3, rotary=RotaryEmbedding())
+
+
+def test_entropy_scaled_straight_through_gradient(gradients):
+    """With entropy scaling the straight-through terms see the scaled queries: the key
+    gradient equals that of softmax attention over ``k̂`` with scaled logits."""
+    q, k, v, codebook = random_inputs(8, 1, 6, 1, 4, 3, 4)
+    quantized = quantize(k, codebook)[0]
+    weights = np.random.RandomState(9).randn(1, 6, 1, 3).astype("float32")
+    for causal in (False, True):
+        [got] = gradients(lambda key: ops.sum(vq_attention(
+            q, key, v, codebook, causal=causal, block_size=4, straight_through=True,
+            entropy_scaling=True) * weights), k)
+        [want] = gradients(lambda key: ops.sum(dot_product_attention(
+            q, key, v, causal=causal, entropy_scaling=True) * weights),
+            np.asarray(quantized))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 HEADS, SIZE, CODES, DIM = 2, 4, 6, 8
@@ -150,15 +147,15 @@ def layer_and_input():
     return layer, x
 
 
-def numpy_layer(layer, x, codebook, keep=None, causal=False):
-    dense = {name: [np.asarray(w, "float64") for w in sub.weights] for name, sub in
-             (("q", layer.query_dense), ("k", layer.key_dense), ("v", layer.value_dense),
-              ("o", layer.output_dense))}
-    q, k, v = ((x @ dense[n][0] + dense[n][1]).reshape(x.shape[0], x.shape[1], HEADS, SIZE)
-               for n in "qkv")
+def numpy_layer(layer, x, codebook, keep=None, causal=False, rotary=False, entropy_base=None):
+    """The layer in NumPy: projections, RoPE on queries and keys (``rotary``), quantisation
+    of the (rotated) keys, softmax attention, output projection."""
+    q, k, v, output = project_heads(layer, x, HEADS, SIZE, SIZE)
+    if rotary:
+        q, k = numpy_rope(q), numpy_rope(k)
     quantized, codes = numpy_quantize(k, codebook)
-    out = numpy_attention(q, quantized, v, keep, causal).reshape(x.shape[0], x.shape[1], -1)
-    return out @ dense["o"][0] + dense["o"][1], k, quantized, codes
+    out = numpy_attention(q, quantized, v, keep, causal, entropy_base)
+    return output(out), k, quantized, codes
 
 
 def training_call(layer, x, **kwargs):
@@ -215,23 +212,26 @@ def test_layer_fits_and_round_trips(layer_and_input, tmp_path):
     counts = np.asarray(layer.codebook_counts).copy()
     model.fit(x, np.zeros((2, 7, DIM)), epochs=1, verbose=0)
     assert not np.allclose(np.asarray(layer.codebook_counts), counts)  # EMA ran inside fit
-    path = str(tmp_path / "vq.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    clone = VQAttention.from_config(layer.get_config())
-    clone(x)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
+    assert_round_trips(layer, x, str(tmp_path / "vq.keras"), causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_with_rotary_and_entropy_scaling_matches_reference(layer_and_input, causal):
+    """Queries and keys rotated before the keys are quantised (see ``attentions/vq.py``)."""
+    layer, x = layer_and_input
+    rotated = copy_layer(layer, x, rotary=RotaryEmbedding(), entropy_scaling=True,
+                         scaling_base=8)
+    keep = np.array([[True] * 7, [True] * 5 + [False] * 2])
+    codebook = np.asarray(layer.codebook, "float64")
+    want = numpy_layer(rotated, x, codebook, keep, causal, rotary=True, entropy_base=8)[0]
+    got = np.asarray(rotated(x, mask=keep, causal=causal))
+    np.testing.assert_allclose(got * keep[..., None], want * keep[..., None], atol=1e-5)
+    unrotated = numpy_layer(layer, x, codebook, keep, causal, entropy_base=8)[0]
+    assert np.abs((want - unrotated) * keep[..., None]).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(copy_layer(rotated, x)(x, causal=causal)),
+                                  np.asarray(rotated(x, causal=causal)))
 
 
 def test_layer_mixed_bfloat16(layer_and_input):
     layer, x = layer_and_input
-    half = VQAttention.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    half(x)
-    half.set_weights(layer.get_weights())
-    for causal in (False, True):
-        out = np.asarray(keras.ops.cast(half(x, causal=causal), "float32"))
-        reference = np.asarray(layer(x, causal=causal))
-        assert np.isfinite(out).all()
-        np.testing.assert_allclose(out, reference, atol=5e-2 * np.abs(reference).max())
+    assert_mixed_bfloat16_close(layer, x, calls=({"causal": False}, {"causal": True}))

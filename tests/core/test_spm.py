@@ -32,16 +32,17 @@ def tokenizers(tmp_path_factory):
     hf_dir.mkdir()
     shutil.copy(folder / "sp.model", hf_dir / "spiece.model")
     # transformers 5 builds T5Tokenizer from spiece.model with its SentencePiece converter
-    return SpTokenizer(str(folder / "sp.model")), transformers.T5Tokenizer.from_pretrained(
-        str(hf_dir))
+    ours = SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>")
+    return ours, transformers.T5Tokenizer.from_pretrained(str(hf_dir))
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_ids_equal_t5_tokenizer(tokenizers, text):
     ours, theirs = tokenizers
     expected = theirs(text).input_ids
-    assert ours.encode(text) == expected
-    assert ours.tokenize(text) == theirs.convert_ids_to_tokens(expected)[:-1]
+    assert ours.encode(text) == (expected, [0] * len(expected))
+    assert ours.tokenize(text) == theirs.convert_ids_to_tokens(expected)
+    assert ours.pieces(text) == theirs.convert_ids_to_tokens(expected)[:-1]
 
 
 def test_special_ids_and_sentinels(tokenizers):
@@ -58,14 +59,13 @@ def test_special_ids_and_sentinels(tokenizers):
 def test_decode_round_trip_and_special_tokens(tokenizers):
     ours, theirs = tokenizers
     text = "the cat sat on the mat with 42 balls"
-    ids = ours.encode(text)
+    ids = ours.encode(text)[0]
     assert ours.decode(ids) == text == theirs.decode(ids, skip_special_tokens=True)
     with_specials = [0] + ids[:3] + [ours.sentinel_id(0), 2] + ids[3:]
     assert ours.decode(with_specials) == ours.decode(ids)
     shown = ours.decode(ids[:2] + [ours.sentinel_id(0)], skip_special=False)
     assert "<extra_id_0>" in shown
-    assert ours.encode(text, max_length=4)[-1] == ours.eos_id
-    assert len(ours.encode(text, max_length=4)) == 4
+    assert ours.encode(text, maxlen=4)[0] == ids[:3] + [ours.eos_id]
 
 
 def test_bad_arguments(tokenizers, tmp_path):
@@ -74,3 +74,7 @@ def test_bad_arguments(tokenizers, tmp_path):
         SpTokenizer(str(tmp_path / "missing.model"))
     with pytest.raises(TypeError, match="text"):
         ours.encode(123)
+    with pytest.raises(ValueError, match="token_start"):
+        SpTokenizer(ours.model_path)  # bert4keras' default frame [CLS]/[SEP]: not in T5's
+    with pytest.raises(ValueError, match="maxlen"):
+        ours.encode("the cat", "the mat", maxlen=1)

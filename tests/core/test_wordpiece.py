@@ -103,7 +103,8 @@ def tokenizers(small_vocab):
     built = {}
     for name, path in (("small", small_vocab), ("minilm", minilm_vocab())):
         for lower in (True, False):
-            built[name, lower] = (Tokenizer(path, do_lower_case=lower),
+            # word_maxlen=100: Hugging Face's limit (bert4keras' default is 200)
+            built[name, lower] = (Tokenizer(path, do_lower_case=lower, word_maxlen=100),
                                   BertTokenizerLegacy(path, do_lower_case=lower),
                                   transformers.BertTokenizer(path, do_lower_case=lower))
     return built
@@ -217,15 +218,19 @@ def test_special_ids_and_lookups(tokenizers, small_vocab):
 
 
 @pytest.mark.parametrize("vocab", ["small", "minilm"])
-def test_decode_reads_naturally_and_round_trips(vocab, tokenizers):
+def test_decode_is_bert4keras_readable_text_and_round_trips(vocab, tokenizers):
+    """decode follows bert4keras (compared with bert4keras itself in test_bert4keras_parity);
+    here: its rules on a hand-checked case, and re-encoding its text gives the same ids."""
     ours = tokenizers[vocab, True][0]
     if vocab == "small":
-        ids, _ = ours.encode("Hello world, unbelievably 北京是中国的! (x) $5")
-        assert ours.decode(ids) == "hello world, unbelievably 北京是中国的! (x) $5"
+        ids, _ = ours.encode("Hello world, unbelievably 北京是中国的! (x) $5 it's 3.5")
+        # a space after punctuation but not after "(", none before CJK, "' s" and "3. 5" joined
+        assert ours.decode(ids) == "hello world, unbelievably北京是中国的! (x) $ 5 it's 3.5"
     for text in TEXTS + list(PAIRS[0]):
-        if any(token in text for token in ("[CLS]", "[SEP]", "[PAD]")):
-            continue  # decode drops these, so the text cannot come back
         ids, _ = ours.encode(text)
+        if any(ours.id_to_token(i) in ("[UNK]", "[MASK]", "[PAD]") for i in ids) \
+                or "[CLS]" in text or "[SEP]" in text:
+            continue  # decode drops bracketed tokens, so the text cannot come back
         assert ours.encode(ours.decode(ids))[0] == ids, repr(text)
 
 
@@ -248,6 +253,7 @@ def test_rematch_offsets_spell_the_tokens(vocab, lower, tokenizers):
         assert flat == sorted(flat), (text, mapping)
         for token, positions in zip(tokens[1:-1], mapping[1:-1]):
             assert positions, (text, token)
+            positions = sorted(set(positions))  # lower-cased Hangul lists a syllable per jamo
             if token == "[UNK]":
                 continue
             spelled = comparable("".join(text[i] for i in positions), lower)

@@ -218,3 +218,40 @@ def test_fully_padded_row_is_finite(spec, policy):
     assert not inputs[0][3].any()
     model = reference(spec) if policy == "float32" else mixed(spec, policy)
     assert np.isfinite(outputs(model, inputs)).all()
+
+
+# -- 6: Keras masks on the outputs -----------------------------------------------------------
+def real_positions(spec, inputs):
+    """Which output positions are real: token id != 0 (for T5 the decoder ids, whose
+    position 0, the start token, is real although its id is the padding id)."""
+    if spec[1] is None:
+        real = inputs[1] != 0
+        real[:, 0] = True
+        return real
+    return inputs[0] != 0
+
+
+@parametrize_specs
+def test_mask_aware_pooling_after_the_output_ignores_padding(spec):
+    """GlobalAveragePooling1D on the builder's output, with no mask passed by the user,
+    averages over the real positions only (NumPy mean over them)."""
+    model, (inputs, _) = reference(spec), batch(spec)
+    pooled = keras.Model(model.inputs, keras.layers.GlobalAveragePooling1D()(model.output))
+    got = keras.ops.convert_to_numpy(pooled(inputs))
+    hidden, real = outputs(model, inputs), real_positions(spec, inputs)
+    for row in range(3):  # row 3 is all padding: nothing to average
+        np.testing.assert_allclose(got[row], hidden[row][real[row]].mean(0), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_rnn_after_the_output_skips_padding():
+    """An LSTM on BERT's output gives a right-padded row the state of its unpadded prefix."""
+    spec = ("bert", "encoder")
+    model, (inputs, _) = reference(spec), batch(spec)
+    lstm = keras.layers.LSTM(3, seed=0)
+    rnn = keras.Model(model.inputs, lstm(model.output))
+    padded = keras.ops.convert_to_numpy(rnn(inputs))
+    for row, real in ((1, 5), (2, 2)):
+        ids, segments = inputs[0][row:row + 1, :real], inputs[1][row:row + 1, :real]
+        short = keras.ops.convert_to_numpy(rnn([ids, segments]))
+        np.testing.assert_allclose(padded[row], short[0], rtol=0, atol=1e-5)

@@ -290,7 +290,9 @@ def test_save_pretrained_loads_in_transformers_and_back(application, with_mlm, o
 
 
 @pytest.mark.parametrize("options, argument", [({"with_pool": True}, "with_pool"),
-                                               ({"attention": "linear"}, "attention"),
+                                               ({"attention": "linear",  # no dropout
+                                                 "attention_probs_dropout_prob": 0.0},
+                                                "attention"),
                                                ({"application": "unilm"}, "application")])
 def test_save_pretrained_refuses_what_transformers_cannot_express(options, argument, tmp_path):
     builder = build_transformer_model(model="roformer", return_keras_model=False,

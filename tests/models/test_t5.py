@@ -87,12 +87,38 @@ def test_encoder_and_decoder_match_transformers(pair):
     real = enc != 0
     np.testing.assert_allclose(hidden[real], out.encoder_last_hidden_state.numpy()[real],
                                atol=1e-4, rtol=0)
-    assert np.all(hidden[~real] == 0)  # padding zeroed so the decoder can rebuild the mask
     reference = torch.log_softmax(out.logits, -1).numpy()
-    np.testing.assert_allclose(np.log(np.asarray(builder.decoder([hidden, dec]))), reference,
-                               atol=1e-3, rtol=0)
+    np.testing.assert_allclose(np.log(np.asarray(builder.decoder([hidden, dec, enc]))),
+                               reference, atol=1e-3, rtol=0)
     np.testing.assert_allclose(np.log(np.asarray(builder.model([enc, dec]))), reference,
                                atol=1e-3, rtol=0)
+
+
+def test_zero_encoder_state_is_still_attended_to(pair):
+    """The source mask comes from the source ids: a real position whose encoder state is
+    exactly zero (its values carry no information about padding) is attended to as in
+    transformers, and changing a padded position's state changes nothing."""
+    _, hf, builder = pair
+    enc = sources(4, 7, seed=5)
+    dec = np.random.default_rng(6).integers(2, CONFIG["vocab_size"], (4, 4)).astype("int32")
+    dec[:, 0] = 0
+    hidden = np.array(builder.encoder(enc))
+    hidden[:, 1] = 0.0  # a real position (every row has at least two real tokens)
+    with torch.no_grad():
+        out = hf(encoder_outputs=(torch.tensor(hidden),),
+                 attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                 decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+    reference = torch.log_softmax(out.logits, -1).numpy()
+    got = np.log(np.asarray(builder.decoder([hidden, dec, enc])))
+    np.testing.assert_allclose(got, reference, atol=1e-3, rtol=0)
+    # the zero state matters: attending to it differs from masking it
+    masked = enc.copy()
+    masked[:, 1] = 0
+    assert np.abs(np.log(np.asarray(builder.decoder([hidden, dec, masked]))) - got).max() > 1e-3
+    noisy = hidden.copy()
+    noisy[enc == 0] = 7.0  # padded states never reach the decoder
+    np.testing.assert_allclose(np.log(np.asarray(builder.decoder([noisy, dec, enc]))), got,
+                               atol=1e-6, rtol=0)
 
 
 def test_greedy_generation_matches_transformers(pair):

@@ -1,0 +1,166 @@
+"""The one path by which a checkpoint reaches a builder's variables, in the order it runs.
+
+1. :func:`detect`: what ``path`` is (a keraformer save, a Google TF checkpoint, a Hugging Face
+   directory or weights file). Pickles (``pytorch_model.bin``, ``.pt``...) are refused here
+   and only here: loading never executes code from a checkpoint. A directory holding two
+   formats is an error naming both.
+2. :func:`read_arrays`: ``{name: array}`` through the ``keraformer.checkpoints`` readers.
+3. ``builder.rename(arrays, source.naming)``: the checkpoint's names to the builder's
+   (Google) names.
+4. :func:`assign`: every variable of ``builder.variable_mapping()`` present, of the same
+   shape and of float data, then assigned.
+
+``build_transformer_model``, ``load_pretrained`` and ``builder.load_weights_from_checkpoint``
+all go through :func:`load_weights`.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from keraformer import checkpoints
+
+from keraformer.checkpoints import OWN_CONFIG
+# Hugging Face weight files in order of preference: a hub directory often holds
+# model.safetensors and tf_model.h5 with the same weights (and pytorch_model.bin, never read).
+HF_WEIGHTS = (("model.safetensors", "safetensors"), ("model.safetensors.index.json", "sharded"),
+              ("tf_model.h5", "h5"))
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
+NAMING = {"google": "google", "safetensors": "pytorch", "sharded": "pytorch", "h5": "tf_h5",
+          "keraformer": "keras"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A detected checkpoint: ``kind`` (``keraformer``, ``google``, ``safetensors``,
+    ``sharded`` or ``h5``), the ``weights`` path (a file, or a TF checkpoint prefix) and the
+    ``config`` file beside it, if any."""
+
+    kind: str
+    weights: str
+    config: str = None
+
+    @property
+    def naming(self):
+        return NAMING[self.kind]
+
+
+def refuse_pickle(path):
+    raise ValueError(f"{path!r} is a pickle-based PyTorch checkpoint, which can execute code "
+                     f"when loaded; convert it to safetensors first, e.g. "
+                     f"`safetensors.torch.save_file(torch.load(p, weights_only=True), "
+                     f"'model.safetensors')`")
+
+
+def detect(path):
+    """The :class:`Source` at ``path``: a directory, a weights file or a TF checkpoint prefix."""
+    if path is None:
+        raise FileNotFoundError("`checkpoint_path` is None")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return detect_directory(path)
+    if os.path.isfile(path):
+        if path.endswith(PICKLE_SUFFIXES) or path.endswith(".ckpt"):  # .ckpt file: Lightning
+            refuse_pickle(path)
+        for suffix, kind in ((".safetensors", "safetensors"), (".index.json", "sharded"),
+                             (".h5", "h5")):
+            if path.endswith(suffix):
+                return Source(kind, path)
+        if path.endswith(".index"):
+            return Source("google", checkpoints.find_tf_checkpoint(path))
+        raise ValueError(f"`checkpoint_path` {path!r}: unknown checkpoint format; expected a "
+                         f"directory, a .safetensors, .index.json or .h5 file or a TF "
+                         f"checkpoint prefix")
+    if os.path.exists(path + ".index"):
+        return Source("google", path)
+    raise FileNotFoundError(f"`checkpoint_path` {path!r} does not exist")
+
+
+def detect_directory(directory):
+    """The :class:`Source` of a checkpoint directory; see :func:`detect`."""
+    files = set(os.listdir(directory))
+    found = []
+    if OWN_CONFIG in files:
+        config = os.path.join(directory, OWN_CONFIG)
+        found.append(Source("keraformer", os.path.join(directory, own_weights_file(config)),
+                            config))
+    hf = [(name, kind) for name, kind in HF_WEIGHTS if name in files]
+    if hf:
+        config = "config.json" if "config.json" in files else None
+        found.append(Source(hf[0][1], os.path.join(directory, hf[0][0]),
+                            config and os.path.join(directory, config)))
+    if "checkpoint" in files or any(name.endswith(".index") for name in files):
+        config = next((name for name in ("bert_config.json", "config.json") if name in files),
+                      None)
+        found.append(Source("google", checkpoints.find_tf_checkpoint(directory),
+                            config and os.path.join(directory, config)))
+    if len(found) > 1:
+        described = " and ".join(f"{s.kind} ({os.path.basename(s.weights)})" for s in found)
+        raise ValueError(f"checkpoint directory {directory!r} holds two formats, {described}; "
+                         f"keep one of them or pass the weights file itself")
+    if found:
+        return found[0]
+    pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        refuse_pickle(os.path.join(directory, pickles[0]))
+    raise ValueError(f"no weights found in {directory!r}: expected {OWN_CONFIG}, "
+                     f"model.safetensors, model.safetensors.index.json, tf_model.h5 or a TF "
+                     f"checkpoint (*.ckpt.index); it holds {sorted(files)}")
+
+
+def own_weights_file(config_path):
+    """The weights file a keraformer save's ``keraformer.json`` names (saves alternate
+    between two names so that a killed save never leaves a half-written file in use)."""
+    try:
+        with open(config_path) as f:
+            description = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config_path!r} is not a readable keraformer description: "
+                         f"{error}") from error
+    if not isinstance(description, dict):
+        raise ValueError(f"{config_path!r} must hold a JSON object; received "
+                         f"{type(description).__name__}")
+    return checkpoints.own_weights_name(description, os.path.dirname(config_path))
+
+
+def read_arrays(source):
+    """``{name: array}`` of ``source`` in its own naming (see :attr:`Source.naming`)."""
+    readers = {"google": checkpoints.read_tf_checkpoint,
+               "safetensors": checkpoints.read_safetensors,
+               "sharded": checkpoints.read_sharded_safetensors,
+               "h5": checkpoints.read_h5_weights}
+    return readers[source.kind](source.weights)
+
+
+def load_weights(builder, source, strict=True):
+    """Load ``source`` into the built ``builder``: read, rename, check and assign."""
+    if builder.model is None:
+        raise ValueError(f"{type(builder).__name__}: build() the model before loading weights")
+    if source.kind == "keraformer":  # Keras' own weights file; Keras checks the shapes
+        builder.model.load_weights(source.weights)
+        return
+    arrays = builder.rename(read_arrays(source), source.naming)
+    builder.check_checkpoint(arrays)
+    assign(builder, arrays, strict=strict)
+
+
+def assign(builder, arrays, strict=True):
+    """Assign ``{checkpoint_name: array}`` to ``builder.variable_mapping()``: every mapped
+    variable must be present with the variable's shape and float data."""
+    mapping = builder.variable_mapping()
+    missing = [name for name in mapping if name not in arrays]
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} variable(s) the model "
+                         f"needs, e.g. {missing[:5]}; it holds e.g. {sorted(arrays)[:5]}")
+    values = {}
+    for name, variable in mapping.items():
+        value = builder.to_keras(name, np.asarray(arrays[name]))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"checkpoint variable {name!r} has shape {tuple(value.shape)} "
+                             f"but the model expects {tuple(variable.shape)}: the config "
+                             f"does not match the checkpoint")
+        values[name] = value
+    for name, variable in mapping.items():
+        variable.assign(values[name].astype(variable.dtype))

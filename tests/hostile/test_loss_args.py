@@ -1,0 +1,166 @@
+"""Hostile loss arguments (EMO and logit-adjusted): each is refused where it enters, with an
+error naming it; valid unusual inputs give the value of the formula.
+
+Reference values come from the formulas: with an orthonormal cost matrix (the identity) and
+uniform logits over ``V`` classes, CE = log V and emo = 1 − 1/V, so EMO's combined loss
+0.5·(CE + sg(CE/emo)·emo) equals log V and the pure EMO loss 1 − 1/V; the logit-adjusted
+loss with uniform logits is −log π_y for normalised priors π.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keraformer.losses import (EMOLoss, LogitAdjustedLoss, adjust_logits, emo_loss,
+                               logit_adjusted_loss)
+
+V = 4
+COST = np.eye(V, dtype="float32")
+LABELS = np.array([[0, 3, 1], [2, 2, 0]])
+LOGITS = np.zeros((2, 3, V), "float32")
+NAN, INF = float("nan"), float("inf")
+
+EMO_CLASS_BAD = [
+    (dict(cost_embeddings=np.ones(V)), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings=np.ones((1, V, 2))), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings=np.ones((0, 3))), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings=np.array([[1.0, NAN], [0.0, 1.0]])), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings=np.array([[1.0, INF], [0.0, 1.0]])), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings="embeddings"), TypeError, "cost_embeddings"),
+    (dict(cost_embeddings=None), TypeError, "cost_embeddings"),
+    (dict(cost_embeddings=[[1.0, 2.0], [3.0]]), TypeError, "cost_embeddings"),
+    (dict(cost_embeddings=keras.KerasTensor((V, 2))), TypeError, "cost_embeddings"),
+    (dict(mode="ce"), ValueError, "mode"),
+    (dict(mode="EMO"), ValueError, "mode"),
+    (dict(mode=None), ValueError, "mode"),
+    (dict(mode=1), ValueError, "mode"),
+    (dict(ignore_index=1.5), TypeError, "ignore_index"),
+    (dict(ignore_index=-100.0), TypeError, "ignore_index"),
+    (dict(ignore_index=True), TypeError, "ignore_index"),
+    (dict(ignore_index="0"), TypeError, "ignore_index"),
+    (dict(reduction="sum"), ValueError, "reduction"),
+    (dict(reduction="none"), ValueError, "reduction"),
+    (dict(reduction=None), ValueError, "reduction"),
+    (dict(reduction="mean"), ValueError, "reduction"),
+    (dict(reduction="bogus"), ValueError, "reduction"),
+]
+
+
+def label(case):
+    return ",".join(f"{k}={v!r}"[:40] for k, v in case[0].items())
+
+
+@pytest.mark.parametrize("kwargs, error, name", EMO_CLASS_BAD,
+                         ids=[label(c) for c in EMO_CLASS_BAD])
+def test_emo_loss_object_refuses_bad_arguments(kwargs, error, name):
+    kwargs = {"cost_embeddings": COST, **kwargs}
+    with pytest.raises(error, match=f"`?{name}`?"):
+        EMOLoss(**kwargs)
+
+
+EMO_FUNCTION_BAD = [
+    (dict(mode="kl"), ValueError, "mode"),
+    (dict(ignore_index=0.5), TypeError, "ignore_index"),
+    (dict(cost_embeddings=COST[:3]), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings=ops.ones((V,))), ValueError, "cost_embeddings"),
+    (dict(cost_embeddings="cost"), TypeError, "cost_embeddings"),
+    (dict(y_true=LABELS[:, :2]), ValueError, "y_true"),
+    (dict(y_true=LABELS[0]), ValueError, "y_true"),
+    (dict(y_true=LABELS + 0.5), ValueError, "y_true"),
+    (dict(y_true=LABELS * 0 + V), ValueError, "y_true"),
+    (dict(mask=np.ones((2, 4))), ValueError, "mask"),
+    (dict(mask=np.ones((3, 3))), ValueError, "mask"),
+    (dict(sample_weight=np.ones(3)), ValueError, "sample_weight"),
+    (dict(sample_weight=np.ones((2, 4))), ValueError, "sample_weight"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", EMO_FUNCTION_BAD,
+                         ids=[label(c) for c in EMO_FUNCTION_BAD])
+def test_emo_loss_function_refuses_bad_arguments(kwargs, error, name):
+    kwargs = {"y_true": LABELS, "logits": LOGITS, "cost_embeddings": COST, **kwargs}
+    with pytest.raises(error, match=f"`?{name}`?"):
+        emo_loss(**kwargs)
+
+
+@pytest.mark.parametrize("mode, want", [("combined", np.log(V)), ("emo", 1 - 1 / V)])
+@pytest.mark.parametrize("cost", [COST, COST.tolist(), ops.convert_to_tensor(COST)],
+                         ids=["numpy", "list", "tensor"])
+def test_emo_loss_equals_the_formula_for_any_cost_container(mode, want, cost):
+    got = float(emo_loss(LABELS, LOGITS, cost, mode=mode))
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # float32 arithmetic
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_emo_loss_object_returns_its_dtype(dtype, rtol):
+    out = EMOLoss(COST, ignore_index=np.int64(-100), dtype=dtype)(LABELS, LOGITS)
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    np.testing.assert_allclose(float(ops.cast(out, "float32")), np.log(V), rtol=rtol)
+
+
+def test_emo_ignore_index_as_numpy_integer_is_an_integer():
+    labels = np.where(LABELS == 2, -100, LABELS)
+    loss = EMOLoss(COST, ignore_index=np.int32(-100))
+    assert loss.ignore_index == -100 and type(loss.ignore_index) is int
+    np.testing.assert_allclose(float(loss(labels, LOGITS)), np.log(V), rtol=1e-6)
+
+
+PRIORS = [1.0, 2.0, 3.0, 4.0]
+
+LOGIT_ADJUSTED_BAD = [
+    (dict(class_priors=[0.0, 1.0, 1.0, 1.0]), ValueError, "class_priors"),
+    (dict(class_priors=[-1.0, 1.0, 1.0, 1.0]), ValueError, "class_priors"),
+    (dict(class_priors=[NAN, 1.0, 1.0, 1.0]), ValueError, "class_priors"),
+    (dict(class_priors=[INF, 1.0, 1.0, 1.0]), ValueError, "class_priors"),
+    (dict(class_priors=[[1.0, 2.0]]), ValueError, "class_priors"),
+    (dict(class_priors=[1.0]), ValueError, "class_priors"),
+    (dict(class_priors=keras.KerasTensor((V,))), TypeError, "class_priors"),
+    (dict(tau=-1.0), ValueError, "tau"),
+    (dict(tau=NAN), ValueError, "tau"),
+    (dict(tau=INF), ValueError, "tau"),
+    (dict(tau="1"), TypeError, "tau"),
+    (dict(tau=True), TypeError, "tau"),
+    (dict(tau=None), TypeError, "tau"),
+    (dict(reduction="bogus"), ValueError, "reduction"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", LOGIT_ADJUSTED_BAD,
+                         ids=[label(c) for c in LOGIT_ADJUSTED_BAD])
+def test_logit_adjusted_loss_object_refuses_bad_arguments(kwargs, error, name):
+    kwargs = {"class_priors": PRIORS, **kwargs}
+    with pytest.raises(error, match=f"`?{name}`?"):
+        LogitAdjustedLoss(**kwargs)
+
+
+LOGIT_ADJUSTED_FUNCTION_BAD = [
+    (dict(class_priors=PRIORS[:3]), ValueError, "class_priors"),
+    (dict(class_priors=PRIORS + [5.0]), ValueError, "class_priors"),
+    (dict(tau=-0.5), ValueError, "tau"),
+    (dict(tau="0.5"), TypeError, "tau"),
+    (dict(y_true=LABELS[:, :2]), ValueError, "y_true"),
+    (dict(y_true=LABELS - 1), ValueError, "y_true"),
+    (dict(y_true=LABELS + 0.25), ValueError, "y_true"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", LOGIT_ADJUSTED_FUNCTION_BAD,
+                         ids=[label(c) for c in LOGIT_ADJUSTED_FUNCTION_BAD])
+def test_logit_adjusted_functions_refuse_bad_arguments(kwargs, error, name):
+    kwargs = {"y_true": LABELS, "logits": LOGITS, "class_priors": PRIORS, "tau": 1.0,
+              **kwargs}
+    with pytest.raises(error, match=f"`?{name}`?"):
+        logit_adjusted_loss(**kwargs)
+    if "y_true" not in name:
+        with pytest.raises(error, match=f"`?{name}`?"):
+            adjust_logits(kwargs["logits"], kwargs["class_priors"], kwargs["tau"])
+
+
+@pytest.mark.parametrize("tau", [0, 1, np.float32(2.0), np.int64(3)])
+def test_logit_adjusted_loss_equals_the_formula_for_numeric_taus(tau):
+    priors = np.array(PRIORS) / np.sum(PRIORS)
+    got = ops.convert_to_numpy(logit_adjusted_loss(LABELS, LOGITS, PRIORS, tau=tau))
+    # uniform logits: softmax(τ·log π)[y] = π_y^τ / Σ π^τ
+    want = -np.log(priors[LABELS] ** float(tau) / np.sum(priors ** float(tau)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

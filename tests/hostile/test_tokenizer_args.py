@@ -1,0 +1,151 @@
+"""Hostile ids for the tokenizers' ``decode`` and ``id_to_token``: a float, bool, string,
+nested or out-of-vocabulary id is refused with an error naming it, never truncated, wrapped
+or skipped; valid ids decode the same from a list, a NumPy array or a backend tensor."""
+
+import keras
+import numpy as np
+import pytest
+import sentencepiece
+
+from keraformer.tokenizers import SpTokenizer, Tokenizer
+
+PIECES, EXTRA_IDS = 20, 3
+SPM_SIZE = PIECES + EXTRA_IDS  # SentencePiece pieces, then the sentinels
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", ",", "!"]
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    return Tokenizer({token: i for i, token in enumerate(VOCAB)})
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(["the cat sat on the mat", "a dog ran in the park"] * 40),
+                      encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=PIECES, pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
+        minloglevel=2)
+    tokenizer = SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>",
+                            extra_ids=EXTRA_IDS)
+    assert tokenizer.vocab_size == SPM_SIZE
+    return tokenizer
+
+
+# -- WordPiece -----------------------------------------------------------------------------
+
+WORDPIECE_BAD = [
+    ([2, 5, 3.0], TypeError, r"`ids\[2\]` must be an integer"),
+    ([2, 5.7], TypeError, r"`ids\[1\]` must be an integer"),
+    ([2, True], TypeError, r"`ids\[1\]` must be an integer id; received the bool"),
+    ([2, None], TypeError, r"`ids\[1\]`"),
+    ([2, "5"], TypeError, r"`ids\[1\]`"),
+    ([[2, 5]], TypeError, r"`ids\[0\]`"),
+    ([2, -1], ValueError, "`token_id` must be an id of the vocabulary"),
+    ([2, len(VOCAB)], ValueError, "`token_id` must be an id of the vocabulary"),
+    ([10 ** 12], ValueError, "`token_id` must be an id of the vocabulary"),
+    ("hello", TypeError, "`ids` must be a sequence"),
+    (b"\x02\x05", TypeError, "`ids` must be a sequence"),
+    (5, TypeError, "`ids` must be a sequence"),
+    (np.array([2.0, 5.0]), TypeError, "`ids` must be integer ids; received dtype"),
+    (np.array([[2, 5]]), ValueError, r"`ids` must be one sequence of ids \(1-D\)"),
+    (np.array(5), ValueError, r"`ids` must be one sequence of ids \(1-D\)"),
+    (np.array([True, False]), TypeError, "`ids` must be integer ids"),
+]
+
+
+@pytest.mark.parametrize("ids, error, message", WORDPIECE_BAD,
+                         ids=[repr(c[0]) for c in WORDPIECE_BAD])
+def test_wordpiece_decode_refuses_bad_ids(wordpiece, ids, error, message):
+    with pytest.raises(error, match=message):
+        wordpiece.decode(ids)
+
+
+@pytest.mark.parametrize("token_id, error", [(5.0, TypeError), (5.5, TypeError),
+                                              (True, TypeError), ("5", TypeError),
+                                              (np.float32(1), TypeError), (-1, ValueError),
+                                              (len(VOCAB), ValueError)],
+                         ids=["5.0", "5.5", "True", "'5'", "float32", "-1", "vocab_size"])
+def test_wordpiece_id_to_token_refuses_bad_ids(wordpiece, token_id, error):
+    with pytest.raises(error, match="`token_id`"):
+        wordpiece.id_to_token(token_id)
+
+
+def test_wordpiece_gap_in_a_dict_vocabulary_is_not_an_id():
+    tokenizer = Tokenizer({"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "far": 9})
+    assert tokenizer.decode([1, 9, 2]) == "far"
+    with pytest.raises(ValueError, match="`token_id` must be an id of the vocabulary"):
+        tokenizer.decode([1, 5, 2])
+
+
+def as_tensor(ids):
+    return keras.ops.convert_to_tensor(np.array(ids, "int32"))
+
+
+@pytest.mark.parametrize("convert", [list, tuple, lambda x: np.array(x, "int64"),
+                                     lambda x: np.array(x, "uint16"), as_tensor,
+                                     lambda x: [np.int32(i) for i in x]],
+                         ids=["list", "tuple", "int64", "uint16", "tensor", "numpy-scalars"])
+def test_wordpiece_valid_ids_decode_the_same_from_any_container(wordpiece, convert):
+    assert wordpiece.decode(convert([2, 5, 8, 6, 7, 9, 3, 0])) == "hello, worlds!"
+
+
+def test_wordpiece_empty_ids_decode_to_empty_text(wordpiece):
+    assert wordpiece.decode([]) == ""
+    assert wordpiece.decode(np.array([], "int32")) == ""
+
+
+def test_wordpiece_zero_d_tensor_id_is_an_id(wordpiece):
+    assert wordpiece.id_to_token(keras.ops.convert_to_tensor(5)) == "hello"
+
+
+# -- SentencePiece -------------------------------------------------------------------------
+
+SPM_BAD = [
+    ([5, 2.5], TypeError, r"`ids\[1\]` must be an integer"),
+    ([5, 6.0], TypeError, r"`ids\[1\]` must be an integer"),
+    ([False], TypeError, r"`ids\[0\]` must be an integer id; received the bool"),
+    ([5, -1], ValueError, r"`ids\[1\]` must lie in \[0, " + str(SPM_SIZE) + r"\)"),
+    ([5, SPM_SIZE], ValueError, r"`ids\[1\]` must lie in"),
+    ([SPM_SIZE + 10 ** 6], ValueError, r"`ids\[0\]` must lie in"),
+    ("the cat", TypeError, "`ids` must be a sequence"),
+    (7, TypeError, "`ids` must be a sequence"),
+    (np.array([5.0, 6.0]), TypeError, "`ids` must be integer ids; received dtype"),
+    (np.array([[5, 6], [7, 8]]), ValueError, r"`ids` must be one sequence of ids \(1-D\)"),
+    (np.array([5, -3]), ValueError, r"`ids\[1\]` must lie in"),
+    ([[5, 6]], TypeError, r"`ids\[0\]`"),
+]
+
+
+@pytest.mark.parametrize("ids, error, message", SPM_BAD, ids=[repr(c[0]) for c in SPM_BAD])
+@pytest.mark.parametrize("skip_special", [True, False])
+def test_spm_decode_refuses_bad_ids(spm, ids, error, message, skip_special):
+    with pytest.raises(error, match=message):
+        spm.decode(ids, skip_special=skip_special)
+
+
+@pytest.mark.parametrize("token_id, error", [(3.0, TypeError), (True, TypeError),
+                                              ("3", TypeError), (-1, ValueError),
+                                              (SPM_SIZE, ValueError)],
+                         ids=["3.0", "True", "'3'", "-1", "vocab_size"])
+def test_spm_id_to_token_refuses_bad_ids(spm, token_id, error):
+    with pytest.raises(error, match="`token_id`"):
+        spm.id_to_token(token_id)
+
+
+def test_spm_valid_ids_decode_the_same_from_a_list_an_array_and_a_tensor(spm):
+    ids, _ = spm.encode("the cat sat on the mat")
+    text = spm.decode(ids)
+    assert text == "the cat sat on the mat"
+    assert spm.decode(np.array(ids, "int64")) == text
+    assert spm.decode(as_tensor(ids)) == text
+    assert spm.decode([]) == ""
+
+
+def test_spm_sentinels_at_the_top_of_the_vocabulary_are_ids(spm):
+    top = spm.vocab_size - 1  # <extra_id_0>
+    assert spm.id_to_token(top) == "<extra_id_0>"
+    assert "<extra_id_0>" in spm.decode([5, top], skip_special=False)

@@ -1,0 +1,255 @@
+"""Float64 NumPy references written from the formulas, and the invariance checks the attention
+tests share (causal leak, padding), so each test file states only what it checks; and the
+runner of bert4keras 0.11.5 itself in a subprocess (``run_bert4keras``).
+
+Import as ``from tests.references import ...`` (pytest runs from the repository root).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+def random_qkv(seed, batch, q_len, k_len, heads, d, e):
+    """float32 ``q (batch, q_len, heads, d)``, ``k (batch, k_len, heads, d)``, ``v (…, e)``."""
+    rng = np.random.RandomState(seed)
+    return (rng.randn(batch, q_len, heads, d).astype("float32"),
+            rng.randn(batch, k_len, heads, d).astype("float32"),
+            rng.randn(batch, k_len, heads, e).astype("float32"))
+
+
+def random_keep(seed, batch, length):
+    """Right-padded boolean key mask ``(batch, length)``; real lengths >= 1, row 0 full."""
+    lengths = np.random.RandomState(seed).randint(1, length + 1, batch)
+    lengths[0] = length
+    return np.arange(length)[None] < lengths[:, None]
+
+
+def causal_allowed(q_len, k_len):
+    """``(q_len, k_len)``: query ``i`` sees keys ``j <= i + k_len - q_len``."""
+    return np.arange(k_len)[None] <= np.arange(q_len)[:, None] + (k_len - q_len)
+
+
+def allowed_keys(batch, q_len, k_len, keep=None, causal=False):
+    """Boolean ``(batch, 1, q_len, k_len)`` from a key mask ``(batch, k_len)`` and ``causal``."""
+    keep = np.ones((batch, k_len), bool) if keep is None else np.asarray(keep, bool)
+    allowed = np.broadcast_to(keep[:, None, None, :], (batch, 1, q_len, k_len))
+    return allowed & causal_allowed(q_len, k_len) if causal else allowed
+
+
+# -- positions --------------------------------------------------------------------------------
+
+def numpy_rope(x, positions=None, base=10000.0):
+    """RoPE with interleaved pairs (RoFormer): pair ``(x_2i, x_2i+1)`` at position ``m`` is
+    rotated by ``m·base^(-2i/d)``; ``x`` is ``(batch, length, heads, d)`` or
+    ``(batch, length, d)``."""
+    x = np.asarray(x, "float64")
+    length, d = x.shape[1], x.shape[-1]
+    positions = np.arange(length) if positions is None else np.asarray(positions)
+    angles = positions[:, None] * base ** (-2.0 * np.arange(d // 2) / d)   # (length, d/2)
+    angles = angles.reshape((1, length) + (1,) * (x.ndim - 3) + (d // 2,))
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * np.cos(angles) - odd * np.sin(angles)
+    out[..., 1::2] = even * np.sin(angles) + odd * np.cos(angles)
+    return out
+
+
+# -- attention --------------------------------------------------------------------------------
+
+def numpy_softmax_attention(q, k, v, allowed=None, bias=None, scale=None, entropy_base=None):
+    """Query by query, softmax over the allowed keys; ``allowed`` broadcasts to
+    ``(batch, heads, q_len, k_len)``; ``entropy_base`` multiplies the logits by
+    ``log(n)/log(base)``, ``n`` the allowed keys. A query with no allowed key gives zeros."""
+    q, k, v = (np.asarray(x, "float64") for x in (q, k, v))
+    batch, q_len, heads, d = q.shape
+    k_len = k.shape[1]
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    allowed = np.broadcast_to(np.ones((1, 1, 1, 1), bool) if allowed is None else allowed,
+                              (batch, heads, q_len, k_len))
+    bias = np.broadcast_to(0.0 if bias is None else np.asarray(bias, "float64"),
+                           (batch, heads, q_len, k_len))
+    out = np.zeros((batch, q_len, heads, v.shape[-1]))
+    for b, h, i in np.ndindex(batch, heads, q_len):
+        keys = np.flatnonzero(allowed[b, h, i])
+        if not len(keys):
+            continue
+        logits = np.array([q[b, i, h] @ k[b, j, h] for j in keys]) * scale
+        if entropy_base:
+            logits = logits * math.log(len(keys)) / math.log(entropy_base)
+        logits = logits + bias[b, h, i, keys]
+        w = np.exp(logits - logits.max())
+        out[b, i, h] = w @ v[b, keys, h] / w.sum()
+    return out
+
+
+def elu_plus_one(x):
+    return np.where(x > 0, x + 1.0, np.exp(x))
+
+
+def numpy_linear_attention(q, k, v, keep=None, causal=False, feature_map="elu", rotary=False):
+    """Query by query, explicit sums over the allowed keys. ``"elu"``:
+    ``Σ_j w_ij v_j / Σ_j φ(q_i)·φ(k_j)`` with ``w_ij = φ(q_i)·φ(k_j)``, or with ``rotary``
+    ``w_ij = (R_i φ(q_i))·(R_j φ(k_j))`` in the numerator only (RoFormer, linear attention);
+    ``"softmax"``: softmax over each query's features times the keys' softmax over the allowed
+    positions, feature by feature (Efficient Attention)."""
+    q, k, v = (np.asarray(x, "float64") for x in (q, k, v))
+    batch, q_len, heads, _ = q.shape
+    allowed = allowed_keys(batch, q_len, k.shape[1], keep, causal)[:, 0]
+    fq, fk = elu_plus_one(q), elu_plus_one(k)
+    rq, rk = (numpy_rope(fq), numpy_rope(fk)) if rotary else (fq, fk)
+    out = np.zeros((batch, q_len, heads, v.shape[-1]))
+    for b, h, i in np.ndindex(batch, heads, q_len):
+        keys = np.flatnonzero(allowed[b, i])
+        if not len(keys):
+            continue
+        if feature_map == "elu":
+            numerator = np.array([rq[b, i, h] @ rk[b, j, h] for j in keys])
+            denominator = sum(fq[b, i, h] @ fk[b, j, h] for j in keys)
+            out[b, i, h] = numerator @ v[b, keys, h] / denominator
+        else:
+            features = np.exp(q[b, i, h]) / np.exp(q[b, i, h]).sum()
+            positions = np.exp(k[b, keys, h]) / np.exp(k[b, keys, h]).sum(axis=0)
+            out[b, i, h] = features @ (positions.T @ v[b, keys, h])
+    return out
+
+
+def numpy_quantize(k, codebook):
+    """Key by key, the codeword at the smallest squared distance: ``(k̂, codes)``."""
+    k, codebook = np.asarray(k, "float64"), np.asarray(codebook, "float64")
+    out = np.empty_like(k)
+    codes = np.empty(k.shape[:3], int)
+    for b, n, h in np.ndindex(k.shape[:3]):
+        codes[b, n, h] = int(np.argmin([np.sum((k[b, n, h] - c) ** 2) for c in codebook[h]]))
+        out[b, n, h] = codebook[h, codes[b, n, h]]
+    return out, codes
+
+
+def dense_projections(layer):
+    """``{"q", "k", "v", "o"}`` → ``(kernel, bias or 0)`` in float64 of a layer with
+    ``query_dense``, ``key_dense``, ``value_dense`` and ``output_dense``."""
+    projections = {}
+    for name in "qkvo":
+        dense = getattr(layer, {"q": "query", "k": "key", "v": "value", "o": "output"}[name]
+                        + "_dense")
+        weights = [np.asarray(w, "float64") for w in dense.weights]
+        projections[name] = (weights[0], weights[1] if len(weights) > 1 else 0.0)
+    return projections
+
+
+def project_heads(layer, x, heads, key_size, head_size):
+    """NumPy ``q, k, v`` heads ``(batch, length, heads, size)`` of ``x`` through the layer's
+    query/key/value Dense weights, and a function applying its output projection."""
+    w = dense_projections(layer)
+    x = np.asarray(x, "float64")
+    batch, length = x.shape[:2]
+    q, k, v = ((x @ w[n][0] + w[n][1]).reshape(batch, length, heads, size)
+               for n, size in (("q", key_size), ("k", key_size), ("v", head_size)))
+
+    def output(heads_out):
+        return heads_out.reshape(batch, heads_out.shape[1], -1) @ w["o"][0] + w["o"][1]
+    return q, k, v, output
+
+
+# -- invariance checks ------------------------------------------------------------------------
+
+def assert_causal_no_leak(run, inputs, times, seed=0, atol=1e-6, moved=1e-3):
+    """``run(*inputs)`` is causal along axis 1: replacing every input after position ``t``
+    must leave outputs ``<= t`` unchanged (``atol``) and change a later one (> ``moved``)."""
+    base = np.asarray(run(*inputs))
+    length = base.shape[1]
+    for t in times:
+        changed = [np.array(x, copy=True) for x in inputs]
+        for x in changed:
+            x[:, t + 1:] = np.random.RandomState(seed + t).randn(*x[:, t + 1:].shape)
+        out = np.asarray(run(*changed))
+        np.testing.assert_allclose(out[:, :t + 1], base[:, :t + 1], atol=atol)
+        if t < length - 1:
+            assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > moved
+
+
+def assert_padding_invariant(run, inputs, extra, seed=0, atol=1e-6, rtol=1e-6):
+    """``run(*inputs, keep)`` ignores masked positions: appending ``extra`` large random
+    positions (masked out by ``keep``) must not change the real outputs (``atol`` plus
+    ``rtol`` of each value: outputs of size ~30 differ by a float32 rounding of 4e-6)."""
+    short = np.asarray(run(*inputs, None))
+    rng = np.random.RandomState(seed)
+    padded = [np.concatenate([x, 10 * rng.randn(x.shape[0], extra, *x.shape[2:])
+                              .astype(x.dtype)], axis=1) for x in inputs]
+    length = inputs[0].shape[1]
+    keep = np.broadcast_to(np.arange(length + extra)[None] < length,
+                           (inputs[0].shape[0], length + extra))
+    out = np.asarray(run(*padded, keep))
+    np.testing.assert_allclose(out[:, :length], short, atol=atol, rtol=rtol)
+
+
+# -- layer round trips ------------------------------------------------------------------------
+
+def copy_layer(layer, x, **config):
+    """A new layer from ``layer``'s config (with ``config`` overrides), built for ``x``, with
+    ``layer``'s weights."""
+    clone = type(layer).from_config({**layer.get_config(), **config})
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    return clone
+
+
+def assert_round_trips(layer, x, path, **call):
+    """``from_config`` + weights, and a ``.keras`` file of a model around ``layer(…, **call)``
+    loaded in safe mode, give exactly ``layer``'s outputs."""
+    import keras
+    clone = copy_layer(layer, x)
+    np.testing.assert_array_equal(np.asarray(clone(x, **call)), np.asarray(layer(x, **call)))
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, layer(inputs, **call))
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
+    """Under ``mixed_bfloat16`` with the same weights, each ``layer(x, **call)`` is finite and
+    within ``tolerance`` times the float32 output scale ``max|y|``."""
+    from keras import ops
+    half = copy_layer(layer, x, dtype="mixed_bfloat16")
+    for call in calls:
+        out = np.asarray(ops.cast(half(x, **call), "float32"))
+        reference = np.asarray(layer(x, **call))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())
+
+
+# -- bert4keras 0.11.5 -------------------------------------------------------------------------
+
+def run_bert4keras(script, inputs, folder, timeout=600):
+    """Run ``script`` with bert4keras 0.11.5 in a fresh Python and return what it wrote.
+
+    bert4keras needs legacy tf-keras, which it swaps in process-wide (``TF_KERAS=1
+    TF_USE_LEGACY_KERAS=1``), so it never runs inside the test process. The script finds
+    ``inputs`` (JSON-able) with ``json.load(open(sys.argv[1]))`` and must write its results
+    with ``json.dump(..., open(sys.argv[2], "w"))``; arrays may go to ``sys.argv[3]``
+    (``np.savez``). Returns ``(json_results, {name: array})``.
+    """
+    folder = str(folder)
+    paths = [os.path.join(folder, name) for name in ("in.json", "out.json", "out.npz")]
+    with open(paths[0], "w", encoding="utf-8") as f:
+        json.dump(inputs, f, ensure_ascii=False)
+    env = dict(os.environ, TF_KERAS="1", TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0")
+    env.pop("KERAS_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=folder)
+    assert done.returncode == 0, f"bert4keras script failed:\n{done.stderr[-4000:]}"
+    with open(paths[1], encoding="utf-8") as f:
+        results = json.load(f)
+    arrays = {}
+    if os.path.exists(paths[2]):
+        with np.load(paths[2]) as loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    return results, arrays
