@@ -10,6 +10,7 @@ same checks (see ``keraformer.models.loading``, the one loading path).
 import json
 import os
 
+import keras
 import numpy as np
 
 from keraformer import checkpoints
@@ -91,7 +92,7 @@ class Transformer:
     # -- writing --------------------------------------------------------------------------
     def checkpoint_arrays(self):
         """``{checkpoint_name: array}`` of the current weights, in checkpoint layout."""
-        return {name: self.to_checkpoint(name, np.asarray(variable.numpy()))
+        return {name: self.to_checkpoint(name, keras.ops.convert_to_numpy(variable))
                 for name, variable in self.variable_mapping().items()}
 
     def save(self, directory):

@@ -20,8 +20,11 @@ engines can differ, go through the Python tokenizer one by one (``python_only`` 
 capital sigma when lower-casing (``str.lower`` gives the final form ``ς`` at a word's end),
 a lone surrogate (not UTF-8), a special token written in the text but missing from the
 vocabulary, a ``[`` with a dropped character (dropping it can form a special token), and every
-text when the tokenizer has a ``pre_tokenize`` function. Framing, bert4keras' ``maxlen`` cut
-and padding are done here on the piece ids, as ``encode`` does them.
+text when the tokenizer has a ``pre_tokenize`` function. The library's own BERT normaliser and
+pre-tokeniser (no regular expressions) are faster: texts made only of characters on which they
+were checked to agree with the exact pipeline (``native_characters``: most of the BMP and the
+emoji, not combining marks) take them. Framing, bert4keras' ``maxlen`` cut and padding are done
+here on the piece ids, as ``encode`` does them.
 
 SentencePiece: its own C++ batch encoder; texts holding a sentinel such as ``<extra_id_0>``
 are encoded one by one.
@@ -164,6 +167,61 @@ def rust_wordpiece(vocab, do_lower_case, word_maxlen):
     return engine
 
 
+def native_wordpiece(vocab, do_lower_case, word_maxlen):
+    """The same tokenizer on the library's own BERT normaliser and pre-tokeniser (no
+    regular expressions: faster), used for the texts made only of :func:`native_characters`."""
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+
+    engine = Tokenizer(models.WordPiece(dict(vocab), unk_token="[UNK]",
+                                        max_input_chars_per_word=word_maxlen))
+    engine.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
+        lowercase=do_lower_case)
+    engine.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    engine.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                               for token in wordpiece.SPECIAL_TOKENS if token in vocab])
+    return engine
+
+
+NATIVE_CANDIDATES = ((0x0000, 0xFFFF), (0x1F000, 0x1FAFF))  # the BMP and the emoji blocks
+
+
+def words_of(engine, text):
+    return [word for word, _ in engine.pre_tokenizer.pre_tokenize_str(
+        engine.normalizer.normalize_str(text))]
+
+
+@functools.lru_cache(maxsize=None)
+def native_characters(lower):
+    """The characters on which ``native`` splits and normalises ``a?b`` as ``exact`` does,
+    among :data:`NATIVE_CANDIDATES` less those whose effect may depend on their neighbours:
+    combining marks (``M*``), conjoining jamo, characters NFC changes, capital sigma (its
+    lower case depends on its position) and surrogates. A text made only of these gives the
+    same pieces on both engines: each step of both is then character by character."""
+    native = native_wordpiece({"[UNK]": 0}, lower, 100)
+    exact = rust_wordpiece({"[UNK]": 0}, lower, 100)
+    candidates = []
+    for first, last in NATIVE_CANDIDATES:
+        for code in range(first, last + 1):
+            char = chr(code)
+            if 0xD800 <= code <= 0xDFFF or 0x1100 <= code <= 0x11FF \
+                    or 0xA960 <= code <= 0xA97F or 0xD7B0 <= code <= 0xD7FF \
+                    or char == "\u03a3" and lower or unicodedata.category(char)[0] == "M" \
+                    or unicodedata.normalize("NFC", char) != char:
+                continue
+            candidates.append(char)
+    agreed, block = [], 1024
+    for i in range(0, len(candidates), block):
+        chars = candidates[i:i + block]
+        text = " ".join(f"a{c}b" for c in chars)
+        if words_of(native, text) == words_of(exact, text):
+            agreed += chars
+        else:
+            agreed += [c for c in chars if words_of(native, f"a{c}b") == words_of(exact,
+                                                                                   f"a{c}b")]
+    return code_ranges(ord(c) for c in agreed)
+
+
 def check_texts(texts, name):
     """``texts`` as a list of str; a ``TypeError`` names ``name`` otherwise."""
     if isinstance(texts, (str, bytes)):
@@ -257,35 +315,48 @@ class BatchEncoder:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        start = getattr(tokenizer, "token_start", self.default_start)
-        end = getattr(tokenizer, "token_end", self.default_end)
+        start, end = tokenizer.token_start, tokenizer.token_end
         self.start_id = None if start is None else tokenizer.token_to_id(start)
         self.end_id = None if end is None else tokenizer.token_to_id(end)
         pad_id = tokenizer.pad_id
         self.pad_id = pad_id if pad_id is not None and pad_id >= 0 else 0
+        translate = tokenizer.token_translate
+        # bert4keras' token_translate, on ids; a key outside the vocabulary would share the
+        # unknown id with every other unknown token, so then only the Python path is exact
+        self.translatable = all(self.known(token) for token in translate)
+        self.translate = {tokenizer.token_to_id(k): tokenizer.token_to_id(v)
+                          for k, v in translate.items()} if self.translatable else {}
+
+    def known(self, token):
+        raise NotImplementedError
 
     def python_only(self, text):
         """Why ``text`` must go through the Python tokenizer, or ``None``."""
         return None
 
     def flagged(self, texts):
+        if not self.translatable or self.tokenizer.pre_tokenize is not None:
+            return list(range(len(texts)))  # a Python function: the engine cannot run it
         return [i for i, text in enumerate(texts) if self.python_only(text)]
 
     def python_pieces(self, text):
         raise NotImplementedError
 
-    def engine_pieces(self, texts):
-        raise NotImplementedError
-
     def pieces(self, texts):
-        """Piece ids of every text (no frame)."""
+        """Piece ids of every text (no frame), ``token_translate`` applied."""
         slow = self.flagged(texts)
         if not slow:
-            return self.engine_pieces(texts)
-        rows = self.engine_pieces(blank(texts, slow))  # a lone surrogate would not pass
-        for i in slow:
-            rows[i] = self.python_pieces(texts[i])
+            rows = self.engine_pieces(texts)
+        else:
+            rows = self.engine_pieces(blank(texts, slow))  # a lone surrogate would not pass
+            for i in slow:
+                rows[i] = self.python_pieces(texts[i])
+        if self.translate:
+            rows = [[self.translate.get(i, i) for i in row] for row in rows]
         return rows
+
+    def engine_pieces(self, texts):
+        raise NotImplementedError
 
     def __call__(self, texts, second=None, maxlen=None):
         frame = (self.start_id is not None) + (self.end_id is not None) * (
@@ -308,14 +379,12 @@ def blank(texts, indices):
 class WordPieceBatchEncoder(BatchEncoder):
     """``encode_batch`` of a WordPiece ``Tokenizer`` on the Rust engine; see the module doc."""
 
-    default_start, default_end = "[CLS]", "[SEP]"
-
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
         vocab, self.lower = tokenizer.vocab, tokenizer.do_lower_case
-        word_maxlen = getattr(tokenizer, "word_maxlen", getattr(wordpiece, "MAX_WORD_CHARS",
-                                                                  100))
-        self.engine = rust_wordpiece(vocab, self.lower, word_maxlen)
+        self.engine = rust_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
+        self.native = native_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
+        self.native_text = re.compile(python_class(native_characters(self.lower)) + "*")
         self.missing_specials = [t for t in wordpiece.SPECIAL_TOKENS if t not in vocab]
         suspects = ("\u03a3" if self.lower else "") + disagreeing_characters(self.lower)
         self.disagreeing = re.compile(f"[{re.escape(suspects)}]") if suspects else None
@@ -336,10 +405,12 @@ class WordPieceBatchEncoder(BatchEncoder):
             return "a dropped character that may join a special token such as [MA\\x00SK]"
         return None
 
+    def known(self, token):
+        return token in self.tokenizer.vocab
+
     def flagged(self, texts):
-        if getattr(self.tokenizer, "pre_tokenize", None) is not None:
-            return list(range(len(texts)))  # a Python function: the engine cannot run it
-        if not self.suspect.search("\n".join(texts)):
+        if self.translatable and self.tokenizer.pre_tokenize is None \
+                and not self.suspect.search("\n".join(texts)):
             return []  # the common case: one scan, nothing to look at text by text
         return super().flagged(texts)
 
@@ -347,14 +418,24 @@ class WordPieceBatchEncoder(BatchEncoder):
         return [self.tokenizer.token_to_id(t) for t in self.tokenizer.pieces(text)]
 
     def engine_pieces(self, texts):
-        return [e.ids for e in self.engine.encode_batch_fast(texts, add_special_tokens=False)]
+        """Pieces from the native engine when every text is made of its characters, else
+        from both engines, each on its texts."""
+        if self.native_text.fullmatch("".join(texts)):
+            return ids_of(self.native, texts)
+        native = [i for i, text in enumerate(texts) if self.native_text.fullmatch(text)]
+        rows = ids_of(self.engine, blank(texts, native))
+        for i, ids in zip(native, ids_of(self.native, [texts[i] for i in native])):
+            rows[i] = ids
+        return rows
+
+
+def ids_of(engine, texts):
+    return [e.ids for e in engine.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 class SentencePieceBatchEncoder(BatchEncoder):
     """``encode_batch`` of an ``SpTokenizer`` on SentencePiece's own (C++, multi-threaded)
     batch encoder; texts with a sentinel, or only whitespace, go through ``encode``'s path."""
-
-    default_start, default_end = None, "</s>"
 
     def python_only(self, text):
         if "<extra_id_" in text:
@@ -363,14 +444,26 @@ class SentencePieceBatchEncoder(BatchEncoder):
             return "only whitespace"
         return None
 
-    def flagged(self, texts):
-        if getattr(self.tokenizer, "pre_tokenize", None) is not None:
-            return list(range(len(texts)))  # a Python function: the engine cannot run it
-        return super().flagged(texts)
+    def known(self, token):
+        return self.tokenizer.has_token(token)
 
     def python_pieces(self, text):
-        piece_ids = getattr(self.tokenizer, "piece_ids", None)
-        return piece_ids(text) if piece_ids else self.tokenizer.encode(text, add_eos=False)
+        return self.tokenizer.piece_ids(text)
 
     def engine_pieces(self, texts):
         return self.tokenizer.processor.encode(texts, out_type=int, num_threads=-1)
+
+
+def batch_encoder(tokenizer):
+    """The tokenizer's batch encoder, built on first use and again whenever a setting it was
+    built from (vocabulary, casing, word length, frame, translations) has changed."""
+    vocab = getattr(tokenizer, "vocab", None)
+    key = (id(vocab), None if vocab is None else len(vocab),
+           getattr(tokenizer, "do_lower_case", None), getattr(tokenizer, "word_maxlen", None),
+           tokenizer.token_start, tokenizer.token_end,
+           tuple(sorted(tokenizer.token_translate.items())))
+    cached = tokenizer.__dict__.get("_batch_encoder")
+    if cached is None or cached[0] != key:
+        cls = WordPieceBatchEncoder if vocab is not None else SentencePieceBatchEncoder
+        cached = tokenizer._batch_encoder = (key, cls(tokenizer))
+    return cached[1]

@@ -161,9 +161,6 @@ class SpTokenizer(TokenizerBase):
         ids of text ``i`` framed as ``encode`` frames them (T5: the pieces then ``eos_id``),
         cut to ``maxlen``. SentencePiece encodes the batch in C++ on every core.
         """
-        from keraformer.tokenizers.batch import SentencePieceBatchEncoder
+        from keraformer.tokenizers.batch import batch_encoder
 
-        encoder = self.__dict__.get("_batch_encoder")
-        if encoder is None:
-            encoder = self._batch_encoder = SentencePieceBatchEncoder(self)
-        return encoder(texts, second, maxlen)
+        return batch_encoder(self)(texts, second, maxlen)

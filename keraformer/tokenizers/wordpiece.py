@@ -461,11 +461,6 @@ class Tokenizer(TokenizerBase):
         exactly ``encode(texts[i], second[i], maxlen)``. The work runs in the compiled
         ``tokenizers`` engine (see ``keraformer.tokenizers.batch``), built on first use.
         """
-        from keraformer.tokenizers.batch import WordPieceBatchEncoder
+        from keraformer.tokenizers.batch import batch_encoder
 
-        key = (id(self.vocab), len(self.vocab), self.do_lower_case)
-        encoder = self.__dict__.get("_batch_encoder")
-        if encoder is None or encoder.key != key:
-            encoder = self._batch_encoder = WordPieceBatchEncoder(self)
-            encoder.key = key
-        return encoder(texts, second, maxlen)
+        return batch_encoder(self)(texts, second, maxlen)

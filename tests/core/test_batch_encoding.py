@@ -24,7 +24,7 @@ import sentencepiece
 import transformers
 
 from keraformer.tokenizers import SpTokenizer, Tokenizer
-from keraformer.tokenizers.batch import kept_lengths
+from keraformer.tokenizers.batch import batch_encoder, kept_lengths
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "texts.txt")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -118,25 +118,35 @@ def test_every_code_point_in_a_word(lower, every_character_vocab):
     """Every assigned character, and every 50th private-use or unassigned one (the Python
     tokenizer drops those), inside ``a?b``; the characters with a decomposition, a combining
     class or a case mapping also before and after combining marks. The words are joined into
-    one text per 2048 so that both engines see the same words. The characters routed to the
-    Python tokenizer are left out there, tested on their own, and must stay a few hundred."""
+    one text per 2048 so that both engines see the same words; the texts made only of the
+    characters the library's native BERT normaliser handles (most of the BMP) take that
+    engine, the others the exact one. The characters routed to the Python tokenizer are left
+    out there, tested on their own, and must stay a few hundred."""
     tokenizer = Tokenizer(every_character_vocab, do_lower_case=lower)
-    tokenizer.encode_batch(["warm up"])
-    encoder = tokenizer._batch_encoder
+    encoder = batch_encoder(tokenizer)
     codes = [c for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
     dropped = {c for c in codes if unicodedata.category(chr(c)) in ("Cn", "Co")}
     chars = [chr(c) for c in codes if c not in dropped or c % 50 == 0]
     routed = [c for c in chars if encoder.python_only(f"a{c}b")]
     assert "\u03a3" in routed if lower else "\u03a3" not in routed
     assert len(routed) < 400, len(routed)
-    chars = [c for c in chars if c not in set(routed)]
+    routed_set = set(routed)
+    chars = [c for c in chars if c not in routed_set]
     marked = [c for c in chars if unicodedata.decomposition(c) or unicodedata.combining(c)
               or c.lower() != c]
-    words = [f"a{c}b" for c in chars]
+    native = [c for c in chars if encoder.native_text.fullmatch(c)]
+    assert len(native) > 50000
+    native_set = set(native)
+    words = [f"a{c}b" for c in chars if c not in native_set]
     for c in marked:
         words += [f"{c}\u0301x", f"a\u0334{c}", f"a{c}\u0334", f"a\u0345{c}", f"a{c}\u0345",
                   f"A{c}"]
-    texts = [" ".join(words[i:i + 2048]) for i in range(0, len(words), 2048)]
+    native_words = [f"a{c}b" for c in native]
+    native_words += [f"A{c}{d}" for c, d in zip(native, native[1:] + native[:1])]
+    texts = [" ".join(w[i:i + 2048]) for w in (words, native_words)
+             for i in range(0, len(w), 2048)]
+    on_native = [t for t in texts if encoder.native_text.fullmatch(t)]
+    assert len(on_native) == -(-len(native_words) // 2048)  # both engines are checked
     assert_rows_equal(tokenizer.encode_batch(texts), python_rows(tokenizer, texts))
     routed = [f"a{c}b {c}" for c in routed]
     assert_rows_equal(tokenizer.encode_batch(routed), python_rows(tokenizer, routed))
@@ -234,13 +244,6 @@ def sentencepiece_model(tmp_path_factory):
     return folder
 
 
-def t5_sp_tokenizer(path):
-    try:  # bert4keras' signature: T5 framing is asked for
-        return SpTokenizer(path, token_start=None, token_end="</s>")
-    except TypeError:  # T5 framing by default
-        return SpTokenizer(path)
-
-
 SENTINEL_TEXTS = ["Hello <extra_id_0> world", "x <extra_id_99> y <extra_id_5>", "<extra_id_3>",
                   "", "   ", "  leading and trailing  ", "Zürich 東京 $3.50 naïve!!"]
 
@@ -249,11 +252,13 @@ def test_sentencepiece_batch_equals_sentencepiece_and_t5_tokenizer(sentencepiece
     """Every real text: the pieces SentencePiece itself gives, then the end id; equal to
     transformers' ``T5Tokenizer`` except on a few texts (one here) where its Rust port of the
     unigram search splits the same characters differently from SentencePiece."""
-    ours = t5_sp_tokenizer(str(sentencepiece_model / "spiece.model"))
+    ours = SpTokenizer(str(sentencepiece_model / "spiece.model"), token_start=None,
+                       token_end="</s>")
     reference = transformers.T5Tokenizer.from_pretrained(str(sentencepiece_model))
     texts = real_texts()
     token_ids, segment_ids = ours.encode_batch(texts)
-    assert token_ids.dtype == np.int32 and not segment_ids.any()
+    assert_rows_equal((token_ids, segment_ids), python_rows(ours, texts))
+    assert not segment_ids.any()
     expected = [ours.processor.encode(t) + [1] for t in texts]
     width = max(len(e) for e in expected)
     assert token_ids.shape == (len(texts), width)
@@ -273,3 +278,26 @@ def test_sentencepiece_batch_equals_sentencepiece_and_t5_tokenizer(sentencepiece
     for row, text in zip(sentinel, SENTINEL_TEXTS):
         ids = reference(text).input_ids
         assert row[:len(ids)].tolist() == ids and not row[len(ids):].any(), text
+
+
+def test_frames_translations_and_pre_tokenize_follow_encode(cased_vocab, sentencepiece_model):
+    """bert4keras' options: another frame (no start token, or none at all), token_translate
+    (applied to the pieces, not the frame) and a pre_tokenize function (Python path)."""
+    texts, second = real_texts()[:200], real_texts()[200:400]
+    model = str(sentencepiece_model / "spiece.model")
+    tokenizers = [
+        Tokenizer(cased_vocab, token_start=None),
+        Tokenizer(cased_vocab, token_start=None, token_end=None),
+        Tokenizer(cased_vocab, token_translate={"the": "[MASK]", "的": "[UNK]"}),
+        Tokenizer(cased_vocab, token_translate={"not-in-vocab": "the"}),
+        Tokenizer(cased_vocab, do_lower_case=True, pre_tokenize=lambda text: text.split()),
+        SpTokenizer(model, token_start=None, token_end="</s>", token_translate={"▁the": "</s>"}),
+        SpTokenizer(model, token_start="</s>", token_end=None),
+    ]
+    for tokenizer in tokenizers:
+        for pair, maxlen in ((None, None), (None, 9), (second, None), (second, 13)):
+            frame = (tokenizer.token_start is not None) + (tokenizer.token_end is not None) * (
+                1 if pair is None else 2)
+            maxlen = None if maxlen is None else max(maxlen, frame)
+            assert_rows_equal(tokenizer.encode_batch(texts, pair, maxlen=maxlen),
+                              python_rows(tokenizer, texts, pair, maxlen))
