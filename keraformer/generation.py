@@ -118,8 +118,8 @@ def check_options(method, max_length, end_id=None, vocab_size=None, **options):
     if result["compile"] not in (True, False):
         raise TypeError(f"`compile` must be True or False; received {result['compile']!r}")
     if result["loop"] == "device" and not result["compile"]:
-        raise ValueError("`loop='device'` needs compile=True (the loop runs as one compiled "
-                         "function); received compile=False")
+        raise ValueError("`loop`='device' needs `compile`=True (the loop runs as one "
+                         "compiled function); received compile=False")
     if method == "beam":
         result["beam_size"] = check_integer("beam_size", result["beam_size"], 1)
         result["length_penalty"] = check_number("length_penalty", result["length_penalty"])

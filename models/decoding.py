@@ -69,7 +69,11 @@ def attend(q, blocks, scale):
             block = ops.where(mask, block, generation.BLOCKED)
         logits.append(block)
         sizes.append(k.shape[1])
-    probs = ops.softmax(ops.concatenate(logits, axis=-1), axis=-1)
+    logits = ops.concatenate(logits, axis=-1) if len(logits) > 1 else logits[0]
+    if sum(sizes) == 1:  # one key (T5's start token): all the weight on it
+        probs = ops.ones_like(logits)
+    else:
+        probs = ops.softmax(logits, axis=-1)
     out, start = None, 0
     for (_, v, _, _), size in zip(blocks, sizes):
         part = ops.cast(probs[..., start:start + size], v.dtype)
@@ -121,6 +125,21 @@ def generated_mask(index, max_length, slots=None):
     own = ops.equal(slots[:, :, None, :], ops.arange(beams, dtype="int32")[None, None, :, None])
     own = ops.logical_and(own, written)
     return ops.reshape(own, (ops.shape(slots)[0], 1, beams, beams * max_length))
+
+
+def check_use_cache(use_cache, options):
+    """``use_cache`` must be a bool; without a cache the model re-runs eagerly on a growing
+    prefix, so ``compile`` defaults to False there and may not be True (updates
+    ``options``)."""
+    if use_cache not in (True, False) or not isinstance(use_cache, (bool, np.bool_)):
+        raise TypeError(f"`use_cache` must be True or False; received {use_cache!r}")
+    if not use_cache:
+        if options.get("compile") or options.get("loop") == "device":
+            raise ValueError(f"`compile`=True and `loop`='device' need use_cache=True: "
+                             f"without a cache the model re-runs on a growing prefix, "
+                             f"eagerly; received compile={options.get('compile')!r}, "
+                             f"loop={options.get('loop')!r}")
+        options.setdefault("compile", False)
 
 
 # -- BERT / RoFormer lm and unilm -----------------------------------------------------------
@@ -373,14 +392,7 @@ class LanguageModelDecoder:
     def generate(self, token_ids, segment_ids=None, max_length=32, method="greedy",
                  end_id=None, use_cache=True, **options):
         builder = self.builder
-        if use_cache not in (True, False):
-            raise TypeError(f"`use_cache` must be True or False; received {use_cache!r}")
-        if not use_cache:
-            if options.get("compile") or options.get("loop") == "device":
-                raise ValueError("use_cache=False re-runs the model on a growing prefix, "
-                                 "which is not compiled; pass compile=False (the default "
-                                 "without a cache) and loop='host'")
-            options.setdefault("compile", False)
+        check_use_cache(use_cache, options)
         checked = generation.check_options(method, max_length, end_id, builder.vocab_size,
                                            **options)
         ids, segments, lengths = self.check_inputs(token_ids, segment_ids, max_length)

@@ -450,14 +450,7 @@ class T5(Transformer):
         whole prefix every step (a reference; eager, host loop)."""
         end_id = kwargs.pop("end_id", self.end_id)
         kwargs.setdefault("pad_id", self.pad_id)
-        if use_cache not in (True, False):
-            raise TypeError(f"`use_cache` must be True or False; received {use_cache!r}")
-        if not use_cache:
-            if kwargs.get("compile") or kwargs.get("loop") == "device":
-                raise ValueError("use_cache=False re-runs the model on a growing prefix, "
-                                 "which is not compiled; pass compile=False (the default "
-                                 "without a cache) and loop='host'")
-            kwargs.setdefault("compile", False)
+        decoding.check_use_cache(use_cache, kwargs)
         checked = generation.check_options(method, max_length, end_id, self.vocab_size,
                                            **kwargs)
         generation.check_token_id("decoder_start_token_id", self.start_id, self.vocab_size)
