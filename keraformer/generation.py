@@ -158,7 +158,15 @@ def compile_function(function, variables=None):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
-        return tf.function(function, jit_compile=True)
+        variables = list(variables or [])
+
+        def read_once(*args):
+            # weights read once per call, not in every iteration of a loop inside
+            values = [v.value for v in variables]
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return function(*args)
+
+        return tf.function(read_once, jit_compile=True)
     if backend == "jax":
         import jax
         variables = list(variables or [])
