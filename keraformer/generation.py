@@ -180,11 +180,6 @@ def compile_function(function, variables=None):
     return function
 
 
-def compile_step(step, variables=None):
-    """A step function compiled for the backend (see :func:`compile_function`)."""
-    return compile_function(step, variables)
-
-
 # -- choosing tokens ----------------------------------------------------------------------
 def block_end(log_probs, index, end_id, min_length):
     """Forbid ``end_id`` while fewer than ``min_length`` tokens have been generated."""

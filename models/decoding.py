@@ -34,16 +34,23 @@ def split_heads(x, heads):
     return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], heads, x.shape[-1] // heads))
 
 
+def project_key_value(attention, x, positions=None):
+    """Keys and values ``(batch, length, heads, size)`` of a ``MultiHeadAttention`` for
+    ``x (batch, length, dim)``, keys rotated at ``positions`` when the layer is rotary."""
+    k = split_heads(attention.key_dense(x), attention.heads)
+    v = split_heads(attention.value_dense(x), attention.heads)
+    rotary = getattr(attention, "rotary", None)
+    return (k if rotary is None else rotary(k, positions=positions)), v
+
+
 def project(attention, x, positions=None):
     """Queries, keys and values ``(batch, length, heads, size)`` of a ``MultiHeadAttention``
     for ``x (batch, length, dim)``, rotated at ``positions`` when the layer is rotary."""
     q = split_heads(attention.query_dense(x), attention.heads)
-    k = split_heads(attention.key_dense(x), attention.heads)
-    v = split_heads(attention.value_dense(x), attention.heads)
     rotary = getattr(attention, "rotary", None)
     if rotary is not None:
-        q, k = rotary(q, positions=positions), rotary(k, positions=positions)
-    return q, k, v
+        q = rotary(q, positions=positions)
+    return (q,) + project_key_value(attention, x, positions)
 
 
 def logit_scale(attention):
@@ -178,6 +185,11 @@ class LanguageModelDecoder:
         if attention != "softmax":
             raise ValueError(f"generate() supports attention='softmax' only; received "
                              f"attention={attention!r}")
+        if (builder.application == "unilm" and getattr(builder, "segment_embedding", None)
+                is not None and self.segment_count() < 2):
+            raise ValueError(f"application='unilm' generates segment-1 tokens, so the model "
+                             f"needs type_vocab_size >= 2; received "
+                             f"type_vocab_size={self.segment_count()}")
         if builder.entropy_scaling:
             raise ValueError("generate() does not support entropy_scaling=True (the key count "
                              "of each cached step would have to be tracked); received "
@@ -290,7 +302,7 @@ class LanguageModelDecoder:
                 return attention.output_dense(attend(q, [(k, v, mask, None)], scale))
 
             x = residual(block, x, sublayer, block.attention_norm)
-            if block.use_feedforward:
+            if getattr(block, "feedforward", None) is not None:
                 x = residual(block, x, block.feedforward, block.feedforward_norm)
             k, v = kv["key"], kv["value"]
             layers.append({"prompt_key": k, "prompt_value": v,
@@ -337,7 +349,7 @@ class LanguageModelDecoder:
                 return attention.output_dense(attend(q, blocks, scale))
 
             x = residual(block, x, sublayer, block.attention_norm)
-            if block.use_feedforward:
+            if getattr(block, "feedforward", None) is not None:
                 x = residual(block, x, block.feedforward, block.feedforward_norm)
             layers.append(layer)
         cache["layers"] = layers

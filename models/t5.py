@@ -109,8 +109,7 @@ class T5Block(keras.layers.Layer):
     def context_key_value(self, context):
         """Cross-attention keys and values ``(batch, src_len, heads, d_kv)`` of the encoder
         output, computed once per source and shared by all its beams."""
-        _, k, v = decoding.project(self.cross_attention, context)
-        return k, v
+        return decoding.project_key_value(self.cross_attention, context)
 
     def cross_and_feedforward(self, x, cache, context_mask):
         """The cached cross-attention and feed-forward residuals of a decoding step."""
