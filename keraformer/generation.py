@@ -190,34 +190,41 @@ def block_end(log_probs, index, end_id, min_length):
     return ops.where(blocked[None], ops.cast(BLOCKED, log_probs.dtype), log_probs)
 
 
-def nucleus(logits, top_k=None, top_p=None):
-    """The candidates of top-k / top-p (nucleus, Holtzman et al. 2020) filtering.
+def top_p_mask(probs, top_p, iterations=32):
+    """``True`` for the tokens of the nucleus (Holtzman et al. 2020): the smallest set of most
+    probable tokens whose probability reaches ``top_p``, for ``probs (rows, n)`` summing to 1.
 
-    Returns ``values, indices`` ``(rows, k)`` of the ``k = top_k or vocab`` best logits,
-    best first, and ``keep`` ``(rows, k)``: ``False`` for those outside the smallest set
-    whose probability (renormalised over the ``k``) reaches ``top_p``.
-    """
-    vocab = logits.shape[-1]
-    values, indices = ops.top_k(logits, min(top_k or vocab, vocab))
-    keep = ops.ones_like(values, dtype="bool")
-    if top_p is not None and top_p < 1.0:
-        probs = ops.softmax(ops.cast(values, "float32"), axis=-1)
-        before = ops.cumsum(probs, axis=-1) - probs  # mass of the better tokens
-        keep = before < top_p
-    return values, indices, keep
+    Found without sorting: the nucleus is ``probs >= t`` for the largest threshold ``t`` whose
+    kept mass still reaches ``top_p``, located by bisection on ``[0, max(probs)]`` (32 halvings
+    reach float32 resolution; sorting 32k tokens per step is ~20x slower under XLA on CPU).
+    Tokens tying with the least probable kept one are kept too."""
+    low = ops.zeros_like(probs[:, :1])
+    high = ops.max(probs, axis=-1, keepdims=True)
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = (low + high) / 2
+        mass = ops.sum(ops.where(probs >= middle, probs, 0.0), axis=-1, keepdims=True)
+        enough = mass >= top_p
+        return ops.where(enough, middle, low), ops.where(enough, high, middle)
+
+    low, _ = ops.fori_loop(0, iterations, halve, (low, high))
+    return probs >= low
 
 
 def filter_top_k_top_p(log_probs, top_k=None, top_p=None):
-    """``log_probs (rows, vocab)`` with tokens outside the top-k / top-p set at ``BLOCKED``.
-
-    Tokens tying with the last kept one are kept too."""
-    log_probs = ops.convert_to_tensor(log_probs, "float32")
-    if top_k is None and (top_p is None or top_p >= 1.0):
-        return log_probs
-    values, _, keep = nucleus(log_probs, top_k, top_p)
-    threshold = ops.min(ops.where(keep, values, ops.max(values, axis=-1, keepdims=True)),
-                        axis=-1, keepdims=True)
-    return ops.where(log_probs >= threshold, log_probs, BLOCKED)
+    """``log_probs (rows, vocab)`` with tokens outside the top-k set, then outside the top-p
+    nucleus of the renormalised rest, set to ``BLOCKED``. Tokens tying with the last kept one
+    are kept too."""
+    logits = ops.convert_to_tensor(log_probs, "float32")
+    vocab = logits.shape[-1]
+    if top_k is not None and top_k < vocab:
+        kth = ops.top_k(logits, top_k)[0][:, -1:]
+        logits = ops.where(logits >= kth, logits, BLOCKED)
+    if top_p is not None and top_p < 1.0:
+        keep = top_p_mask(ops.softmax(logits, axis=-1), top_p)
+        logits = ops.where(keep, logits, BLOCKED)
+    return logits
 
 
 def mix32(x):
@@ -242,15 +249,21 @@ def uniform_draws(rows, seed, index):
 def sample_tokens(log_probs, index, seed, top_k, top_p, temperature):
     """Draw one token per row from the temperature-scaled, top-k / top-p filtered
     distribution, by inverting its cumulative distribution at a uniform draw."""
-    logits = ops.cast(log_probs, "float32") / temperature
-    values, indices, keep = nucleus(logits, top_k, top_p)
+    values = ops.cast(log_probs, "float32") / temperature
+    indices = None
+    if top_k is not None and top_k < values.shape[-1]:
+        values, indices = ops.top_k(values, top_k)  # candidates, best first
     if values.shape[-1] == 1:  # top_k=1: the best token, whatever the draw
         return ops.cast(indices[:, 0], "int32")
-    probs = ops.where(keep, ops.softmax(values, axis=-1), 0.0)
+    probs = ops.softmax(values, axis=-1)
+    if top_p is not None and top_p < 1.0:
+        probs = ops.where(top_p_mask(probs, top_p), probs, 0.0)
     cumulative = ops.cumsum(probs, axis=-1)
     draws = uniform_draws(ops.shape(probs)[0], seed, index)[:, None] * cumulative[:, -1:]
     position = ops.sum(ops.cast(cumulative < draws, "int32"), axis=-1)
     position = ops.minimum(position, values.shape[-1] - 1)
+    if indices is None:
+        return ops.cast(position, "int32")
     return ops.cast(ops.take_along_axis(indices, position[:, None], axis=-1)[:, 0], "int32")
 
 

@@ -164,6 +164,16 @@ def test_top_k_top_p_filter(top_k, top_p):
         assert set(np.flatnonzero(row > -1e8)) == reference_filter(original, top_k, top_p)
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_top_p_bisection_finds_the_nucleus_of_a_large_vocabulary(top_p):
+    rng = np.random.default_rng(2)
+    probs = np.maximum(rng.dirichlet(np.full(2000, 0.05), size=6), 1e-12)  # peaked rows
+    probs = (probs / probs.sum(1, keepdims=True)).astype("float32")
+    keep = np.asarray(generation.top_p_mask(ops.convert_to_tensor(probs), top_p))
+    for row, kept in zip(probs, keep):
+        assert set(np.flatnonzero(kept)) == reference_filter(np.log(row), None, top_p)
+
+
 def sample_first_tokens(batch, **options):
     sources = np.repeat(SEEDS[:1], batch, axis=0)
     log_probs, cache = toy_start(batch, sources=sources)
