@@ -453,6 +453,17 @@ class BERT(Transformer):
         return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
                                        dtype="float32", name="MLM-Activation")(x)
 
+    def generate(self, token_ids, segment_ids=None, max_length=32, method="greedy",
+                 end_id=None, **kwargs):
+        """Continue right-padded prompts ``token_ids (batch, length)`` with a key/value cache
+        (``lm`` and ``unilm``; ``unilm`` prompts are segment 0 unless ``segment_ids`` say
+        otherwise, generated tokens segment 1). ``method``: ``greedy``, ``beam`` or
+        ``sample``; options as ``keraformer.generation.generate``. Returns int32
+        ``(batch, <= max_length)`` generated ids. See ``keraformer.models.decoding``."""
+        from keraformer.models.decoding import language_model_decoder
+        return language_model_decoder(self).generate(token_ids, segment_ids, max_length,
+                                                     method, end_id, **kwargs)
+
     # -- checkpoint names -----------------------------------------------------------------
     def embedding_mapping(self):
         p = f"{SCOPE}/embeddings/"

@@ -27,10 +27,12 @@ from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_posit
 from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward, activation_by_name
 from keraformer.masks import AttentionMask, OutputMask, padding_mask
+from keraformer.models import decoding
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.bert import head_activation
-from keraformer.normalization import rms_norm
+from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
+from keraformer.positions.relative import relative_position_bucket
 
 
 def feed_forward_kind(proj):
@@ -123,30 +125,52 @@ class T5Block(keras.layers.Layer):
         return x + self.dropout(h, training=training)
 
     def context_key_value(self, context):
-        """Cross-attention keys and values of the encoder output, computed once per input."""
-        return self.cross_attention.project_key_value(context, context)
+        """Cross-attention keys and values ``(batch, src_len, heads, d_kv)`` of the encoder
+        output, computed once per source and shared by all its beams."""
+        return decoding.project_key_value(self.cross_attention, context)
 
-    def step(self, x, position_bias, cache, index, key_mask, context_mask, context_bias=None):
-        """Decode positions ``index..index+len-1`` of ``x (batch, len, d_model)``.
+    def cross_and_feedforward(self, x, cache, context_mask, context_bias=None):
+        """The cached cross-attention and feed-forward residuals of a decoding step
+        (``context_bias``: bert4keras' decoder position bias over the source, or None)."""
+        h = self.cross_attention_norm(x)
+        q = decoding.split_heads(self.cross_attention.query_dense(h), self.heads)
+        out = decoding.attend(q, [(cache["context_key"], cache["context_value"], context_mask,
+                                   context_bias)], decoding.logit_scale(self.cross_attention))
+        x = x + self.cross_attention.output_dense(out)
+        return x + self.feedforward(self.feedforward_norm(x))
 
-        ``cache`` holds ``key``/``value`` ``(batch, max_len, heads, head_size)`` of this
-        layer's self-attention (written at ``index``) and the cross-attention
-        ``context_key``/``context_value``; ``key_mask`` marks the valid cached keys. Returns the
-        output and the updated cache.
+    def start(self, x, position_bias, cache, context_mask, context_bias=None):
+        """Decode the start token ``x (batch, 1, d_model)``; its keys and values become the
+        cache's shared ``prompt_key``/``prompt_value``."""
+        h = self.self_attention_norm(x)
+        q, k, v = decoding.project(self.self_attention, h)
+        out = decoding.attend(q, [(k, v, None, position_bias)],
+                              decoding.logit_scale(self.self_attention))
+        x = x + self.self_attention.output_dense(out)
+        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
+                {**cache, "prompt_key": k, "prompt_value": v})
+
+    def step(self, x, position_biases, cache, index, generated_mask, context_mask,
+             context_bias=None):
+        """Decode the tokens of step ``index`` of every beam, ``x (batch, beams, d_model)``.
+
+        ``cache`` holds this layer's ``prompt_key``/``prompt_value`` (the start token),
+        ``key``/``value`` ``(batch, beams, max_length, heads, d_kv)`` (written at
+        ``index``) and the cross-attention ``context_key``/``context_value``;
+        ``position_biases`` are the relative biases of both key blocks. Returns the output
+        and the updated cache (see ``keraformer.models.decoding``).
         """
         h = self.self_attention_norm(x)
-        q = self.self_attention.project_query(h)
-        k, v = self.self_attention.project_key_value(h, h)
-        keys = ops.slice_update(cache["key"], (0, index, 0, 0), ops.cast(k, cache["key"].dtype))
-        values = ops.slice_update(cache["value"], (0, index, 0, 0),
-                                  ops.cast(v, cache["value"].dtype))
-        x = x + self.self_attention.attend(q, keys, values, mask=key_mask, bias=position_bias)
-        h = self.cross_attention_norm(x)
-        q = self.cross_attention.project_query(h)
-        x = x + self.cross_attention.attend(q, cache["context_key"], cache["context_value"],
-                                            mask=context_mask, bias=context_bias)
-        x = x + self.feedforward(self.feedforward_norm(x))
-        return x, {**cache, "key": keys, "value": values}
+        q, k, v = decoding.project(self.self_attention, h)
+        keys = decoding.write(cache["key"], k, index)
+        values = decoding.write(cache["value"], v, index)
+        blocks = [(cache["prompt_key"], cache["prompt_value"], None, position_biases[0]),
+                  (decoding.flatten_beams(keys), decoding.flatten_beams(values), generated_mask,
+                   position_biases[1])]
+        out = decoding.attend(q, blocks, decoding.logit_scale(self.self_attention))
+        x = x + self.self_attention.output_dense(out)
+        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
+                {**cache, "key": keys, "value": values})
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape
@@ -429,76 +453,161 @@ class T5(Transformer):
         return self.output_dense(x)
 
     # -- cached decoding ------------------------------------------------------------------
-    def initial_cache(self, encoder_output, max_length, token_ids):
-        """Decoding state for ``encoder_output (batch, src_len, d_model)`` of source
-        ``token_ids (batch, src_len)``: per decoder layer an empty self-attention cache
-        ``(batch, max_length, heads, d_kv)`` and the cross-attention keys/values, computed
-        once; plus the source padding mask."""
+    def initial_cache(self, encoder_output, context_mask, max_length, beams=1):
+        """Decoding state for ``encoder_output (batch, src_len, d_model)`` and its key mask
+        ``(batch, 1, 1, src_len)``: per decoder layer the cross-attention keys/values,
+        computed once per source (never per beam), and an empty self-attention cache
+        ``(batch, beams, max_length, heads, d_kv)``; with beams, the ``slots`` of
+        ``keraformer.models.decoding``."""
         encoder_output = ops.convert_to_tensor(encoder_output, self.decoder_norm.compute_dtype)
         batch = ops.shape(encoder_output)[0]
-        empty = ops.zeros((batch, max_length, self.heads, self.head_size),
-                          self.decoder_norm.compute_dtype)
         layers = []
         for block in self.decoder_blocks:
             k, v = block.context_key_value(encoder_output)
+            empty = ops.zeros((batch, beams, max_length, self.heads, self.head_size), k.dtype)
             layers.append({"key": empty, "value": empty, "context_key": k, "context_value": v})
-        # (batch, 1, 1, src_len) with the batch axis first so that beams can reorder it
-        return {"layers": layers, "context_mask": padding_mask(token_ids, self.pad_id)}
+        cache = {"layers": layers, "context_mask": context_mask}
+        if beams > 1:
+            cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
+        return cache
 
-    def decode_step(self, token_ids, index, cache):
-        """Log-probabilities ``(batch, vocab)`` of the token after ``token_ids (batch, 1)``
-        placed at position ``index``, and the updated cache (see ``initial_cache``)."""
-        x = self.token_embedding(token_ids)
-        max_length = ops.shape(cache["layers"][0]["key"])[1]
-        keys = ops.zeros((1, max_length, 1))
-        bias = self.decoder_bias(x, keys, offset=index)
-        context_bias = None
-        if self.cross_position_bias:
-            sources = ops.zeros((1, ops.shape(cache["layers"][0]["context_key"])[1], 1))
-            context_bias = self.decoder_bias(x, sources, offset=index)
-        key_mask = (ops.arange(max_length) <= index)[None, None, None, :]
+    def decoder_position_bias(self, query_position, key_positions):
+        """Relative bias ``(1, heads, 1, keys)`` of one decoder query position."""
+        buckets = relative_position_bucket(key_positions - query_position, False,
+                                           self.num_buckets, self.max_distance)
+        table = ops.cast(self.decoder_bias.embeddings, self.decoder_bias.compute_dtype)
+        return ops.transpose(ops.take(table, buckets, axis=0))[None, :, None, :]
+
+    def cached_context_bias(self, query_position, cache):
+        """With ``cross_position_bias`` (bert4keras), the decoder's relative bias of one query
+        position over the source positions; else None."""
+        if not self.cross_position_bias:
+            return None
+        sources = ops.shape(cache["layers"][0]["context_key"])[1]
+        return self.decoder_position_bias(query_position, ops.arange(sources))
+
+    def decode_start(self, token_ids, max_length, beams=1):
+        """Encode source ``token_ids (batch, src_len)`` and decode the start token: the first
+        generated token's log-probabilities ``(batch, vocab)`` and the cache."""
+        encoder_output = self.encoder(token_ids)
+        cache = self.initial_cache(encoder_output, padding_mask(token_ids, self.pad_id),
+                                   max_length, beams)
+        start = ops.full((ops.shape(token_ids)[0], 1), self.start_id, "int32")
+        x = self.token_embedding(start)
+        bias = self.decoder_position_bias(0, ops.zeros((1,), "int32"))
         layers = []
-        for block, layer_cache in zip(self.decoder_blocks, cache["layers"]):
-            x, layer_cache = block.step(x, bias, layer_cache, index, key_mask,
-                                        cache["context_mask"], context_bias)
-            layers.append(layer_cache)
+        for block, layer in zip(self.decoder_blocks, cache["layers"]):
+            x, layer = block.start(x, bias, layer, cache["context_mask"],
+                                   self.cached_context_bias(0, cache))
+            layers.append(layer)
         logits = ops.cast(self.logits(self.decoder_norm(x))[:, -1], "float32")
+        cache = {**cache, "layers": layers}
+        if not self.tied:
+            # the output kernel transposed to (vocab, d_model) once per call: XLA's CPU dot
+            # multiplies by it about twice as fast as by the (d_model, vocab) kernel
+            cache["output_kernel"] = ops.transpose(ops.cast(self.output_dense.kernel,
+                                                            self.output_dense.compute_dtype))
+        return ops.log_softmax(logits, axis=-1), cache
+
+    def decode_step(self, token_ids, index, cache, parents=None):
+        """The ``keraformer.generation`` step: log-probabilities ``(rows, vocab)`` of the token
+        after ``token_ids (rows, 1)``, generated at ``index`` (decoder position ``index + 1``),
+        and the updated cache; ``rows`` is ``batch · beams``."""
+        first = cache["layers"][0]
+        batch, beams, max_length = ops.shape(first["key"])[0], *first["key"].shape[1:3]
+        x = self.token_embedding(ops.reshape(token_ids, (batch, beams)))
+        cache = dict(cache)
+        slots = None
+        if parents is not None and beams > 1:
+            slots = cache["slots"] = decoding.follow_parents(cache["slots"], parents, index)
+        query = index + 1
+        biases = (self.decoder_position_bias(query, ops.zeros((1,), "int32")),
+                  ops.tile(self.decoder_position_bias(query, ops.arange(1, max_length + 1)),
+                           (1, 1, 1, beams)))
+        mask = decoding.generated_mask(index, max_length, slots)
+        context_bias = self.cached_context_bias(query, cache)
+        layers = []
+        for block, layer in zip(self.decoder_blocks, cache["layers"]):
+            x, layer = block.step(x, biases, layer, index, mask, cache["context_mask"],
+                                  context_bias)
+            layers.append(layer)
+        x = self.decoder_norm(x)
+        if "output_kernel" in cache:
+            logits = ops.einsum("bqd,vd->bqv", x, cache["output_kernel"])
+        else:
+            logits = self.logits(x)
+        logits = ops.reshape(ops.cast(logits, "float32"), (ops.shape(token_ids)[0], -1))
         return ops.log_softmax(logits, axis=-1), {**cache, "layers": layers}
 
-    def full_decode_step(self, encoder_output):
-        """A step function that recomputes the decoder over the whole prefix (no cache)."""
-        def step(token_ids, index, cache):
-            tokens = ops.slice_update(cache["tokens"], (0, index), token_ids)
-            probs = self.decoder([cache["context"], tokens[:, :index + 1],
-                                  cache["context_ids"]])
-            log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
-            return log_probs, {**cache, "tokens": tokens}
-        return step
+    def full_decode_start(self, token_ids, max_length, beams=1):
+        """Without a cache: first log-probabilities from the whole model, and a cache of
+        every row's source and decoder tokens for :meth:`full_decode_step`."""
+        batch = len(token_ids)
+        start = np.full((batch, 1), self.start_id, "int32")
+        probs = self.model([ops.convert_to_tensor(token_ids), ops.convert_to_tensor(start)])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        rows = np.repeat(token_ids, beams, axis=0)
+        tokens = np.full((len(rows), max_length + 1), self.start_id, "int32")
+        return log_probs, {"sources": ops.convert_to_tensor(rows),
+                           "tokens": ops.convert_to_tensor(tokens)}
 
-    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True,
-                 compile=True, **kwargs):
+    def full_decode_step(self, token_ids, index, cache, parents=None):
+        """A step that re-runs the whole model over the decoded prefix (no cache; eager)."""
+        tokens = cache["tokens"]
+        if parents is not None:
+            tokens = ops.take(tokens, parents, axis=0)
+        index = int(ops.convert_to_numpy(index))
+        tokens = ops.slice_update(tokens, (0, index + 1), token_ids)
+        probs = self.model([cache["sources"], tokens[:, :index + 2]])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        return log_probs, {**cache, "tokens": tokens}
+
+    def check_sources(self, token_ids):
+        ids = np.asarray(token_ids)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"`token_ids` must have shape (batch, src_len) with src_len >= 1; "
+                             f"received shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"`token_ids` must be integers; received dtype {ids.dtype}")
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            raise ValueError(f"`token_ids` must lie in [0, vocab_size={self.vocab_size}); "
+                             f"received {ids[bad][0]} at {tuple(np.argwhere(bad)[0])}")
+        return ids.astype("int32")
+
+    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True, **kwargs):
         """Decode a batch of source ``token_ids (batch, src_len)`` with
-        ``keraformer.generation.generate`` (``method``: ``greedy``, ``beam`` or ``sample``;
-        ``beam_size``, ``top_k``, ``top_p``, ``min_length``, ``seed``... in ``kwargs``).
-        Returns int32 ``(batch, ≤ max_length)`` generated ids (after the start token),
-        padded with ``pad_token_id`` after the end id."""
-        token_ids = ops.convert_to_tensor(np.asarray(token_ids, "int32"))
-        encoder_output = self.encoder(token_ids)
-        if use_cache:
-            step = self.decode_step
-            cache = self.initial_cache(encoder_output, max_length, token_ids)
-        else:
-            batch = ops.shape(encoder_output)[0]
-            step = self.full_decode_step(encoder_output)
-            cache = {"context": encoder_output, "context_ids": token_ids,
-                     "tokens": ops.zeros((batch, max_length), "int32")}
-        if compile and use_cache:
-            if getattr(self, "compiled_step", None) is None:  # trace once per builder
-                self.compiled_step = generation.compile_step(self.decode_step)
-            step = self.compiled_step
-        return generation.generate(step, cache, self.start_id, self.end_id,
-                                   max_length=max_length, method=method,
-                                   pad_id=self.pad_id, **kwargs)
+        ``keraformer.generation`` (``method``: ``greedy``, ``beam`` or ``sample``;
+        ``end_id`` (default: the config's ``eos_token_id``), ``beam_size``, ``top_k``,
+        ``top_p``, ``min_length``, ``seed``, ``loop``... in ``kwargs``). Returns int32
+        ``(batch, <= max_length)`` generated ids (after the start token), padded with
+        ``pad_token_id`` after the end id. ``use_cache=False`` re-runs the model on the
+        whole prefix every step (a reference; eager, host loop)."""
+        end_id = kwargs.pop("end_id", self.end_id)
+        kwargs.setdefault("pad_id", self.pad_id)
+        decoding.check_use_cache(use_cache, kwargs)
+        checked = generation.check_options(method, max_length, end_id, self.vocab_size,
+                                           **kwargs)
+        generation.check_token_id("decoder_start_token_id", self.start_id, self.vocab_size)
+        ids = self.check_sources(token_ids)
+        beams = checked["beam_size"] if method == "beam" else 1
+        if not use_cache:
+            if getattr(self, "uncached_generator", None) is None:
+                self.uncached_generator = generation.Generator(self.full_decode_step)
+            log_probs, cache = self.full_decode_start(ids, max_length, beams)
+            return self.uncached_generator(cache, log_probs, end_id, max_length, method,
+                                           self.vocab_size, **kwargs)
+        if getattr(self, "generator", None) is None:  # compiled loops, kept per builder
+            self.generator = generation.Generator(self.decode_step, self.model.weights)
+            self.starts = {}
+        key = (max_length, beams, checked["compile"])
+        if key not in self.starts:
+            start = lambda ids: self.decode_start(ids, max_length, beams)  # noqa: E731
+            self.starts[key] = (generation.compile_function(start, self.model.weights)
+                                if checked["compile"] else start)
+        log_probs, cache = self.starts[key](ops.convert_to_tensor(ids))
+        return self.generator(cache, log_probs, end_id, max_length, method, self.vocab_size,
+                              **kwargs)
 
     # -- checkpoint names -----------------------------------------------------------------
     def attention_mapping(self, prefix, attention):

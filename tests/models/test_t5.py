@@ -14,6 +14,7 @@ import torch
 import transformers
 
 import keras
+from keraformer import generation
 from keraformer.models import build_transformer_model, load_pretrained
 
 CONFIG = dict(vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2,
@@ -149,6 +150,30 @@ def test_cache_and_no_cache_give_identical_tokens(pair):
         cached = builder.generate(ids, max_length=8, method=method, **kwargs)
         full = builder.generate(ids, max_length=8, method=method, use_cache=False, **kwargs)
         np.testing.assert_array_equal(cached, full)
+
+
+def test_beam_search_keeps_cross_attention_once_per_source(pair):
+    """During beam search every step sees the cross-attention keys/values with one row per
+    source (never repeated per beam) and the self-attention cache as (source, beam, ...);
+    the spied decoding gives the same tokens as ``generate``."""
+    _, _, builder = pair
+    ids, beams = sources(5, seed=6), 4
+    seen = []
+
+    def spy(token_ids, index, cache, parents):
+        layer = cache["layers"][0]
+        seen.append((token_ids.shape[0], layer["context_key"].shape[0],
+                     layer["context_value"].shape[0], tuple(layer["key"].shape[:2])))
+        return builder.decode_step(token_ids, index, cache, parents)
+
+    log_probs, cache = builder.decode_start(ids, 6, beams)
+    for loop in (dict(compile=False), dict(loop="device")):  # eager steps, and the trace
+        spied = generation.generate(spy, cache, log_probs, 1, max_length=6, method="beam",
+                                    beam_size=beams, vocab_size=CONFIG["vocab_size"],
+                                    variables=builder.model.weights, **loop)
+        np.testing.assert_array_equal(spied, builder.generate(ids, max_length=6,
+                                                              method="beam", beam_size=beams))
+    assert seen and all(row == (5 * beams, 5, 5, (5, beams)) for row in seen)
 
 
 def google_names(version):
