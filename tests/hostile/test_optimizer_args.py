@@ -87,7 +87,10 @@ SGD_BAD = [
 
 
 def label(case):
-    return ",".join(f"{k}={v!r}" for k, v in case[0].items())
+    """A test id that is the same in every process (no object addresses: pytest-xdist
+    workers must collect identical ids)."""
+    return ",".join(f"{k}={'<callable>' if callable(v) else repr(v)}"
+                    for k, v in case[0].items())
 
 
 @pytest.mark.parametrize("kwargs, error, name", ADAMW_BAD, ids=[label(c) for c in ADAMW_BAD])
