@@ -13,7 +13,10 @@ deterministic (greedy, beam). keraformer is timed with its on-device loop (one c
 ``while_loop``) and its host loop (one compiled step per token). Run::
 
     python benchmarks/generation.py [--batches 1 8] [--new-tokens 64] [--source-length 48]
-                                    [--repeats 3] [--skip-keras-hub]
+                                    [--repeats 3] [--threads 1] [--skip-keras-hub]
+
+``--threads`` (default 1) gives every library the same number of CPU threads; on a shared
+machine one thread each is the comparison that other processes disturb least.
 """
 
 import argparse
@@ -169,10 +172,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--skip-keras-hub", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for every library (0: each library's default)")
     args = parser.parse_args()
+    if args.threads:  # before the backends start
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
+                                   f"eigen={'true' if args.threads > 1 else 'false'} "
+                                   f"intra_op_parallelism_threads={args.threads}")
 
     import keras
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from keraformer.models import load_pretrained
 
