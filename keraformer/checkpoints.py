@@ -21,6 +21,7 @@ import json
 import math
 import mmap
 import os
+import re
 import shutil
 import stat
 import struct
@@ -454,15 +455,39 @@ def read_sharded_safetensors(index_path):
 
 # --- TF checkpoints -------------------------------------------------------------------------
 
+def latest_tf_checkpoint(directory):
+    """The prefix that a TF ``checkpoint`` state file in ``directory`` names as the latest
+    (``model_checkpoint_path: "..."``, relative to the directory or absolute)."""
+    state = os.path.join(directory, "checkpoint")
+    with open(state, encoding="utf-8", errors="replace") as f:
+        match = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(), re.M)
+    if match is None:
+        raise ValueError(f"TF checkpoint state file {state!r} names no model_checkpoint_path")
+    prefix = os.path.join(directory, match.group(1))
+    if not os.path.exists(prefix + ".index"):
+        raise FileNotFoundError(f"{state!r} names {match.group(1)!r} as the latest checkpoint, "
+                                f"but {prefix}.index does not exist")
+    return prefix
+
+
 def find_tf_checkpoint(path):
-    """The prefix of the TF checkpoint at ``path`` (a prefix, an ``.index`` file or a folder)."""
+    """The prefix of the TF checkpoint at ``path`` (a prefix, an ``.index`` file or a folder).
+
+    In a folder, the latest checkpoint its ``checkpoint`` state file names, else its only
+    ``*.index``; several without a state file are an error naming them."""
     path = os.fspath(path)
     if path.endswith(".index"):
         path = path[: -len(".index")]
     if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "checkpoint")):
+            return latest_tf_checkpoint(path)
         indexes = sorted(glob.glob(os.path.join(path, "*.index")))
         if not indexes:
             raise FileNotFoundError(f"no TF checkpoint (*.index) in directory {path!r}")
+        if len(indexes) > 1:
+            names = [os.path.basename(name)[: -len(".index")] for name in indexes]
+            raise ValueError(f"directory {path!r} holds several TF checkpoints {names} and no "
+                             f"'checkpoint' file naming the latest; pass the prefix of one")
         path = indexes[0][: -len(".index")]
     if not os.path.exists(path + ".index"):
         raise FileNotFoundError(f"TF checkpoint {path!r} not found (no {path}.index)")

@@ -197,3 +197,50 @@ def check_sparse_labels(y_true, logits, ignore_index=None):
         ignored = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(f"`y_true` labels must lie in [0, {classes}) (logits.shape[-1])"
                          f"{ignored}; received labels from {values.min()} to {values.max()}")
+
+
+def is_real(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                               np.floating))
+
+
+def check_rates(**values):
+    """Raise ``TypeError``/``ValueError`` unless every keyword value is a real number in
+    ``[0, 1)`` (a dropout rate: 1 would drop everything)."""
+    for name, value in values.items():
+        if not is_real(value):
+            raise TypeError(f"`{name}` must be a number in [0, 1); received {value!r} of type "
+                            f"{type(value).__name__}")
+        if not 0 <= value < 1:
+            raise ValueError(f"`{name}` must lie in [0, 1); received {value}")
+
+
+def check_positive_numbers(**values):
+    """Raise ``TypeError``/``ValueError`` unless every keyword value is a finite real number
+    ``> 0`` (an epsilon, an initializer scale)."""
+    for name, value in values.items():
+        if not is_real(value):
+            raise TypeError(f"`{name}` must be a positive number; received {value!r} of type "
+                            f"{type(value).__name__}")
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be finite and > 0; received {value}")
+
+
+def check_ids_in_vocabulary(vocab_size, **ids):
+    """Raise ``TypeError``/``ValueError`` unless every keyword value is an integer id in
+    ``[0, vocab_size)`` (a special token id of a config)."""
+    for name, value in ids.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"`{name}` must be an integer token id; received {value!r} of "
+                            f"type {type(value).__name__}")
+        if not 0 <= value < vocab_size:
+            raise ValueError(f"`{name}` must lie in [0, {vocab_size}) (the vocabulary size); "
+                             f"received {value}")
+
+
+def check_bools(**values):
+    """Raise ``TypeError`` unless every keyword value is ``True`` or ``False``."""
+    for name, value in values.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"`{name}` must be True or False; received {value!r} of type "
+                            f"{type(value).__name__}")

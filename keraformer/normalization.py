@@ -11,7 +11,8 @@ from keras import ops
 
 
 def normalize(x, rms=False, epsilon=1e-12):
-    """``(x - mean) / sqrt(var + eps)`` over the last axis, or ``x / sqrt(mean(x²) + eps)`` if ``rms``."""
+    """``(x - mean) / sqrt(var + eps)`` over the last axis, or ``x / sqrt(mean(x²) + eps)``
+    if ``rms``."""
     x = ops.cast(x, "float32")
     if not rms:
         x = x - ops.mean(x, axis=-1, keepdims=True)

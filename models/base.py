@@ -102,8 +102,7 @@ class Transformer:
             raise ValueError(f"{type(self).__name__}.save: the model is not built; call "
                              f"build() first")
         os.makedirs(directory, exist_ok=True)
-        options = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                   for k, v in self.options.items()}
+        options = {k: jsonable(v) for k, v in self.options.items()}
         checkpoints.write_keraformer_directory(
             directory, {"model": self.model_name, "config": self.config, "options": options},
             self.model.save_weights)
@@ -111,3 +110,70 @@ class Transformer:
     def save_weights_as_checkpoint(self, path):
         """Write the weights as a Google-format TF checkpoint at prefix ``path``."""
         return checkpoints.write_tf_checkpoint(self.checkpoint_arrays(), path)
+
+
+def jsonable(value):
+    """``value`` with NumPy arrays and scalars (e.g. in ``keep_tokens``) as JSON types."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    return value
+
+
+def kept_rows(keep_tokens, vocab_size, name="keep_tokens"):
+    """``keep_tokens`` as a 1-D int array of rows of a ``vocab_size`` table, or
+    ``None``; a ``ValueError`` names ``name`` unless every id lies in the table."""
+    if keep_tokens is None:
+        return None
+    rows = np.asarray(keep_tokens)
+    if rows.ndim != 1 or rows.size == 0 or rows.dtype.kind not in "iu":
+        raise ValueError(f"`{name}` must be a non-empty 1-D list of integer token ids; "
+                         f"received {rows.size} values of dtype {rows.dtype} in shape "
+                         f"{rows.shape}")
+    if rows.min() < 0 or rows.max() >= vocab_size:
+        raise ValueError(f"`{name}` must lie in [0, {vocab_size}) (the checkpoint's "
+                         f"vocab_size); received ids from {rows.min()} to {rows.max()}")
+    return rows
+
+
+class Vocabulary:
+    """bert4keras' ``keep_tokens`` and ``compound_tokens`` over a checkpoint's vocabulary of
+    ``vocab_size`` rows: the model's rows are the kept rows (all if ``None``) then one per
+    compound token, the (weighted) mean of the kept rows it lists. ``compound_tokens``:
+    lists of ids, or ``(ids, weights)`` pairs; ids index the kept rows."""
+
+    def __init__(self, vocab_size, keep_tokens=None, compound_tokens=None):
+        self.keep_tokens = kept_rows(keep_tokens, vocab_size)
+        kept = vocab_size if self.keep_tokens is None else len(self.keep_tokens)
+        self.compounds = []
+        for item in compound_tokens or ():
+            if (isinstance(item, (list, tuple)) and len(item) == 2
+                    and isinstance(item[0], (list, tuple, np.ndarray))):
+                ids, weights = item  # (ids, weights); a list after a JSON round trip
+            elif isinstance(item, (list, np.ndarray)):  # as bert4keras: a list is ids alone
+                ids, weights = item, None
+            else:
+                raise ValueError(f"`compound_tokens` entries must be lists of ids or (ids, "
+                                 f"weights) pairs; received {item!r}")
+            ids = kept_rows(ids, kept, "compound_tokens")
+            weights = np.ones(len(ids)) if weights is None else np.asarray(weights, float)
+            if weights.shape != ids.shape or not np.all(weights >= 0) or weights.sum() <= 0:
+                raise ValueError(f"`compound_tokens` weights must be one non-negative number "
+                                 f"per id, not all zero; received {item!r}")
+            self.compounds.append((ids, weights))
+        if compound_tokens is not None and not self.compounds:
+            raise ValueError("`compound_tokens` must list at least one compound token; "
+                             "received an empty list")
+        self.size = kept + len(self.compounds)
+
+    def rows(self, array):
+        """The model's rows of a checkpoint table ``array`` (``(vocab_size, ...)``)."""
+        if self.keep_tokens is not None:
+            array = array[self.keep_tokens]
+        if self.compounds:
+            extra = [np.average(array[ids], axis=0, weights=w) for ids, w in self.compounds]
+            array = np.concatenate([array, np.asarray(extra, array.dtype)], axis=0)
+        return array

@@ -3,8 +3,9 @@ and one table, ``FAMILIES``, of what differs between them.
 
 Inputs ``[token_ids, segment_ids]`` ``(batch, length)``; output the last hidden state
 ``(batch, length, hidden)``, or, as in bert4keras, the pooled ``[CLS]`` vector
-(``with_pool``), the MLM head (``with_mlm``: probabilities, or logits with ``"linear"``) or
-both ``[pooled, mlm]``. Token id ``pad_token_id`` (0 unless the config says otherwise) is
+(``with_pool``; ``with_nsp`` puts the next-sentence probabilities ``(batch, 2)`` in its
+place), the MLM head (``with_mlm``: probabilities, or logits with ``"linear"``) or both
+``[pooled, mlm]``. Token id ``pad_token_id`` (0 unless the config says otherwise) is
 padding; sequence outputs carry ``token_ids != pad_token_id`` as their Keras mask.
 
 Every family embeds tokens (plus segments, plus a learned position table for ``"table"``
@@ -21,11 +22,12 @@ import keras
 import numpy as np
 
 from keraformer import checkpoints
-from keraformer.checks import check_positive_ints
+from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_positive_ints,
+                               check_positive_numbers, check_rates)
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask, OutputMask
-from keraformer.models.base import Transformer
+from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import PositionEmbedding, RotaryEmbedding
@@ -88,8 +90,15 @@ FAMILIES = {
                  **(GAU_ALPHA if name == "gau_alpha" else
                     dict(gau_options={}, gau_names=None, config_defaults={})))
     for column, name in enumerate(FAMILY_NAMES)}
-COMMON_OPTIONS = ("with_pool", "with_mlm", "keep_tokens", "dropout_rate", "recompute",
-                  "entropy_scaling", "name")
+# every config key an encoder builder reads (other keys of a config file are left alone)
+CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "embedding_size", "type_vocab_size",
+               "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
+               "hidden_act", "layer_norm_eps", "pad_token_id", "initializer_range",
+               "attention_key_size", "attention_head_size", "rotary_value", "model_type")
+COMMON_OPTIONS = ("with_pool", "with_nsp", "with_mlm", "keep_tokens", "compound_tokens",
+                  "dropout_rate", "attention_dropout_rate", "segment_vocab_size",
+                  "sequence_length", "recompute", "entropy_scaling", "name")
 POSITION_OPTIONS = {"table": ("hierarchical_position", "max_position"),
                     "rotary": ("attention", "attention_options", "rotary_base")}
 
@@ -112,24 +121,61 @@ def norm_names(prefix, norm):
     return names
 
 
+HEAD_ACTIVATIONS = {"with_pool": "tanh", "with_mlm": "softmax", "with_lm": "softmax"}
+
+
+def head_activation(option, value):
+    """The activation of a bert4keras head option: ``True`` gives the head's own (``tanh``
+    for the pooler, ``softmax`` for the MLM head), a string names one (``"linear"``)."""
+    if value is True:
+        return HEAD_ACTIVATIONS[option]
+    if isinstance(value, str):
+        try:
+            keras.activations.get(value)
+            return value
+        except (ValueError, TypeError):
+            pass
+    raise ValueError(f"`{option}` must be True, False or a Keras activation name such as "
+                     f"'linear'; received {value!r}")
+
+
 class BERT(Transformer):
     """The builder of every BERT-shaped family (``family``, one row of ``FAMILIES``).
 
-    ``application``: ``encoder`` (bidirectional), ``lm`` (causal) or ``unilm``
-    (bidirectional over segment 0, causal over segment 1); ``lm`` and ``unilm`` default to
-    ``with_mlm=True``. ``keep_tokens`` keeps only those vocabulary rows of a checkpoint (a
-    smaller vocabulary). ``dropout_rate`` overrides the config's dropout rates.
-    Table families take ``max_position`` (rows of the position table; default the config's
-    ``max_position_embeddings``, 512) and ``hierarchical_position`` (Su's hierarchical
-    decomposition, reaching ``rows²`` positions). Rotary families take ``attention``
-    (``"softmax"``, ``"linear"``, ``"vq"``, ``"gau"``), ``attention_options`` (extra
-    constructor arguments of that layer, e.g. the VQ codebook size) and ``rotary_base``.
     With an attention that takes no full boolean mask (linear, VQ) the blocks get the padding
     mask and ``causal=True`` for ``application="lm"``; ``"unilm"`` needs softmax or GAU.
+
+    Args:
+        config: the checkpoint's config dict (``bert_config.json`` / ``config.json`` keys).
+        application: ``"encoder"`` (bidirectional), ``"lm"`` (causal) or ``"unilm"``
+            (bidirectional over segment 0, causal over segment 1).
+        with_pool: the ``[CLS]`` pooler (``True``: tanh; or an activation name).
+        with_nsp: the next-sentence head on the pooler (implies ``with_pool``).
+        with_mlm: the MLM head (``True``: probabilities; an activation name such as
+            ``"linear"``: logits); ``None``: on for ``lm`` and ``unilm``.
+        keep_tokens: checkpoint vocabulary rows to keep (a smaller vocabulary).
+        compound_tokens: new rows, each the (weighted) mean of kept rows (bert4keras').
+        dropout_rate: overrides the config's hidden and attention dropout rates.
+        attention_dropout_rate: overrides the attention dropout rate alone.
+        segment_vocab_size: overrides ``type_vocab_size`` (0: no segment embedding; the
+            model still takes segment ids and ignores them).
+        sequence_length: a fixed input length (``None``: any).
+        recompute: recompute each block's activations in the backward pass.
+        entropy_scaling: scale attention logits by ``log(n)/log(512)``.
+        name: the Keras model's name.
+        hierarchical_position: table families: Su's hierarchical decomposition of the
+            position table (``True``, or its alpha in ``[0, 1)``), reaching ``rows²``
+            positions.
+        max_position: table families: rows of the position table (default the config's
+            ``max_position_embeddings``, 512).
+        attention: rotary families: ``"softmax"``, ``"linear"``, ``"vq"`` or ``"gau"``.
+        attention_options: rotary families: extra constructor arguments of that layer.
+        rotary_base: rotary families: the RoPE base (10000).
     """
 
     model_name = "bert"
     APPLICATIONS = tuple(APPLICATION_MASKS)
+    CONFIG_KEYS = CONFIG_KEYS
 
     @property
     def family(self):
@@ -142,10 +188,11 @@ class BERT(Transformer):
         positions = FAMILIES[cls.model_name].positions
         return set(COMMON_OPTIONS) | set(POSITION_OPTIONS[positions])
 
-    def __init__(self, config, application="encoder", with_pool=False, with_mlm=None,
-                 keep_tokens=None, dropout_rate=None, recompute=False, entropy_scaling=False,
-                 name=None, hierarchical_position=False, max_position=None, attention=None,
-                 attention_options=None, rotary_base=10000):
+    def __init__(self, config, application="encoder", with_pool=False, with_nsp=False,
+                 with_mlm=None, keep_tokens=None, compound_tokens=None, dropout_rate=None,
+                 attention_dropout_rate=None, segment_vocab_size=None, sequence_length=None,
+                 recompute=False, entropy_scaling=False, name=None, hierarchical_position=False,
+                 max_position=None, attention=None, attention_options=None, rotary_base=10000):
         family = FAMILIES[self.model_name]
         given = dict(hierarchical_position=hierarchical_position, max_position=max_position,
                      attention=attention, attention_options=attention_options,
@@ -159,20 +206,31 @@ class BERT(Transformer):
             raise ValueError(f"{type(self).__name__} does not take the option(s) {foreign} "
                              f"(they apply to {other} families); its options are "
                              f"{sorted(self.option_names())}")
-        options = dict(with_pool=with_pool, with_mlm=with_mlm, keep_tokens=keep_tokens,
-                       dropout_rate=dropout_rate, recompute=recompute,
-                       entropy_scaling=entropy_scaling, name=name)
+        options = dict(with_pool=with_pool, with_nsp=with_nsp, with_mlm=with_mlm,
+                       keep_tokens=keep_tokens, compound_tokens=compound_tokens,
+                       dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
+                       segment_vocab_size=segment_vocab_size, sequence_length=sequence_length,
+                       recompute=recompute, entropy_scaling=entropy_scaling, name=name)
         options.update({k: given[k] for k in POSITION_OPTIONS[family.positions]})
         super().__init__({**family.config_defaults, **config}, application, **options)
-        if with_mlm not in (None, True, False, "linear", "softmax"):
-            raise ValueError(f"`with_mlm` must be True, False, 'linear' or 'softmax'; "
-                             f"received {with_mlm!r}")
+        for option, value in (("with_mlm", with_mlm), ("with_pool", with_pool)):
+            if value is not None and not isinstance(value, bool):
+                head_activation(option, value)  # True, False or an activation name
+        check_bools(with_nsp=with_nsp, recompute=recompute, entropy_scaling=entropy_scaling)
+        if not isinstance(hierarchical_position, bool):  # True, False or bert4keras' alpha
+            check_rates(hierarchical_position=hierarchical_position)
+        if sequence_length is not None:
+            check_positive_ints(sequence_length=sequence_length)
+        self.sequence_length = sequence_length
+        with_pool = with_pool or with_nsp  # as bert4keras: NSP sits on the pooler
         if with_pool and not family.pooler:
-            raise ValueError(f"`with_pool=True`: {type(self).__name__} checkpoints have no "
-                             f"pooler; received with_pool={with_pool!r}")
-        self.with_pool = with_pool
+            option = "with_nsp" if with_nsp else "with_pool"
+            raise ValueError(f"`{option}=True`: {type(self).__name__} checkpoints have no "
+                             f"pooler; received {option}=True")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string; received {name!r}")
+        self.with_pool, self.with_nsp = with_pool, with_nsp
         self.with_mlm = (application != "encoder") if with_mlm is None else with_mlm
-        self.keep_tokens = None if keep_tokens is None else np.asarray(keep_tokens)
         self.hierarchical_position = hierarchical_position
         self.recompute, self.entropy_scaling = recompute, entropy_scaling
         (self.vocab_size, self.hidden_size, self.num_layers, self.heads,
@@ -186,25 +244,59 @@ class BERT(Transformer):
         if self.hidden_size % self.heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of "
                              f"`num_attention_heads` ({self.heads})")
-        if self.keep_tokens is not None:
-            self.vocab_size = len(self.keep_tokens)
+        head_size = self.config.get("attention_head_size", self.hidden_size // self.heads)
+        if head_size != self.hidden_size // self.heads:
+            raise ValueError(f"`attention_head_size` must be hidden_size / "
+                             f"num_attention_heads = {self.hidden_size // self.heads} for "
+                             f"{type(self).__name__}; received {head_size!r}")
+        self.pad_id = self.config.get("pad_token_id", 0)
+        self.pad_id = 0 if self.pad_id is None else self.pad_id
+        check_ids_in_vocabulary(self.vocab_size, pad_token_id=self.pad_id)
+        self.vocabulary = Vocabulary(self.vocab_size, keep_tokens, compound_tokens)
+        self.keep_tokens = self.vocabulary.keep_tokens
+        self.vocab_size = self.vocabulary.size
         self.embedding_size = self.config.get("embedding_size") or self.hidden_size
-        self.segment_vocab_size = self.config.get("type_vocab_size", 2)
-        self.max_position = (self.config.get("max_position_embeddings", 512)
-                             if max_position is None else max_position)
-        self.dropout_rate = (self.config.get("hidden_dropout_prob", 0.1)
-                             if dropout_rate is None else dropout_rate)
-        self.attention_dropout_rate = (self.config.get("attention_probs_dropout_prob", 0.1)
-                                       if dropout_rate is None else dropout_rate)
+        check_positive_ints(embedding_size=self.embedding_size)
+        key = "type_vocab_size" if segment_vocab_size is None else "segment_vocab_size"
+        self.segment_vocab_size = (self.config.get("type_vocab_size", 2)
+                                   if segment_vocab_size is None else segment_vocab_size)
+        if self.segment_vocab_size != 0:  # 0: no segment embedding (segment ids ignored)
+            check_positive_ints(**{key: self.segment_vocab_size})
+        self.max_position = self.config.get("max_position_embeddings", 512)
+        if family.positions == "table" and max_position is None:
+            check_positive_ints(max_position_embeddings=self.max_position)
+        if max_position is not None:
+            check_positive_ints(max_position=max_position)
+            self.max_position = max_position
+        self.dropout_rate = self.config.get("hidden_dropout_prob", 0.1)
+        self.attention_dropout_rate = self.config.get("attention_probs_dropout_prob", 0.1)
+        check_rates(hidden_dropout_prob=self.dropout_rate,
+                    attention_probs_dropout_prob=self.attention_dropout_rate)
+        if dropout_rate is not None:
+            check_rates(dropout_rate=dropout_rate)
+            self.dropout_rate = self.attention_dropout_rate = dropout_rate
+        if attention_dropout_rate is not None:
+            check_rates(attention_dropout_rate=attention_dropout_rate)
+            self.attention_dropout_rate = attention_dropout_rate
         self.activation = self.config.get("hidden_act", "gelu")
+        try:
+            activation_by_name(self.activation)
+        except (ValueError, TypeError):
+            raise ValueError(f"`hidden_act` must be a Keras activation name (gelu, relu, "
+                             f"swish...) or gelu_new; received {self.activation!r}") from None
         self.epsilon = self.config.get("layer_norm_eps", 1e-12)
-        self.pad_id = self.config.get("pad_token_id", 0) or 0
+        check_positive_numbers(layer_norm_eps=self.epsilon,
+                               initializer_range=self.config.get("initializer_range", 0.02))
         self.name = name or SCOPE
         self.initializer = keras.initializers.TruncatedNormal(
             stddev=self.config.get("initializer_range", 0.02))
         self.attention = attention or family.attention
         attention_class(self.attention)
+        if attention_options is not None and not isinstance(attention_options, dict):
+            raise TypeError(f"`attention_options` must be a dict of constructor arguments; "
+                            f"received {attention_options!r}")
         self.attention_options = dict(attention_options or {})
+        check_positive_numbers(rotary_base=rotary_base)
         self.rotary_base = rotary_base
         if family.positions == "rotary":
             if self.config.get("rotary_value"):
@@ -254,9 +346,11 @@ class BERT(Transformer):
                 raise ValueError(f"`max_position_embeddings` must give a position table of "
                                  f"at least one row; received {self.max_position!r}, which "
                                  f"gives {rows!r} rows for {type(self).__name__}")
+            alpha = {} if isinstance(self.hierarchical_position, bool) else {
+                "alpha": self.hierarchical_position}
             self.position_embedding = PositionEmbedding(
-                rows, self.embedding_size, hierarchical=self.hierarchical_position,
-                embeddings_initializer=self.initializer, name="Embedding-Position")
+                rows, self.embedding_size, hierarchical=bool(self.hierarchical_position),
+                embeddings_initializer=self.initializer, name="Embedding-Position", **alpha)
             x = self.position_embedding(x)
         self.embedding_norm = self.norm("Embedding-Norm")
         x = keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(
@@ -304,8 +398,8 @@ class BERT(Transformer):
         return mask, self.application == "lm"
 
     def build(self):
-        token_ids = keras.Input((None,), dtype="int32", name="Input-Token")
-        segment_ids = keras.Input((None,), dtype="int32", name="Input-Segment")
+        token_ids = keras.Input((self.sequence_length,), dtype="int32", name="Input-Token")
+        segment_ids = keras.Input((self.sequence_length,), dtype="int32", name="Input-Segment")
         x = self.embed(token_ids, segment_ids)
         mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
@@ -325,10 +419,16 @@ class BERT(Transformer):
         outputs = []
         if self.with_pool:
             first = FirstToken(name="Pooler-First")(x)
-            self.pooler = keras.layers.Dense(self.hidden_size, activation="tanh",
-                                             kernel_initializer=self.initializer,
-                                             name="Pooler")
-            outputs.append(self.pooler(first))
+            self.pooler = keras.layers.Dense(
+                self.hidden_size, activation=head_activation("with_pool", self.with_pool),
+                kernel_initializer=self.initializer, name="Pooler")
+            pooled = self.pooler(first)
+            if self.with_nsp:
+                self.nsp = keras.layers.Dense(2, activation="softmax", dtype="float32",
+                                              kernel_initializer=self.initializer,
+                                              name="NSP-Proba")
+                pooled = self.nsp(pooled)
+            outputs.append(pooled)
         if self.with_mlm:
             outputs.append(OutputMask(self.pad_id, name="MLM-Output-Mask")(
                 [self.mlm_head(x), token_ids]))
@@ -350,8 +450,19 @@ class BERT(Transformer):
         if self.family.mlm_head == "transform":
             self.mlm_bias = OutputBias(name="MLM-Bias")
             x = self.mlm_bias(x)
-        activation = "linear" if self.with_mlm == "linear" else "softmax"
-        return keras.layers.Activation(activation, dtype="float32", name="MLM-Activation")(x)
+        return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
+                                       dtype="float32", name="MLM-Activation")(x)
+
+    def generate(self, token_ids, segment_ids=None, max_length=32, method="greedy",
+                 end_id=None, **kwargs):
+        """Continue right-padded prompts ``token_ids (batch, length)`` with a key/value cache
+        (``lm`` and ``unilm``; ``unilm`` prompts are segment 0 unless ``segment_ids`` say
+        otherwise, generated tokens segment 1). ``method``: ``greedy``, ``beam`` or
+        ``sample``; options as ``keraformer.generation.generate``. Returns int32
+        ``(batch, <= max_length)`` generated ids. See ``keraformer.models.decoding``."""
+        from keraformer.models.decoding import language_model_decoder
+        return language_model_decoder(self).generate(token_ids, segment_ids, max_length,
+                                                     method, end_id, **kwargs)
 
     # -- checkpoint names -----------------------------------------------------------------
     def embedding_mapping(self):
@@ -393,6 +504,9 @@ class BERT(Transformer):
         mapping = {}
         if self.with_pool:
             mapping.update(dense_names(f"{SCOPE}/pooler/dense/", self.pooler))
+        if self.with_nsp:
+            mapping["cls/seq_relationship/output_weights"] = self.nsp.kernel
+            mapping["cls/seq_relationship/output_bias"] = self.nsp.bias
         if self.with_mlm and self.family.mlm_head == "transform":
             mapping.update(dense_names("cls/predictions/transform/dense/", self.mlm_dense))
             mapping.update(norm_names("cls/predictions/transform/LayerNorm/", self.mlm_norm))
@@ -407,10 +521,22 @@ class BERT(Transformer):
         return mapping
 
     def to_keras(self, name, array):
-        if self.keep_tokens is not None and name.endswith(
-                ("embeddings/word_embeddings", "cls/predictions/output_bias")):
-            return array[self.keep_tokens]
+        if name.endswith(("embeddings/word_embeddings", "cls/predictions/output_bias")):
+            return self.vocabulary.rows(array)
+        if name == "cls/seq_relationship/output_weights":
+            return array.T  # Google stores (2, hidden)
         return array
+
+    def to_checkpoint(self, name, array):
+        return array.T if name == "cls/seq_relationship/output_weights" else array
+
+    HEADS = {"with_pool": f"{SCOPE}/pooler/", "with_mlm": "cls/predictions/",
+             "with_nsp": "cls/seq_relationship/"}
+
+    def unused_allowed(self, name):
+        """A head the checkpoint holds and the user did not ask for (``HEADS``)."""
+        return any(name.startswith(prefix) and not getattr(self, option)
+                   for option, prefix in self.HEADS.items())
 
     # -- other checkpoint namings -----------------------------------------------------------
     def hf_position_offset(self):
@@ -425,6 +551,7 @@ class BERT(Transformer):
             return dict(arrays)
         if naming not in ("pytorch", "tf_h5"):
             return super().rename(arrays, naming)
+        check_tied_decoder(arrays)
         converted = (hf_to_google(key, array, naming == "pytorch")
                      for key, array in arrays.items()
                      if "embed_positions" not in key)  # transformers RoFormer's sinusoids
@@ -497,9 +624,25 @@ class OutputBias(keras.layers.Layer):
         return input_shape
 
 
+ROBERTA_LM_HEAD = (("lm_head.dense.", "cls.predictions.transform.dense."),
+                   ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+                   ("lm_head.decoder.", "cls.predictions.decoder."),
+                   ("lm_head.bias", "cls.predictions.bias"))
 HF_MODEL_PREFIXES = ("bert.", "roberta.", "roformer.", "electra.")
 HF_SUFFIXES = (("LayerNorm.weight", "LayerNorm/gamma"), ("LayerNorm.bias", "LayerNorm/beta"),
                ("LayerNorm.gamma", "LayerNorm/gamma"), ("LayerNorm.beta", "LayerNorm/beta"))
+
+
+def check_tied_decoder(arrays):
+    """Raise ``ValueError`` if a Hugging Face MLM decoder weight differs from the word
+    embeddings: the builders tie it, so an untied one would be dropped silently."""
+    words = [v for k, v in arrays.items() if k.endswith("word_embeddings.weight")]
+    for key, value in arrays.items():
+        if key.endswith(("predictions.decoder.weight", "lm_head.decoder.weight")) and words \
+                and not np.array_equal(np.asarray(value), np.asarray(words[0])):
+            raise ValueError(f"checkpoint tensor {key!r} is an MLM decoder not tied to the "
+                             f"word embeddings; keraformer's MLM head is tied, so it cannot "
+                             f"load it")
 
 
 def hf_to_google(key, array, transposed):
@@ -513,6 +656,9 @@ def hf_to_google(key, array, transposed):
         key = re.sub(r"^(?:.*?/)?tf_[a-z_]+/(?:mlm___|nsp___)?", "", key)
         key = re.sub(r"layer_\._(\d+)", r"layer.\1", key).replace("/", ".")
         key = re.sub(r"_embeddings\.(weight|embeddings)$", "_embeddings", key)
+    for old, new in ROBERTA_LM_HEAD:  # RoBERTa's MLM head is BERT's under other names
+        if key.startswith(old):
+            key = new + key[len(old):]
     if key.endswith(("position_ids", "decoder.weight", "decoder.bias")):
         return None, None  # buffers, and the MLM decoder tied to the word embeddings
     if key.startswith("cls.") or key.startswith(("predictions.", "seq_relationship.")):

@@ -11,7 +11,9 @@ A block offers its attention layer only what it asks for: the multi-head size (`
 ``attention_options``, and ``rotary``, ``entropy_scaling`` and ``attention_dropout_rate``
 when they are set (not ``None``/``False``/``0``). A layer that does not take an offered option
 cannot honour it, so the block raises a ``ValueError`` naming the option and the kind instead
-of building a model that silently computes something else.
+of building a model that silently computes something else; a layer refuses itself the
+combinations of arguments it takes but cannot honour together (``rotary`` with
+``LinearAttention(feature_map="softmax")``).
 """
 
 import inspect
@@ -60,8 +62,9 @@ def shown(value):
     return repr(value)
 
 
-def check_supported(kind, options):
-    """Raise ``ValueError`` for an entry of ``options`` that the ``kind`` layer does not take."""
+def check_supported(kind, options, names=None):
+    """Raise ``ValueError`` for an entry of ``options`` that the ``kind`` layer does not take;
+    ``names`` maps a constructor argument to the name the caller knows it by."""
     cls = attention_class(kind)
     parameters = inspect.signature(cls.__init__).parameters
     for name, value in options.items():
@@ -69,7 +72,7 @@ def check_supported(kind, options):
             continue
         reason = REFUSALS.get((kind, name), f"{cls.__name__} takes no `{name}`")
         raise ValueError(f"attention={kind!r} does not support "
-                         f"{BLOCK_NAMES.get(name, name)}={shown(value)}: {reason}")
+                         f"{(names or {}).get(name, name)}={shown(value)}: {reason}")
 
 
 def build_attention(kind, options, name, dtype):
@@ -140,7 +143,8 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_kind = attention
         self.attention_options = dict(attention_options or {})
         self.use_feedforward = feedforward
-        check_supported(attention, self.attention_arguments())
+        check_supported(attention, self.attention_arguments(),
+                        {k: v for k, v in BLOCK_NAMES.items() if k not in self.attention_options})
 
     def attention_arguments(self):
         """Constructor arguments offered to the attention layer: its size, ``use_bias``,

@@ -5,6 +5,7 @@ only when asked for. Loading goes through ``keraformer.models.loading`` (detect,
 rename, assign).
 """
 
+import difflib
 import importlib
 import json
 import os
@@ -21,11 +22,45 @@ MODELS = {
     "t5.1.1": "keraformer.models.t5:T5v11",
     "mt5": "keraformer.models.t5:MT5",
 }
+ALIASES = {"t5.1.0": "t5", "mt5.1.1": "mt5"}  # bert4keras' names
+# bert4keras 0.11.5 build_transformer_model keywords that keraformer does not take, and why;
+# every other bert4keras keyword is an option or config key of the builders (see the
+# migration guide).
+REFUSED = {
+    "residual_attention_scores": "RealFormer's residual attention scores are not implemented",
+    "ignore_invalid_weights": "a checkpoint variable that is missing or does not fit is "
+                              "always an error (strict=False only tolerates unused tensors)",
+    "autoresize_weights": "weights are never resized to fit; build with the checkpoint's "
+                          "config",
+    "layers": "builders do not share layers through a dict; reuse builder.model's layers",
+    "prefix": "layer names are unique per Keras 3 model, so two builders coexist without a "
+              "prefix",
+    "custom_position_ids": "positions are always 0..length-1",
+    "shared_segment_embeddings": "segment embeddings are never shared with the tokens",
+    "attention_caches": "cached decoding is builder.generate(...)",
+    "layer_norm_cond": "conditional layer normalisation is not implemented",
+    "layer_norm_cond_hidden_size": "conditional layer normalisation is not implemented",
+    "layer_norm_cond_hidden_act": "conditional layer normalisation is not implemented",
+    "additional_input_layers": "add inputs around builder.model with the Keras functional API",
+    "version": "the T5 version is the model name: model='t5', 't5.1.1' or 'mt5'",
+}
+UNSUPPORTED_MODELS = {
+    "albert": "ALBERT", "albert_unshared": "ALBERT", "nezha": "NEZHA", "electra": "ELECTRA",
+    "gpt": "GPT", "gpt2": "GPT-2", "gpt2_ml": "GPT2-ML"}
 HF_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "roformer": "roformer", "mt5": "mt5"}
 
 
 def builder_class(model):
-    """The builder class registered under ``model``."""
+    """The builder class registered under ``model`` (or a bert4keras alias of it)."""
+    model = ALIASES.get(model, model)
+    if isinstance(model, str) and model.endswith(("_encoder", "_decoder")):
+        raise ValueError(f"`model={model!r}` (bert4keras' separate T5 halves) is not a "
+                         f"keraformer model: build {model.rsplit('_', 1)[0]!r} with "
+                         f"return_keras_model=False and use builder.encoder / "
+                         f"builder.decoder")
+    if model in UNSUPPORTED_MODELS:
+        raise ValueError(f"`model={model!r}`: keraformer has no {UNSUPPORTED_MODELS[model]} "
+                         f"builder; supported models are {sorted(MODELS)}")
     if model not in MODELS:
         raise ValueError(f"`model` must be one of {sorted(MODELS)}; received {model!r}")
     module, name = MODELS[model].split(":")
@@ -47,16 +82,37 @@ def read_config(config_path=None, **overrides):
     return config
 
 
+FRONT_DOOR = ("config_path", "checkpoint_path", "model", "application", "return_keras_model",
+              "strict", "revision")
+
+
 def split_options(cls, kwargs):
-    """Keyword arguments the builder takes, and the rest (config overrides). An option of
-    another builder that this one lacks (e.g. ``attention`` for BERT) is an error, not a
-    config key that nothing reads."""
-    accepted = cls.option_names()
-    foreign = set().union(*(builder_class(m).option_names() for m in MODELS)) - accepted
+    """The builder options in ``kwargs`` and the rest (config overrides). A keyword that is
+    neither an option of this builder nor a config key it reads is refused by name: an
+    option of another builder (``attention`` for BERT) says so, an unknown one
+    (``hidden_szie``) gets the closest valid name."""
+    refused = sorted(k for k in kwargs if k in REFUSED)
+    if refused:
+        raise ValueError(f"`{refused[0]}` (a bert4keras option) is not supported: "
+                         f"{REFUSED[refused[0]]}")
+    accepted, keys = cls.option_names(), set(cls.CONFIG_KEYS)
+    others = [builder_class(m) for m in MODELS]
+    foreign = set().union(*(other.option_names() for other in others)) - accepted - keys
     misplaced = sorted(k for k in kwargs if k in foreign)
     if misplaced:
         raise ValueError(f"{cls.__name__} does not take the option(s) {misplaced}; its "
                          f"options are {sorted(accepted)}")
+    foreign_keys = set().union(*(other.CONFIG_KEYS for other in others)) - keys - accepted
+    misplaced = sorted(k for k in kwargs if k in foreign_keys)
+    if misplaced:
+        raise ValueError(f"{cls.__name__} does not read the config key(s) {misplaced} (other "
+                         f"models' keys); the keys it reads are {sorted(keys)}")
+    for key in kwargs:
+        if key not in accepted and key not in keys:
+            valid = sorted(accepted | keys | set(FRONT_DOOR))
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"valid names: {valid}"
+            raise ValueError(f"unknown keyword `{key}` for {cls.__name__}; {hint}")
     options = {k: v for k, v in kwargs.items() if k in accepted}
     return options, {k: v for k, v in kwargs.items() if k not in accepted}
 
@@ -99,29 +155,61 @@ def model_of(config):
     return HF_MODEL_TYPES.get(model_type, model_type)
 
 
-def load_pretrained(path, model=None, return_keras_model=True, strict=True, **kwargs):
+def model_of_names(names, path):
+    """The ``MODELS`` name of a Google checkpoint judged from its variable names."""
+    names = set(names)
+    if "shared/embedding" in names:
+        if not any(name.endswith("DenseReluDense/wi_0/kernel") for name in names):
+            return "t5"
+        return "mt5" if any("/rms_norm/" in name for name in names) else "t5.1.1"
+    if any(name.startswith("GAU_alpha/") for name in names):
+        return "gau_alpha"
+    if "bert/embeddings/word_embeddings" in names:
+        if "bert/embeddings/position_embeddings" in names:
+            return "bert"  # RoBERTa's Google checkpoints are BERT's too
+        if "bert/embeddings/LayerNorm/gamma" in names:
+            return "roformer"
+        return "roformer_v2"
+    raise ValueError(f"cannot tell the model of the Google checkpoint in {path!r} from its "
+                     f"variable names (e.g. {sorted(names)[:5]}); pass model= (one of "
+                     f"{sorted(MODELS)})")
+
+
+def load_pretrained(path, model=None, return_keras_model=True, strict=True, revision=None,
+                    **kwargs):
     """Build and load the model saved in directory ``path``, detecting its format.
 
-    Google TF (``bert_config.json``/``config.json`` + ``*.ckpt.index``; pass ``model`` when it
-    is not BERT), Hugging Face (``config.json`` + ``model.safetensors``, sharded safetensors or
-    ``tf_model.h5``; the model follows ``model_type``) and keraformer's own ``save``
-    folders. ``kwargs`` go to :func:`build_transformer_model`.
+    Google TF (``bert_config.json``/``config.json`` + ``*.ckpt.index``; the model is judged
+    from the variable names unless ``model`` is given), Hugging Face (``config.json`` +
+    ``model.safetensors``, sharded safetensors or ``tf_model.h5``; the model follows
+    ``model_type``) and keraformer's own ``save`` folders. ``path`` may also be
+    ``"hf://org/model"`` (at ``revision``), fetched through ``huggingface_hub`` and its cache
+    (``HF_HUB_OFFLINE=1``: the cache only; see ``loading.hub_snapshot``). ``kwargs`` go to
+    :func:`build_transformer_model`.
     """
+    if isinstance(path, str) and path.startswith(loading.HUB_PREFIX):
+        path = loading.hub_snapshot(path, revision)
+    elif revision is not None:
+        raise ValueError(f"`revision` applies to hf:// names only; received revision="
+                         f"{revision!r} for the local path {path!r}")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"`path` {path!r} is not a directory")
     source = loading.detect(path)
     if source.config is None:
         raise ValueError(f"no config (config.json or bert_config.json) beside the "
                          f"{source.kind} weights in {path!r}")
-    config = read_config(source.config)
+    config, arrays = read_config(source.config), None
     if source.kind == "keraformer":
         model = config["model"]
         kwargs = {**config["options"], **kwargs}
         config = config["config"]
+    elif model is None and model_of(config) is None and source.kind == "google":
+        arrays = loading.read_arrays(source)  # read once, to tell the model and to load
+        model = model_of_names(arrays, path)
     else:
         model = model or model_of(config) or "bert"
     application = kwargs.pop("application", "encoder")
     builder = make_builder(model, config, application, kwargs)
     builder.build()
-    loading.load_weights(builder, source, strict=strict)
+    loading.load_weights(builder, source, strict=strict, arrays=arrays)
     return builder.model if return_keras_model else builder

@@ -22,13 +22,17 @@ from keras import ops
 
 from keraformer import checkpoints, generation
 from keraformer.attentions import MultiHeadAttention
-from keraformer.checks import check_positive_ints
+from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_positive_ints,
+                               check_positive_numbers, check_rates)
 from keraformer.embedding import Embedding
-from keraformer.feedforward import FeedForward
+from keraformer.feedforward import FeedForward, activation_by_name
 from keraformer.masks import AttentionMask, OutputMask, padding_mask
-from keraformer.models.base import Transformer
-from keraformer.normalization import rms_norm
+from keraformer.models import decoding
+from keraformer.models.base import Transformer, Vocabulary
+from keraformer.models.bert import head_activation
+from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
+from keraformer.positions.relative import relative_position_bucket
 
 
 def feed_forward_kind(proj):
@@ -38,6 +42,11 @@ def feed_forward_kind(proj):
         raise ValueError(f"`feed_forward_proj` must be 'ACT' or 'gated-ACT' (e.g. 'relu', "
                          f"'gated-gelu'); received {proj!r}")
     activation = "gelu_new" if proj == "gated-gelu" else parts[-1]
+    try:
+        activation_by_name(activation)
+    except (ValueError, TypeError):
+        raise ValueError(f"`feed_forward_proj` must name a Keras activation ('relu', "
+                         f"'gated-gelu'...); received {proj!r}") from None
     return activation, len(parts) == 2
 
 
@@ -51,7 +60,9 @@ class T5Block(keras.layers.Layer):
     ``position_bias (1, heads, length, length)``, boolean masks broadcasting to ``(batch,
     heads, q_len, k_len)`` and, for decoder blocks, the encoder output ``context (batch,
     src_len, d_model)`` with its key mask ``context_mask``. Returns ``(batch, length,
-    d_model)``. ``step`` is the cached single-position form for decoding.
+    d_model)``. ``context_bias`` is an optional position bias of the cross-attention
+    (bert4keras' ``cross_position_bias``). ``step`` is the cached single-position form for
+    decoding.
 
     Args:
         heads: number of attention heads.
@@ -101,43 +112,65 @@ class T5Block(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def call(self, x, position_bias, attention_mask=None, causal=False, context=None,
-             context_mask=None, training=None):
+             context_mask=None, context_bias=None, training=None):
         h = self.self_attention_norm(x)
         h = self.self_attention(h, mask=attention_mask, bias=position_bias, causal=causal,
                                 training=training)
         x = x + self.dropout(h, training=training)
         if self.has_cross_attention:
             h = self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask,
-                                     training=training)
+                                     bias=context_bias, training=training)
             x = x + self.dropout(h, training=training)
         h = self.feedforward(self.feedforward_norm(x), training=training)
         return x + self.dropout(h, training=training)
 
     def context_key_value(self, context):
-        """Cross-attention keys and values of the encoder output, computed once per input."""
-        return self.cross_attention.project_key_value(context, context)
+        """Cross-attention keys and values ``(batch, src_len, heads, d_kv)`` of the encoder
+        output, computed once per source and shared by all its beams."""
+        return decoding.project_key_value(self.cross_attention, context)
 
-    def step(self, x, position_bias, cache, index, key_mask, context_mask):
-        """Decode positions ``index..index+len-1`` of ``x (batch, len, d_model)``.
+    def cross_and_feedforward(self, x, cache, context_mask, context_bias=None):
+        """The cached cross-attention and feed-forward residuals of a decoding step
+        (``context_bias``: bert4keras' decoder position bias over the source, or None)."""
+        h = self.cross_attention_norm(x)
+        q = decoding.split_heads(self.cross_attention.query_dense(h), self.heads)
+        out = decoding.attend(q, [(cache["context_key"], cache["context_value"], context_mask,
+                                   context_bias)], decoding.logit_scale(self.cross_attention))
+        x = x + self.cross_attention.output_dense(out)
+        return x + self.feedforward(self.feedforward_norm(x))
 
-        ``cache`` holds ``key``/``value`` ``(batch, max_len, heads, head_size)`` of this
-        layer's self-attention (written at ``index``) and the cross-attention
-        ``context_key``/``context_value``; ``key_mask`` marks the valid cached keys. Returns the
-        output and the updated cache.
+    def start(self, x, position_bias, cache, context_mask, context_bias=None):
+        """Decode the start token ``x (batch, 1, d_model)``; its keys and values become the
+        cache's shared ``prompt_key``/``prompt_value``."""
+        h = self.self_attention_norm(x)
+        q, k, v = decoding.project(self.self_attention, h)
+        out = decoding.attend(q, [(k, v, None, position_bias)],
+                              decoding.logit_scale(self.self_attention))
+        x = x + self.self_attention.output_dense(out)
+        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
+                {**cache, "prompt_key": k, "prompt_value": v})
+
+    def step(self, x, position_biases, cache, index, generated_mask, context_mask,
+             context_bias=None):
+        """Decode the tokens of step ``index`` of every beam, ``x (batch, beams, d_model)``.
+
+        ``cache`` holds this layer's ``prompt_key``/``prompt_value`` (the start token),
+        ``key``/``value`` ``(batch, beams, max_length, heads, d_kv)`` (written at
+        ``index``) and the cross-attention ``context_key``/``context_value``;
+        ``position_biases`` are the relative biases of both key blocks. Returns the output
+        and the updated cache (see ``keraformer.models.decoding``).
         """
         h = self.self_attention_norm(x)
-        q = self.self_attention.project_query(h)
-        k, v = self.self_attention.project_key_value(h, h)
-        keys = ops.slice_update(cache["key"], (0, index, 0, 0), ops.cast(k, cache["key"].dtype))
-        values = ops.slice_update(cache["value"], (0, index, 0, 0),
-                                  ops.cast(v, cache["value"].dtype))
-        x = x + self.self_attention.attend(q, keys, values, mask=key_mask, bias=position_bias)
-        h = self.cross_attention_norm(x)
-        q = self.cross_attention.project_query(h)
-        x = x + self.cross_attention.attend(q, cache["context_key"], cache["context_value"],
-                                            mask=context_mask)
-        x = x + self.feedforward(self.feedforward_norm(x))
-        return x, {**cache, "key": keys, "value": values}
+        q, k, v = decoding.project(self.self_attention, h)
+        keys = decoding.write(cache["key"], k, index)
+        values = decoding.write(cache["value"], v, index)
+        blocks = [(cache["prompt_key"], cache["prompt_value"], None, position_biases[0]),
+                  (decoding.flatten_beams(keys), decoding.flatten_beams(values), generated_mask,
+                   position_biases[1])]
+        out = decoding.attend(q, blocks, decoding.logit_scale(self.self_attention))
+        x = x + self.self_attention.output_dense(out)
+        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
+                {**cache, "key": keys, "value": values})
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape
@@ -150,6 +183,47 @@ class T5Block(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
+# bert4keras' T5 config keys (BERT's names) and Hugging Face's
+BERT4KERAS_KEYS = {"hidden_size": "d_model", "num_hidden_layers": "num_layers",
+                   "num_attention_heads": "num_heads", "attention_head_size": "d_kv",
+                   "intermediate_size": "d_ff", "hidden_dropout_prob": "dropout_rate"}
+
+
+def hf_t5_config(config):
+    """``config`` with bert4keras-style T5 keys (``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``attention_head_size``, ``intermediate_size``,
+    ``hidden_dropout_prob``, ``hidden_act``: ``"relu"`` or ``["gelu", "linear"]`` for the
+    gated form) turned into Hugging Face's; a key given both ways must agree."""
+    config = dict(config)
+    bert4keras = any(key in config for key in BERT4KERAS_KEYS)
+    for old, new in BERT4KERAS_KEYS.items():
+        if old in config:
+            value = config.pop(old)
+            if new in config and config[new] != value:
+                raise ValueError(f"the config gives `{old}` = {value!r} and `{new}` = "
+                                 f"{config[new]!r}, which name the same setting")
+            config[new] = value
+    if "hidden_act" in config:
+        act = config.pop("hidden_act")
+        gated = isinstance(act, (list, tuple)) and len(act) == 2 and act[1] == "linear"
+        if not (isinstance(act, str) or gated):
+            raise ValueError(f"`hidden_act` must be an activation name or [name, 'linear'] "
+                             f"(a gated feed-forward); received {act!r}")
+        proj = f"gated-{act[0]}" if gated else act
+        if "feed_forward_proj" in config and config["feed_forward_proj"] != proj:
+            raise ValueError(f"the config gives `hidden_act` = {act!r} and "
+                             f"`feed_forward_proj` = {config['feed_forward_proj']!r}, which "
+                             f"name the same setting")
+        config["feed_forward_proj"] = proj
+    if config.pop("attention_scale", False) is not False:
+        raise ValueError("`attention_scale` must be False: T5 does not scale its attention "
+                         "logits")
+    if bert4keras and "d_kv" not in config and "d_model" in config and "num_heads" in config:
+        # bert4keras' attention_head_size defaults to hidden_size / num_attention_heads
+        config["d_kv"] = config["d_model"] // config["num_heads"]
+    return config
+
+
 class T5(Transformer):
     """T5 1.0 builder (ReLU feed-forward, tied and scaled output projection).
 
@@ -158,10 +232,37 @@ class T5(Transformer):
     ``relative_attention_max_distance``, ``feed_forward_proj``, ``layer_norm_epsilon``,
     ``tie_word_embeddings``, ``decoder_start_token_id``, ``eos_token_id``, ``pad_token_id``,
     ``dropout_rate``); ``feed_forward_proj`` and ``tie_word_embeddings`` default to the
-    version's values.
+    version's values. bert4keras' config keys (``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``attention_head_size``, ``intermediate_size``, ``hidden_act``)
+    are read too (see :func:`hf_t5_config`).
+
+    Args:
+        config: the config dict.
+        application: ``"encoder"`` or ``"seq2seq"`` (the same model: both stacks).
+        dropout_rate: overrides the config's ``dropout_rate``.
+        name: the Keras model's name.
+        with_lm: ``builder.model``'s output: ``True`` probabilities, an activation name
+            (``"linear"``: logits), ``False`` the final decoder states.
+        keep_tokens: checkpoint vocabulary rows to keep (shared embedding rows and output
+            projection columns).
+        compound_tokens: new rows, each the (weighted) mean of kept rows.
+        sequence_length: a fixed input length (``None``: any).
+        bert4keras_scaling: scale the decoder output by ``d_model^-0.5`` before an untied
+            projection too, as bert4keras does for T5.1.1 and mT5 (models fine-tuned there
+            depend on it); default ``False``: Google's and Hugging Face's numerics.
+        cross_position_bias: add the decoder's relative position bias to the
+            cross-attention logits too, as bert4keras does by default (``True`` there);
+            default ``False``: Google's and Hugging Face's numerics.
     """
 
     APPLICATIONS = ("encoder", "seq2seq")
+    CONFIG_KEYS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
+                   "num_heads", "relative_attention_num_buckets",
+                   "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
+                   "dropout_rate", "tie_word_embeddings", "scale_decoder_outputs",
+                   "decoder_start_token_id", "eos_token_id", "pad_token_id",
+                   "initializer_factor", "model_type", *BERT4KERAS_KEYS, "hidden_act",
+                   "attention_scale")
     model_name = version = "t5"
     default_feed_forward = "relu"
     default_tied = True
@@ -171,14 +272,31 @@ class T5(Transformer):
     @classmethod
     def option_names(cls):
         """The keyword options this builder takes (other keywords are config keys)."""
-        return {"dropout_rate", "name"}
+        return {"dropout_rate", "name", "with_lm", "keep_tokens", "compound_tokens",
+                "sequence_length", "bert4keras_scaling", "cross_position_bias"}
 
-    def __init__(self, config, application="encoder", dropout_rate=None, name=None):
-        super().__init__(config, application, dropout_rate=dropout_rate, name=name)
+    def __init__(self, config, application="encoder", dropout_rate=None, name=None,
+                 with_lm=True, keep_tokens=None, compound_tokens=None, sequence_length=None,
+                 bert4keras_scaling=False, cross_position_bias=False):
+        super().__init__(hf_t5_config(config), application, dropout_rate=dropout_rate,
+                         name=name, with_lm=with_lm, keep_tokens=keep_tokens,
+                         compound_tokens=compound_tokens, sequence_length=sequence_length,
+                         bert4keras_scaling=bert4keras_scaling,
+                         cross_position_bias=cross_position_bias)
+        if with_lm is not False:
+            head_activation("with_lm", with_lm)  # True, False or an activation name
+        check_bools(bert4keras_scaling=bert4keras_scaling,
+                    cross_position_bias=cross_position_bias)
+        self.cross_position_bias = cross_position_bias
+        if sequence_length is not None:
+            check_positive_ints(sequence_length=sequence_length)
+        self.with_lm, self.sequence_length = with_lm, sequence_length
         (self.vocab_size, self.d_model, self.head_size, self.d_ff, self.num_layers,
          self.heads) = self.require("vocab_size", "d_model", "d_kv", "d_ff", "num_layers",
                                     "num_heads")
-        self.num_decoder_layers = self.config.get("num_decoder_layers") or self.num_layers
+        self.num_decoder_layers = self.config.get("num_decoder_layers")
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
         self.num_buckets = self.config.get("relative_attention_num_buckets", 32)
         self.max_distance = self.config.get("relative_attention_max_distance", 128)
         check_positive_ints(vocab_size=self.vocab_size, d_model=self.d_model,
@@ -197,16 +315,35 @@ class T5(Transformer):
         self.feed_forward_proj = self.config.get("feed_forward_proj", self.default_feed_forward)
         self.activation, self.glu = feed_forward_kind(self.feed_forward_proj)
         self.tied = self.output_tied()
+        # bert4keras scales the decoder output by d_model^-0.5 in every version
+        self.scale_output = self.tied or bert4keras_scaling
         self.epsilon = self.config.get("layer_norm_epsilon", 1e-6)
-        self.dropout_rate = (self.config.get("dropout_rate", 0.1) if dropout_rate is None
-                             else dropout_rate)
-        self.pad_id = self.config.get("pad_token_id", 0) or 0
-        self.start_id = self.config.get("decoder_start_token_id", 0) or 0
-        eos = self.config.get("eos_token_id", 1)
-        self.end_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.dropout_rate = self.config.get("dropout_rate", 0.1)
+        if dropout_rate is not None:
+            self.dropout_rate = dropout_rate
+        check_rates(dropout_rate=self.dropout_rate)
+        factor = self.config.get("initializer_factor", 1.0)
+        check_positive_numbers(layer_norm_epsilon=self.epsilon, initializer_factor=factor)
+        self.pad_id = self.special_id("pad_token_id", 0)
+        self.start_id = self.special_id("decoder_start_token_id", 0)
+        self.end_id = self.special_id("eos_token_id", 1)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string; received {name!r}")
         self.name = name or self.version.replace(".", "_")
-        self.initializer = keras.initializers.RandomNormal(
-            stddev=self.config.get("initializer_factor", 1.0) * 0.05)
+        self.initializer = keras.initializers.RandomNormal(stddev=factor * 0.05)
+        self.vocabulary = Vocabulary(self.vocab_size, keep_tokens, compound_tokens)
+        self.keep_tokens = self.vocabulary.keep_tokens
+        self.vocab_size = self.vocabulary.size
+
+    def special_id(self, key, default):
+        """The config's special token id ``key`` (the first of a list; ``None``: ``default``),
+        checked to lie inside the vocabulary."""
+        value = self.config.get(key, default)
+        if isinstance(value, (list, tuple)) and value:
+            value = value[0]
+        value = default if value is None else value
+        check_ids_in_vocabulary(self.vocab_size, **{key: value})
+        return value
 
     def output_tied(self):
         """Whether logits use the shared embedding scaled by ``d_model^-0.5`` (T5 1.0).
@@ -214,10 +351,14 @@ class T5(Transformer):
         transformers 5 writes ``scale_decoder_outputs`` (and always ``tie_word_embeddings:
         true``); older configs say ``tie_word_embeddings: false`` for T5.1.1.
         """
-        scale = self.config.get("scale_decoder_outputs")
+        key = "scale_decoder_outputs"
+        scale = self.config.get(key)
         if scale is None and self.honours_tie_word_embeddings:
-            scale = self.config.get("tie_word_embeddings")
-        return self.default_tied if scale is None else bool(scale)
+            key, scale = "tie_word_embeddings", self.config.get("tie_word_embeddings")
+        if scale is None:
+            return self.default_tied
+        check_bools(**{key: scale})
+        return bool(scale)
 
     # -- layers ---------------------------------------------------------------------------
     def make_blocks(self, count, cross_attention, prefix):
@@ -241,10 +382,10 @@ class T5(Transformer):
         self.decoder_blocks = self.make_blocks(self.num_decoder_layers, True, "Decoder")
         self.encoder_norm = rms_norm(self.epsilon, name="Encoder-Output-Norm")
         self.decoder_norm = rms_norm(self.epsilon, name="Decoder-Output-Norm")
-        if self.tied:
+        if self.scale_output:
             self.output_scale = keras.layers.Rescaling(self.d_model ** -0.5,
                                                        name="Decoder-Output-Scale")
-        else:
+        if not self.tied:
             self.output_dense = keras.layers.Dense(self.vocab_size, use_bias=False,
                                                    kernel_initializer=self.initializer,
                                                    name="Decoder-Output-LM")
@@ -253,8 +394,9 @@ class T5(Transformer):
         self.output_softmax = keras.layers.Activation("softmax", dtype="float32",
                                                       name="Decoder-Output-Softmax")
         # three flat graphs over the same layers (a nested model would not reload from .keras)
-        encoder_ids = keras.Input((None,), dtype="int32", name="Encoder-Input-Token")
-        decoder_ids = keras.Input((None,), dtype="int32", name="Decoder-Input-Token")
+        length = (self.sequence_length,)
+        encoder_ids = keras.Input(length, dtype="int32", name="Encoder-Input-Token")
+        decoder_ids = keras.Input(length, dtype="int32", name="Decoder-Input-Token")
         context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
         self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
                                    name=f"{self.name}_encoder")
@@ -263,8 +405,9 @@ class T5(Transformer):
                                    name=f"{self.name}_decoder")
         # it takes an encoder output with a Keras mask; the source mask comes from the ids
         self.decoder.supports_masking = True
-        probs = self.decode(self.encode(encoder_ids), decoder_ids, encoder_ids)
-        self.model = keras.Model([encoder_ids, decoder_ids], probs, name=self.name)
+        outputs = self.decode(self.encode(encoder_ids), decoder_ids, encoder_ids,
+                              self.with_lm)
+        self.model = keras.Model([encoder_ids, decoder_ids], outputs, name=self.name)
         return self.model
 
     def encode(self, token_ids):
@@ -277,90 +420,194 @@ class T5(Transformer):
         x = self.dropout(self.encoder_norm(x))
         return OutputMask(self.pad_id)([x, token_ids])
 
-    def decode(self, context, token_ids, context_ids):
+    def decode(self, context, token_ids, context_ids, with_lm=True):
         """Decoder graph: encoder states, decoder ids ``(batch, tgt_len)`` and the source ids
-        ``(batch, src_len)`` (for the source padding mask) to probabilities."""
+        ``(batch, src_len)`` (for the source padding mask) to probabilities (``with_lm``:
+        ``True``; an activation name such as ``"linear"``; ``False``: the final states)."""
         context_mask = self.encoder_mask(context_ids)
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.decoder_bias(x, x)
+        # bert4keras adds the decoder's (causal-bucket) bias to the cross-attention too
+        context_bias = self.decoder_bias(x, context) if self.cross_position_bias else None
         for block in self.decoder_blocks:
-            x = block(x, bias, causal=True, context=context, context_mask=context_mask)
-        probs = self.output_softmax(self.logits(self.dropout(self.decoder_norm(x))))
-        return OutputMask(self.pad_id, keep_first=True)([probs, token_ids])
+            x = block(x, bias, causal=True, context=context, context_mask=context_mask,
+                      context_bias=context_bias)
+        x = self.dropout(self.decoder_norm(x))
+        if with_lm is True:
+            x = self.output_softmax(self.logits(x))
+        elif with_lm is False:
+            x = self.output_scale(x) if self.scale_output else x
+        else:
+            x = keras.layers.Activation(with_lm, dtype="float32",
+                                        name="Decoder-Output-Activation")(self.logits(x))
+        return OutputMask(self.pad_id, keep_first=True)([x, token_ids])
 
     def logits(self, x):
-        """Vocabulary logits of the final decoder states (tied and scaled, or untied)."""
+        """Vocabulary logits of the final decoder states: scaled by ``d_model^-0.5`` when
+        tied (or with ``bert4keras_scaling``), then the shared embedding or the output
+        projection."""
+        if self.scale_output:
+            x = self.output_scale(x)
         if self.tied:
-            return self.token_embedding(self.output_scale(x), reverse=True)
+            return self.token_embedding(x, reverse=True)
         return self.output_dense(x)
 
     # -- cached decoding ------------------------------------------------------------------
-    def initial_cache(self, encoder_output, max_length, token_ids):
-        """Decoding state for ``encoder_output (batch, src_len, d_model)`` of source
-        ``token_ids (batch, src_len)``: per decoder layer an empty self-attention cache
-        ``(batch, max_length, heads, d_kv)`` and the cross-attention keys/values, computed
-        once; plus the source padding mask."""
+    def initial_cache(self, encoder_output, context_mask, max_length, beams=1):
+        """Decoding state for ``encoder_output (batch, src_len, d_model)`` and its key mask
+        ``(batch, 1, 1, src_len)``: per decoder layer the cross-attention keys/values,
+        computed once per source (never per beam), and an empty self-attention cache
+        ``(batch, beams, max_length, heads, d_kv)``; with beams, the ``slots`` of
+        ``keraformer.models.decoding``."""
         encoder_output = ops.convert_to_tensor(encoder_output, self.decoder_norm.compute_dtype)
         batch = ops.shape(encoder_output)[0]
-        empty = ops.zeros((batch, max_length, self.heads, self.head_size),
-                          self.decoder_norm.compute_dtype)
         layers = []
         for block in self.decoder_blocks:
             k, v = block.context_key_value(encoder_output)
+            empty = ops.zeros((batch, beams, max_length, self.heads, self.head_size), k.dtype)
             layers.append({"key": empty, "value": empty, "context_key": k, "context_value": v})
-        # (batch, 1, 1, src_len) with the batch axis first so that beams can reorder it
-        return {"layers": layers, "context_mask": padding_mask(token_ids, self.pad_id)}
+        cache = {"layers": layers, "context_mask": context_mask}
+        if beams > 1:
+            cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
+        return cache
 
-    def decode_step(self, token_ids, index, cache):
-        """Log-probabilities ``(batch, vocab)`` of the token after ``token_ids (batch, 1)``
-        placed at position ``index``, and the updated cache (see ``initial_cache``)."""
-        x = self.token_embedding(token_ids)
-        max_length = ops.shape(cache["layers"][0]["key"])[1]
-        keys = ops.zeros((1, max_length, 1))
-        bias = self.decoder_bias(x, keys, offset=index)
-        key_mask = (ops.arange(max_length) <= index)[None, None, None, :]
+    def decoder_position_bias(self, query_position, key_positions):
+        """Relative bias ``(1, heads, 1, keys)`` of one decoder query position."""
+        buckets = relative_position_bucket(key_positions - query_position, False,
+                                           self.num_buckets, self.max_distance)
+        table = ops.cast(self.decoder_bias.embeddings, self.decoder_bias.compute_dtype)
+        return ops.transpose(ops.take(table, buckets, axis=0))[None, :, None, :]
+
+    def cached_context_bias(self, query_position, cache):
+        """With ``cross_position_bias`` (bert4keras), the decoder's relative bias of one query
+        position over the source positions; else None."""
+        if not self.cross_position_bias:
+            return None
+        sources = ops.shape(cache["layers"][0]["context_key"])[1]
+        return self.decoder_position_bias(query_position, ops.arange(sources))
+
+    def decode_start(self, token_ids, max_length, beams=1):
+        """Encode source ``token_ids (batch, src_len)`` and decode the start token: the first
+        generated token's log-probabilities ``(batch, vocab)`` and the cache."""
+        encoder_output = self.encoder(token_ids)
+        cache = self.initial_cache(encoder_output, padding_mask(token_ids, self.pad_id),
+                                   max_length, beams)
+        start = ops.full((ops.shape(token_ids)[0], 1), self.start_id, "int32")
+        x = self.token_embedding(start)
+        bias = self.decoder_position_bias(0, ops.zeros((1,), "int32"))
         layers = []
-        for block, layer_cache in zip(self.decoder_blocks, cache["layers"]):
-            x, layer_cache = block.step(x, bias, layer_cache, index, key_mask,
-                                        cache["context_mask"])
-            layers.append(layer_cache)
+        for block, layer in zip(self.decoder_blocks, cache["layers"]):
+            x, layer = block.start(x, bias, layer, cache["context_mask"],
+                                   self.cached_context_bias(0, cache))
+            layers.append(layer)
         logits = ops.cast(self.logits(self.decoder_norm(x))[:, -1], "float32")
+        cache = {**cache, "layers": layers}
+        if not self.tied:
+            # the output kernel transposed to (vocab, d_model) once per call: XLA's CPU dot
+            # multiplies by it about twice as fast as by the (d_model, vocab) kernel
+            cache["output_kernel"] = ops.transpose(ops.cast(self.output_dense.kernel,
+                                                            self.output_dense.compute_dtype))
+        return ops.log_softmax(logits, axis=-1), cache
+
+    def decode_step(self, token_ids, index, cache, parents=None):
+        """The ``keraformer.generation`` step: log-probabilities ``(rows, vocab)`` of the token
+        after ``token_ids (rows, 1)``, generated at ``index`` (decoder position ``index + 1``),
+        and the updated cache; ``rows`` is ``batch · beams``."""
+        first = cache["layers"][0]
+        batch, beams, max_length = ops.shape(first["key"])[0], *first["key"].shape[1:3]
+        x = self.token_embedding(ops.reshape(token_ids, (batch, beams)))
+        cache = dict(cache)
+        slots = None
+        if parents is not None and beams > 1:
+            slots = cache["slots"] = decoding.follow_parents(cache["slots"], parents, index)
+        query = index + 1
+        biases = (self.decoder_position_bias(query, ops.zeros((1,), "int32")),
+                  ops.tile(self.decoder_position_bias(query, ops.arange(1, max_length + 1)),
+                           (1, 1, 1, beams)))
+        mask = decoding.generated_mask(index, max_length, slots)
+        context_bias = self.cached_context_bias(query, cache)
+        layers = []
+        for block, layer in zip(self.decoder_blocks, cache["layers"]):
+            x, layer = block.step(x, biases, layer, index, mask, cache["context_mask"],
+                                  context_bias)
+            layers.append(layer)
+        x = self.decoder_norm(x)
+        if "output_kernel" in cache:
+            logits = ops.einsum("bqd,vd->bqv", x, cache["output_kernel"])
+        else:
+            logits = self.logits(x)
+        logits = ops.reshape(ops.cast(logits, "float32"), (ops.shape(token_ids)[0], -1))
         return ops.log_softmax(logits, axis=-1), {**cache, "layers": layers}
 
-    def full_decode_step(self, encoder_output):
-        """A step function that recomputes the decoder over the whole prefix (no cache)."""
-        def step(token_ids, index, cache):
-            tokens = ops.slice_update(cache["tokens"], (0, index), token_ids)
-            probs = self.decoder([cache["context"], tokens[:, :index + 1],
-                                  cache["context_ids"]])
-            log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
-            return log_probs, {**cache, "tokens": tokens}
-        return step
+    def full_decode_start(self, token_ids, max_length, beams=1):
+        """Without a cache: first log-probabilities from the whole model, and a cache of
+        every row's source and decoder tokens for :meth:`full_decode_step`."""
+        batch = len(token_ids)
+        start = np.full((batch, 1), self.start_id, "int32")
+        probs = self.model([ops.convert_to_tensor(token_ids), ops.convert_to_tensor(start)])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        rows = np.repeat(token_ids, beams, axis=0)
+        tokens = np.full((len(rows), max_length + 1), self.start_id, "int32")
+        return log_probs, {"sources": ops.convert_to_tensor(rows),
+                           "tokens": ops.convert_to_tensor(tokens)}
 
-    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True,
-                 compile=True, **kwargs):
+    def full_decode_step(self, token_ids, index, cache, parents=None):
+        """A step that re-runs the whole model over the decoded prefix (no cache; eager)."""
+        tokens = cache["tokens"]
+        if parents is not None:
+            tokens = ops.take(tokens, parents, axis=0)
+        index = int(ops.convert_to_numpy(index))
+        tokens = ops.slice_update(tokens, (0, index + 1), token_ids)
+        probs = self.model([cache["sources"], tokens[:, :index + 2]])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        return log_probs, {**cache, "tokens": tokens}
+
+    def check_sources(self, token_ids):
+        ids = np.asarray(token_ids)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"`token_ids` must have shape (batch, src_len) with src_len >= 1; "
+                             f"received shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"`token_ids` must be integers; received dtype {ids.dtype}")
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            raise ValueError(f"`token_ids` must lie in [0, vocab_size={self.vocab_size}); "
+                             f"received {ids[bad][0]} at {tuple(np.argwhere(bad)[0])}")
+        return ids.astype("int32")
+
+    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True, **kwargs):
         """Decode a batch of source ``token_ids (batch, src_len)`` with
-        ``keraformer.generation.generate`` (``method``: ``greedy``, ``beam`` or ``sample``;
-        ``beam_size``, ``top_k``, ``top_p``, ``min_length``, ``seed``... in ``kwargs``).
-        Returns int32 ``(batch, ≤ max_length)`` generated ids (after the start token),
-        padded with ``pad_token_id`` after the end id."""
-        token_ids = ops.convert_to_tensor(np.asarray(token_ids, "int32"))
-        encoder_output = self.encoder(token_ids)
-        if use_cache:
-            step = self.decode_step
-            cache = self.initial_cache(encoder_output, max_length, token_ids)
-        else:
-            batch = ops.shape(encoder_output)[0]
-            step = self.full_decode_step(encoder_output)
-            cache = {"context": encoder_output, "context_ids": token_ids,
-                     "tokens": ops.zeros((batch, max_length), "int32")}
-        if compile and use_cache:
-            if getattr(self, "compiled_step", None) is None:  # trace once per builder
-                self.compiled_step = generation.compile_step(self.decode_step)
-            step = self.compiled_step
-        return generation.generate(step, cache, self.start_id, self.end_id,
-                                   max_length=max_length, method=method,
-                                   pad_id=self.pad_id, **kwargs)
+        ``keraformer.generation`` (``method``: ``greedy``, ``beam`` or ``sample``;
+        ``end_id`` (default: the config's ``eos_token_id``), ``beam_size``, ``top_k``,
+        ``top_p``, ``min_length``, ``seed``, ``loop``... in ``kwargs``). Returns int32
+        ``(batch, <= max_length)`` generated ids (after the start token), padded with
+        ``pad_token_id`` after the end id. ``use_cache=False`` re-runs the model on the
+        whole prefix every step (a reference; eager, host loop)."""
+        end_id = kwargs.pop("end_id", self.end_id)
+        kwargs.setdefault("pad_id", self.pad_id)
+        decoding.check_use_cache(use_cache, kwargs)
+        checked = generation.check_options(method, max_length, end_id, self.vocab_size,
+                                           **kwargs)
+        generation.check_token_id("decoder_start_token_id", self.start_id, self.vocab_size)
+        ids = self.check_sources(token_ids)
+        beams = checked["beam_size"] if method == "beam" else 1
+        if not use_cache:
+            if getattr(self, "uncached_generator", None) is None:
+                self.uncached_generator = generation.Generator(self.full_decode_step)
+            log_probs, cache = self.full_decode_start(ids, max_length, beams)
+            return self.uncached_generator(cache, log_probs, end_id, max_length, method,
+                                           self.vocab_size, **kwargs)
+        if getattr(self, "generator", None) is None:  # compiled loops, kept per builder
+            self.generator = generation.Generator(self.decode_step, self.model.weights)
+            self.starts = {}
+        key = (max_length, beams, checked["compile"])
+        if key not in self.starts:
+            start = lambda ids: self.decode_start(ids, max_length, beams)  # noqa: E731
+            self.starts[key] = (generation.compile_function(start, self.model.weights)
+                                if checked["compile"] else start)
+        log_probs, cache = self.starts[key](ops.convert_to_tensor(ids))
+        return self.generator(cache, log_probs, end_id, max_length, method, self.vocab_size,
+                              **kwargs)
 
     # -- checkpoint names -----------------------------------------------------------------
     def attention_mapping(self, prefix, attention):
@@ -404,16 +651,25 @@ class T5(Transformer):
                               ("decoder", self.decoder_blocks)):
             for i, block in enumerate(blocks):
                 mapping.update(self.block_mapping(stack, i, block))
-        if not self.tied:
+        if not self.tied and self.with_lm is not False:
             mapping["decoder/logits/kernel"] = self.output_dense.kernel
         return mapping
 
+    def unused_allowed(self, name):
+        """The untied output projection of a checkpoint when built with ``with_lm=False``."""
+        return name == "decoder/logits/kernel" and self.with_lm is False
+
     def to_keras(self, name, array):
+        if name == "shared/embedding":
+            return self.vocabulary.rows(array)
+        if name == "decoder/logits/kernel":  # (d_model, vocab)
+            return self.vocabulary.rows(array.T).T
+        return self.to_checkpoint(name, array)
+
+    def to_checkpoint(self, name, array):
         if name.endswith("relative_attention_bias"):
             return array.T  # Google stores (heads, buckets)
         return array
-
-    to_checkpoint = to_keras
 
     def check_checkpoint(self, arrays):
         """A hint when the checkpoint is of another T5 version."""
@@ -471,6 +727,11 @@ class T5(Transformer):
         ``T5ForConditionalGeneration`` / ``MT5ForConditionalGeneration`` (and ``T5Model``,
         ``T5EncoderModel``) load with the same outputs; returns it. Untied models write
         ``lm_head.weight``, which transformers 5 keeps (it warns that it does not tie it)."""
+        if self.scale_output and not self.tied or self.cross_position_bias:
+            option = "cross_position_bias" if self.cross_position_bias else "bert4keras_scaling"
+            raise ValueError(f"save_pretrained: `{option}=True` is bert4keras' numerics, which "
+                             f"transformers' T5 cannot express; use save_weights_as_checkpoint "
+                             f"or save instead")
         arrays = dict(google_to_hf(name, array, self.norm_name, self.final_norm_name)
                       for name, array in self.checkpoint_arrays().items())
         return checkpoints.write_hf_directory(directory, arrays, self.hf_config())

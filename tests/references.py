@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from keraformer import checkpoints
+
 
 # -- inputs -----------------------------------------------------------------------------------
 
@@ -223,6 +225,100 @@ def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
         reference = np.asarray(layer(x, **call))
         assert np.isfinite(out).all()
         np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())
+
+
+# -- builder checks ---------------------------------------------------------------------------
+
+def builder_outputs(model, tokens, segments):
+    return np.asarray(model([tokens, segments]))
+
+
+def assert_builder_padding_invariant(model, tokens, segments, extra, atol=1e-5):
+    """A BERT-family ``model([tokens, segments])`` ignores padding: appending ``extra``
+    padding positions (id 0) leaves the outputs at the real positions unchanged (``atol``)."""
+    short = builder_outputs(model, tokens, segments)
+    widths = ((0, 0), (0, extra))
+    long = builder_outputs(model, np.pad(tokens, widths), np.pad(segments, widths))
+    np.testing.assert_allclose(long[:, :tokens.shape[1]], short, atol=atol, rtol=0)
+
+
+def assert_builder_no_leak(model, tokens, segments, split, vocab, atol=1e-5, moved=1e-3):
+    """A causal (lm/unilm) ``model``: changing the tokens from ``split`` on leaves the outputs
+    before ``split`` unchanged (``atol``) and changes a later one (> ``moved``)."""
+    changed = tokens.copy()
+    changed[:, split:] = changed[:, split:] % (vocab - 1) + 1
+    a = builder_outputs(model, tokens, segments)
+    b = builder_outputs(model, changed, segments)
+    np.testing.assert_allclose(a[:, :split], b[:, :split], atol=atol, rtol=0)
+    assert np.abs(a[:, split:] - b[:, split:]).max() > moved
+
+
+def assert_checkpoint_round_trip(builder, arrays, folder):
+    """``builder`` maps exactly the names of the checkpoint ``arrays`` it was loaded from,
+    and ``save_weights_as_checkpoint`` writes them back bit for bit."""
+    assert set(builder.variable_mapping()) == set(arrays)
+    builder.save_weights_as_checkpoint(os.path.join(str(folder), "again.ckpt"))
+    saved = checkpoints.read_tf_checkpoint(str(folder))
+    assert set(saved) == set(arrays)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(saved[name], value)
+
+
+def segment_batch(seed, vocab, length=9):
+    """Token ids ``(2, length)`` in ``[1, vocab)``, the second row padded (id 0) from 6 on,
+    and segment ids (1 from position 4, 0 at padding)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, (2, length)).astype("int32")
+    tokens[1, 6:] = 0
+    segments = np.zeros_like(tokens)
+    segments[:, 4:] = 1
+    segments[1, 6:] = 0
+    return tokens, segments
+
+
+def google_directory(folder, arrays, config):
+    """Write ``arrays`` as a Google checkpoint ``model.ckpt`` and ``config`` as
+    ``bert_config.json`` into ``folder``; returns ``(arrays, folder)``."""
+    checkpoints.write_tf_checkpoint(arrays, os.path.join(str(folder), "model.ckpt"))
+    with open(os.path.join(str(folder), "bert_config.json"), "w") as f:
+        json.dump(config, f)
+    return arrays, folder
+
+
+def builders_per_application(folder, model, arrays, config):
+    """Write ``arrays`` and ``config`` as a Google directory in ``folder`` and return
+    ``(arrays, {application: builder})``, the builders of ``model`` loaded from it with MLM
+    logits, for encoder, lm and unilm."""
+    from keraformer.models import load_pretrained
+    google_directory(folder, arrays, config)
+    return arrays, {app: load_pretrained(str(folder), model=model, application=app,
+                                         with_mlm="linear", return_keras_model=False)
+                    for app in ("encoder", "lm", "unilm")}
+
+
+def assert_builder_matches(model, expected, tokens, segments, atol, rtol=0.0):
+    """``model([tokens, segments])`` equals the reference ``expected`` at the real positions
+    (token id != 0) within ``atol``/``rtol``."""
+    got, real = builder_outputs(model, tokens, segments), tokens != 0
+    np.testing.assert_allclose(got[real], expected[real], atol=atol, rtol=rtol)
+
+
+def numpy_rms_norm(x, eps=1e-12):
+    """Parameter-free RMS norm ``x / sqrt(mean(x²) + eps)`` over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def application_allowed(tokens, segments, application):
+    """``(batch, q, k)`` booleans of a builder ``application``: the key is not padding
+    (id 0), plus causal (``lm``) or UniLM (``unilm``: segment-0 keys, or causal)."""
+    n = tokens.shape[1]
+    keys = (tokens != 0)[:, None, :]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    if application == "lm":
+        return keys & (j <= i)[None]
+    if application == "unilm":
+        return keys & ((segments[:, None, :] == 0) | (j <= i)[None])
+    return np.broadcast_to(keys, (len(tokens), n, n))
 
 
 # -- bert4keras 0.11.5 -------------------------------------------------------------------------

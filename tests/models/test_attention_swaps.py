@@ -92,6 +92,8 @@ REFUSED = [
      "attention='vq' does not support attention_dropout_rate=0.1"),
     ("gau", {"entropy_scaling": True, "attention_options": {"units": 8}},
      "attention='gau' does not support entropy_scaling=True"),
+    ("linear", {"attention_options": {"dropout_rate": 0.1}},
+     "attention='linear' does not support dropout_rate=0.1"),
     ("linear", {"attention_options": {"codes": 16}},
      "attention='linear' does not support codes=16"),
     ("softmax", {"attention_options": {"feature_map": "elu"}},

@@ -186,6 +186,30 @@ def test_roberta_hf_directory(tmp_path):
     assert np.abs(out - ref.last_hidden_state.numpy())[real].max() < 1e-4
 
 
+def test_roberta_hf_mlm_head_matches_transformers(tmp_path):
+    """A Hugging Face RobertaForMaskedLM directory: ``lm_head.*`` feeds ``with_mlm``; logits
+    equal transformers' (1e-3) at real positions, padding id 1."""
+    config = transformers.RobertaConfig(**{**CONFIG, "max_position_embeddings": 66,
+                                           "type_vocab_size": 1, "pad_token_id": 1,
+                                           "layer_norm_eps": 1e-5})
+    torch.manual_seed(2)
+    hf = transformers.RobertaForMaskedLM(config).eval()
+    with torch.no_grad():  # head biases and norms away from their initial values
+        for name, p in hf.named_parameters():
+            if name.startswith("lm_head") and ("bias" in name or "layer_norm" in name):
+                p.add_(torch.randn_like(p) * 0.3)
+    hf.save_pretrained(str(tmp_path))
+    ids, _ = batch(seed=4)
+    ids = np.where(ids == 0, 1, ids + 1).astype("int32")
+    ids[ids >= CONFIG["vocab_size"]] = 5
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(ids != 1)).logits
+    model = load_pretrained(str(tmp_path), with_mlm="linear")
+    out = np.asarray(model([ids, np.zeros_like(ids)]))
+    real = ids != 1
+    assert np.abs(out - ref.numpy())[real].max() < 1e-3
+
+
 @pytest.fixture(scope="module")
 def random_bert():
     return build_transformer_model(model="bert", **CONFIG, return_keras_model=False,

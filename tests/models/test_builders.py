@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from keraformer.models import build_transformer_model
+from tests.references import assert_builder_no_leak, assert_builder_padding_invariant
 
 ENCODER_CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=24, type_vocab_size=2, attention_key_size=8,
@@ -255,3 +256,20 @@ def test_rnn_after_the_output_skips_padding():
         ids, segments = inputs[0][row:row + 1, :real], inputs[1][row:row + 1, :real]
         short = keras.ops.convert_to_numpy(rnn([ids, segments]))
         np.testing.assert_allclose(padded[row], short[0], rtol=0, atol=1e-5)
+
+
+# -- 7: padding and causality (BERT family) -------------------------------------------------
+ENCODER_SPECS = [spec for spec in SPECS if spec[1] is not None]
+
+
+@pytest.mark.parametrize("spec", ENCODER_SPECS, ids=spec_id)
+def test_padding_does_not_change_real_positions(spec):
+    (ids, segments), _ = batch(spec)
+    assert_builder_padding_invariant(reference(spec), ids[:1], segments[:1], extra=5)
+
+
+@pytest.mark.parametrize("spec", [s for s in ENCODER_SPECS if s[1] != "encoder"], ids=spec_id)
+def test_no_leak_from_future_positions(spec):
+    (ids, segments), _ = batch(spec)  # row 0: 8 real tokens, target segment from 4 on
+    assert_builder_no_leak(reference(spec), ids[:1], segments[:1], split=6,
+                           vocab=ENCODER_CONFIG["vocab_size"], moved=1e-6)  # saturated probs

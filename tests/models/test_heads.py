@@ -20,7 +20,7 @@ from keraformer.generation import viterbi_decode
 from keraformer.losses import global_pointer_crossentropy, multilabel_categorical_crossentropy
 from keraformer.models import (ConditionalRandomField, EfficientGlobalPointer, GlobalPointer,
                                build_transformer_model)
-from tests.references import run_bert4keras
+from tests.references import copy_layer, run_bert4keras
 
 RTOL = ATOL = 1e-5
 BATCH, LENGTH, HIDDEN, HEADS, HEAD_SIZE, LABELS = 2, 5, 6, 3, 4, 4
@@ -200,15 +200,20 @@ def tiny_bert():
         num_attention_heads=2, intermediate_size=16, max_position_embeddings=16)
 
 
-def test_crf_on_a_builder_output_ignores_padding():
+@pytest.mark.parametrize("mask_from", ["keras_mask", "explicit"])
+def test_crf_on_a_builder_output_ignores_padding(mask_from):
     """The same sentence alone and padded in a longer batch: equal CRF loss, accuracy and
-    Viterbi path (mask from the token ids, passed explicitly)."""
+    Viterbi path. The mask is the builder output's Keras mask (carried through Dense), or
+    passed explicitly from the token ids."""
     keras.utils.set_random_seed(0)
     bert = tiny_bert()
     token_ids, segment_ids = bert.inputs
     scores = keras.layers.Dense(LABELS)(bert.outputs[0])
     crf = ConditionalRandomField()
-    outputs = crf(scores, mask=ops.not_equal(token_ids, 0))
+    if mask_from == "keras_mask":
+        outputs = crf(scores)
+    else:
+        outputs = crf(scores, mask=ops.not_equal(token_ids, 0))
     model = keras.Model(bert.inputs, outputs)
     short = np.array([[2, 5, 7, 9, 3]])
     padded = np.array([[2, 5, 7, 9, 3, 0, 0, 0], [2, 4, 6, 8, 10, 12, 14, 3]])
@@ -308,6 +313,32 @@ def test_heads_round_trip_through_keras_files(tmp_path):
         assert loaded.get_layer(name).get_config() == config
     assert model.get_layer("gp").get_config()["tril_mask"] is False
     assert model.get_layer("crf").get_config()["lr_multiplier"] == 4
+
+
+@pytest.mark.parametrize("dtype", ["mixed_bfloat16", "mixed_float16"])
+def test_heads_under_mixed_precision(dtype):
+    """Half-precision outputs keep the -inf pattern and stay within 5e-2 of the float32 scale;
+    the losses are computed in float32 and stay finite."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 5, HIDDEN)).astype("float32")
+    labels = rng.integers(0, HIDDEN, size=(2, 5))
+    for layer in (GlobalPointer(HEADS, HEAD_SIZE), EfficientGlobalPointer(HEADS, HEAD_SIZE),
+                  ConditionalRandomField()):
+        layer.build(x.shape)
+        half = copy_layer(layer, x, dtype=dtype)
+        ours = np.asarray(ops.cast(half(x, mask=MASK), "float32"))
+        reference = np.asarray(layer(x, mask=MASK))
+        np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(reference))
+        finite = np.isfinite(reference)
+        np.testing.assert_allclose(ours[finite], reference[finite],
+                                   atol=5e-2 * np.abs(reference[finite]).max())
+        if isinstance(layer, ConditionalRandomField):
+            loss = np.asarray(half.sparse_loss(labels, half(x, mask=MASK)))
+            np.testing.assert_allclose(loss, layer.sparse_loss(labels, reference), rtol=5e-2)
+        else:
+            y_true = (rng.random(reference.shape) < 0.3).astype("float32")
+            loss = np.asarray(global_pointer_crossentropy(y_true, half(x, mask=MASK)))
+            assert loss.dtype == np.float32 and np.isfinite(loss).all()
 
 
 def test_bad_arguments_name_the_argument():

@@ -8,12 +8,14 @@ Hugging Face directory with ``model.safetensors`` beside ``tf_model.h5`` and
 options of another family are refused by name.
 """
 
+import json
 import os
 
 import h5py
 import numpy as np
 import pytest
 
+from keraformer.checkpoints import write_tf_checkpoint
 from keraformer.models import build_transformer_model, load_pretrained
 from keraformer.models.bert import BERT
 from keraformer.models.loading import detect
@@ -119,3 +121,28 @@ def test_option_of_another_family_is_refused(cls, option):
     (name,) = option
     with pytest.raises(ValueError, match=name):
         cls(CONFIG, **option)
+
+
+@pytest.mark.parametrize("model, cls", [("bert", "BERT"), ("roformer", "RoFormer"),
+                                        ("roformer_v2", "RoFormerV2"),
+                                        ("gau_alpha", "GAUAlpha"), ("t5", "T5"),
+                                        ("t5.1.1", "T5v11"), ("mt5", "MT5")])
+def test_google_directory_model_is_told_from_variable_names(model, cls, tmp_path):
+    t5 = model in ("t5", "t5.1.1", "mt5")
+    config = T5_CONFIG if t5 else CONFIG
+    builder = build_transformer_model(model=model, **config, return_keras_model=False)
+    builder.save_weights_as_checkpoint(str(tmp_path / "model.ckpt"))
+    (tmp_path / "bert_config.json").write_text(json.dumps(config))
+    again = load_pretrained(str(tmp_path), return_keras_model=False)
+    assert type(again).__name__ == cls
+    inputs = [IDS, IDS] if t5 else [IDS, np.zeros_like(IDS)]
+    np.testing.assert_array_equal(np.asarray(again.model(inputs)),
+                                  np.asarray(builder.model(inputs)))
+
+
+def test_google_directory_of_an_unknown_model_asks_for_model(tmp_path):
+    write_tf_checkpoint({"electra/embeddings/word_embeddings": np.zeros((3, 2), "float32")},
+                        str(tmp_path / "model.ckpt"))
+    (tmp_path / "bert_config.json").write_text(json.dumps(CONFIG))
+    with pytest.raises(ValueError, match="cannot tell the model.*pass model="):
+        load_pretrained(str(tmp_path))

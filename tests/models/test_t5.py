@@ -6,12 +6,15 @@ sources; greedy and 4-beam generation token-identical to ``generate`` (beam sett
 checkpoint names, exact round trip and the wrong-version error; a short ``model.fit``.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import keras
+from keraformer import generation
 from keraformer.models import build_transformer_model, load_pretrained
 
 CONFIG = dict(vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2,
@@ -147,6 +150,30 @@ def test_cache_and_no_cache_give_identical_tokens(pair):
         cached = builder.generate(ids, max_length=8, method=method, **kwargs)
         full = builder.generate(ids, max_length=8, method=method, use_cache=False, **kwargs)
         np.testing.assert_array_equal(cached, full)
+
+
+def test_beam_search_keeps_cross_attention_once_per_source(pair):
+    """During beam search every step sees the cross-attention keys/values with one row per
+    source (never repeated per beam) and the self-attention cache as (source, beam, ...);
+    the spied decoding gives the same tokens as ``generate``."""
+    _, _, builder = pair
+    ids, beams = sources(5, seed=6), 4
+    seen = []
+
+    def spy(token_ids, index, cache, parents):
+        layer = cache["layers"][0]
+        seen.append((token_ids.shape[0], layer["context_key"].shape[0],
+                     layer["context_value"].shape[0], tuple(layer["key"].shape[:2])))
+        return builder.decode_step(token_ids, index, cache, parents)
+
+    log_probs, cache = builder.decode_start(ids, 6, beams)
+    for loop in (dict(compile=False), dict(loop="device")):  # eager steps, and the trace
+        spied = generation.generate(spy, cache, log_probs, 1, max_length=6, method="beam",
+                                    beam_size=beams, vocab_size=CONFIG["vocab_size"],
+                                    variables=builder.model.weights, **loop)
+        np.testing.assert_array_equal(spied, builder.generate(ids, max_length=6,
+                                                              method="beam", beam_size=beams))
+    assert seen and all(row == (5 * beams, 5, 5, (5, beams)) for row in seen)
 
 
 def google_names(version):
@@ -299,3 +326,114 @@ def test_write_safetensors_round_trips(tmp_path):
         assert int.from_bytes(f.read(8), "little") % 8 == 0
     with pytest.raises(ValueError, match="'bad'.*complex64"):
         write_safetensors(str(tmp_path / "y.safetensors"), {"bad": np.zeros(2, "complex64")})
+
+
+def test_mt5_from_bert4keras_config_with_keep_tokens_equals_the_full_model(tmp_path):
+    """bert4keras' mT5 config keys (hidden_size, num_hidden_layers, num_attention_heads,
+    attention_head_size, intermediate_size, hidden_act ["gelu", "linear"]) and model name
+    ``mt5.1.1``; ``keep_tokens`` keeps shared-embedding rows and output-projection columns, so
+    the kept model's logits equal the full model's at the kept ids (1e-5)."""
+    hf = hf_model("mt5")
+    hf.save_pretrained(str(tmp_path / "hf"))
+    config = {"vocab_size": CONFIG["vocab_size"], "hidden_size": CONFIG["d_model"],
+              "num_hidden_layers": CONFIG["num_layers"], "num_attention_heads": CONFIG["num_heads"],
+              "attention_head_size": CONFIG["d_kv"], "intermediate_size": CONFIG["d_ff"],
+              "hidden_act": ["gelu", "linear"], "hidden_dropout_prob": 0.0,
+              "relative_attention_num_buckets": CONFIG["relative_attention_num_buckets"],
+              "relative_attention_max_distance": 20}
+    (tmp_path / "b4k.json").write_text(json.dumps(config))
+    keep = np.array([0, 1] + list(range(40, 20, -2)))  # pad/start 0 and end 1 keep their ids
+    kept = build_transformer_model(str(tmp_path / "b4k.json"), str(tmp_path / "hf"),
+                                   model="mt5.1.1", keep_tokens=keep, with_lm="linear")
+    full = load_pretrained(str(tmp_path / "hf"), with_lm="linear")
+    rng = np.random.default_rng(7)
+    enc = rng.integers(2, len(keep), (3, 6)).astype("int32")
+    enc[1, 4:] = 0
+    dec = rng.integers(2, len(keep), (3, 4)).astype("int32")
+    dec[:, 0] = 0
+    got = np.asarray(kept([enc, dec]))
+    want = np.asarray(full([keep[enc], keep[dec]]))[..., keep]
+    assert got.shape == (3, 4, len(keep))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    hf_logits = hf(input_ids=torch.tensor(keep[enc], dtype=torch.long),
+                   attention_mask=torch.tensor(enc != 0, dtype=torch.long),
+                   decoder_input_ids=torch.tensor(keep[dec], dtype=torch.long)).logits
+    np.testing.assert_allclose(got, hf_logits.detach().numpy()[..., keep], atol=1e-3, rtol=0)
+
+
+def test_bert4keras_scaling_scales_untied_logits():
+    """bert4keras multiplies the T5.1.1/mT5 decoder output by d_model^-0.5 before the untied
+    projection; ``bert4keras_scaling=True`` does too (default: Hugging Face's numerics)."""
+    plain = build_transformer_model(model="mt5", **CONFIG, with_lm="linear",
+                                    return_keras_model=False)
+    scaled = build_transformer_model(model="mt5", **CONFIG, with_lm="linear",
+                                     bert4keras_scaling=True, return_keras_model=False)
+    scaled.model.set_weights(plain.model.get_weights())
+    enc, dec = sources(2, 5), np.array([[0, 5, 6], [0, 7, 8]], "int32")
+    np.testing.assert_allclose(np.asarray(scaled.model([enc, dec])),
+                               np.asarray(plain.model([enc, dec])) * CONFIG["d_model"] ** -0.5,
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="bert4keras_scaling"):
+        scaled.save_pretrained("unused")
+
+
+BERT4KERAS_MT5 = """
+import json, sys
+import numpy as np
+from bert4keras.backend import set_gelu
+from bert4keras.models import build_transformer_model
+set_gelu("tanh")  # Google's and Hugging Face's gated-gelu is the tanh form
+inputs = json.load(open(sys.argv[1]))
+model = build_transformer_model(inputs["config"], inputs["checkpoint"], model="mt5.1.1",
+                                keep_tokens=inputs["keep"])
+probs = model.predict([np.array(inputs["enc"]), np.array(inputs["dec"])], verbose=0)
+json.dump({}, open(sys.argv[2], "w"))
+np.savez(sys.argv[3], probs=probs)
+"""
+
+
+def test_mt5_equals_bert4keras_with_its_numerics_and_keep_tokens(tmp_path):
+    """bert4keras 0.11.5 itself (subprocess) on a Google mT5 checkpoint, a bert4keras-style
+    config and ``keep_tokens``: keraformer with bert4keras' numerics
+    (``bert4keras_scaling=True``: d_model^-0.5 before the untied projection;
+    ``cross_position_bias=True``: the decoder's position bias in the cross-attention) gives
+    the same probabilities (1e-5); with the defaults (Hugging Face's numerics) they differ."""
+    from tests.references import run_bert4keras
+    config = {"vocab_size": 48, "hidden_size": 16, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "attention_head_size": 8, "intermediate_size": 24,
+              "hidden_act": ["gelu", "linear"], "hidden_dropout_prob": 0.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    source = build_transformer_model(str(tmp_path / "config.json"), model="mt5",
+                                     return_keras_model=False)
+    rng = np.random.default_rng(3)
+    source.model.set_weights([rng.normal(0, 0.5, w.shape) for w in source.model.get_weights()])
+    checkpoint = source.save_weights_as_checkpoint(str(tmp_path / "model.ckpt"))
+    keep = [0, 1] + list(range(47, 27, -1))
+    enc = rng.integers(2, len(keep), (3, 7)).astype("int32")
+    enc[1, 5:] = 0
+    dec = rng.integers(2, len(keep), (3, 5)).astype("int32")
+    dec[:, 0] = 0
+    _, arrays = run_bert4keras(BERT4KERAS_MT5, {
+        "config": str(tmp_path / "config.json"), "checkpoint": checkpoint, "keep": keep,
+        "enc": enc.tolist(), "dec": dec.tolist()}, tmp_path)
+    options = dict(model="mt5.1.1", keep_tokens=keep)
+    ours = build_transformer_model(str(tmp_path / "config.json"), checkpoint,
+                                   bert4keras_scaling=True, cross_position_bias=True, **options)
+    np.testing.assert_allclose(np.asarray(ours([enc, dec])), arrays["probs"], atol=1e-5,
+                               rtol=0)
+    plain = build_transformer_model(str(tmp_path / "config.json"), checkpoint, **options)
+    assert np.abs(np.asarray(plain([enc, dec])) - arrays["probs"]).max() > 1e-3
+
+
+def test_cross_position_bias_cached_decoding_equals_full_decoding():
+    """With bert4keras' cross-attention position bias the cached step (bias at the step's
+    offset) gives the tokens of recomputing the decoder over the whole prefix."""
+    builder = build_transformer_model(model="t5.1.1", **CONFIG, cross_position_bias=True,
+                                      return_keras_model=False)
+    rng = np.random.default_rng(8)
+    builder.model.set_weights([rng.normal(0, 0.5, w.shape) for w in builder.model.get_weights()])
+    ids = sources(6, seed=9)
+    cached = builder.generate(ids, max_length=8)
+    full = builder.generate(ids, max_length=8, use_cache=False)
+    np.testing.assert_array_equal(cached, full)
+    assert len(np.unique(cached)) > 2  # not a degenerate all-end output
