@@ -12,7 +12,11 @@ on a CPU). Configurations, each in its own process (peak resident memory is per 
 * ``recompute``: ``recompute=True`` (each block recomputed in the backward pass);
 * ``lora``: ``enable_lora(backbone, rank=8)`` on query/value, the rest of the backbone frozen;
 * ``accumulation``: ``AdamW(accumulation_steps=4)``, four micro-batches of a quarter batch;
-* ``all``: all four together.
+* ``all``: all four together;
+* ``all_bf16_weights``: the same with the frozen backbone built under the ``"bfloat16"``
+  policy: its weights, never updated, are stored in bfloat16 (the products are the same
+  bfloat16 ones as under ``mixed_bfloat16``); the adapters, the head and their optimizer
+  state stay float32.
 
 Each child builds its model, takes one step to trace it, then times ``--steps`` steps (a step
 is one batch: one ``train_on_batch``, or four of a quarter batch when accumulating) and reports
@@ -38,10 +42,12 @@ import sys
 import threading
 import time
 
-CONFIGS = ("keras_hub", "fp32", "bf16", "recompute", "lora", "accumulation", "all")
+CONFIGS = ("keras_hub", "fp32", "bf16", "recompute", "lora", "accumulation", "all",
+           "all_bf16_weights")
 MODES = {"fp32": set(), "bf16": {"bf16"}, "recompute": {"recompute"}, "lora": {"lora"},
          "accumulation": {"accumulation"},
-         "all": {"bf16", "recompute", "lora", "accumulation"}}
+         "all": {"bf16", "recompute", "lora", "accumulation"},
+         "all_bf16_weights": {"bf16", "recompute", "lora", "accumulation", "bf16_weights"}}
 GIB = 1024 ** 3
 
 
@@ -97,14 +103,17 @@ def keraformer_model(args, modes):
     from keraformer.optimizers import AdamW
 
     if "bf16" in modes:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        keras.mixed_precision.set_global_policy(
+            "bfloat16" if "bf16_weights" in modes else "mixed_bfloat16")
     encoder = build_transformer_model(
         model="bert", vocab_size=args.vocab, hidden_size=args.hidden,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=args.intermediate, max_position_embeddings=args.length,
         with_pool=True, recompute="recompute" in modes, dropout_rate=0.1)
     if "lora" in modes:
-        enable_lora(encoder, rank=8)
+        enable_lora(encoder, rank=8)  # float32 adapters on a bfloat16 base too
+    if "bf16" in modes:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     probs = keras.layers.Dense(2, activation="softmax", dtype="float32")(encoder.output)
     model = keras.Model(encoder.inputs, probs)
     steps = 4 if "accumulation" in modes else 1

@@ -19,6 +19,7 @@ import numbers
 import keras
 
 DEFAULT_TARGETS = ("query", "value")
+LOW_PRECISION = ("bfloat16", "float16")
 
 
 def dense_layers(model):
@@ -59,7 +60,11 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS, backbone=None)
     the attention projections are ``query``, ``key``, ``value`` and ``output`` (BERT,
     RoFormer, RoFormerV2 and T5's self- and cross-attention), GAU-α's are ``i_dense`` and
     ``o_dense``, feed-forward ``input_dense``, ``gate_dense`` and ``output_dense``. ``alpha``
-    (default ``rank``) scales the update by ``alpha / rank``.
+    (default ``rank``) scales the update by ``alpha / rank``. The adapters are float32 even
+    when the model was built under the ``"bfloat16"`` (or ``"float16"``) policy: the frozen
+    weights, never updated, then need no float32 copy (half the memory of
+    ``"mixed_bfloat16"``, the same bfloat16 products), while the adapters' updates keep
+    float32 precision.
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model; received {type(model).__name__}")
@@ -84,6 +89,10 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS, backbone=None)
         raise ValueError(f"LoRA is already enabled on {adapted[:3]}; enable_lora adds "
                          f"adapters once (reload the model or build it again to start over)")
     for layer in chosen:
+        policy = layer.dtype_policy
+        if policy.variable_dtype in LOW_PRECISION and policy.quantization_mode is None:
+            # a frozen half-precision base: its adapters still train in float32
+            layer.dtype_policy = f"mixed_{policy.variable_dtype}"
         layer.enable_lora(int(rank), lora_alpha=alpha)
     adapters = {id(v) for layer in chosen for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
     for layer in frozen:

@@ -97,6 +97,30 @@ def test_t5_fit_moves_only_adapters(version):
     check_only_adapters_and_head_moved(model, before, adapters, [])
 
 
+def test_bfloat16_base_trains_float32_adapters():
+    """A backbone built under the "bfloat16" policy (frozen weights stored in bfloat16) gets
+    float32 adapters; the head is built in float32."""
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy("bfloat16")
+    try:
+        encoder = build_transformer_model(model="bert", **ENCODER_CONFIG)
+        enable_lora(encoder, rank=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    head = keras.layers.Dense(2, activation="softmax", name="head")
+    pooled = keras.layers.GlobalAveragePooling1D()(encoder.output)
+    model = keras.Model(encoder.inputs, head(pooled))
+    adapters = lora_weights(model)
+    assert {v.dtype for v in adapters} == {"float32"}
+    frozen = [v for v in model.weights if not v.trainable]
+    assert frozen and {v.dtype for v in frozen} == {"bfloat16"}
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    ids = token_batch()
+    before = snapshot(model)
+    model.fit([ids, np.zeros_like(ids)], ids[:, 0] % 2, batch_size=4, epochs=1, verbose=0)
+    check_only_adapters_and_head_moved(model, before, adapters, head.weights)
+
+
 def randomize_adapters(model, seed=0):
     """Non-zero adapters (B starts at zero), so that a merge that forgot them shows."""
     rng = np.random.default_rng(seed)
