@@ -15,8 +15,9 @@ deterministic (greedy, beam). keraformer is timed with its on-device loop (one c
     python benchmarks/generation.py [--batches 1 8] [--new-tokens 64] [--source-length 48]
                                     [--repeats 3] [--threads 1] [--skip-keras-hub]
 
-``--threads`` (default 1) gives every library the same number of CPU threads; on a shared
-machine one thread each is the comparison that other processes disturb least.
+``--threads`` (default 1) pins the process to that many cores and gives every library that
+many threads; on a shared machine one core each is the comparison that other processes
+disturb least.
 """
 
 import argparse
@@ -175,10 +176,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for every library (0: each library's default)")
     args = parser.parse_args()
-    if args.threads:  # before the backends start
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
-                                   f"eigen={'true' if args.threads > 1 else 'false'} "
-                                   f"intra_op_parallelism_threads={args.threads}")
+    if args.threads:  # before the backends start: XLA's CPU runtime under JAX ignores
+        # thread flags, so the whole process is pinned to `threads` cores
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
 
     import keras
     import torch
@@ -213,8 +213,9 @@ def main():
             print(f"KerasHub T5 could not be loaded: {type(error).__name__}: {error}")
             hub = None
     print(f"backend {keras.backend.backend()}, torch threads {torch.get_num_threads()}, "
-          f"cores {os.cpu_count()}; {args.source_length} source tokens, {args.new_tokens} new "
-          f"tokens, best of {args.repeats}")
+          f"pinned to {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; "
+          f"{args.source_length} source tokens, {args.new_tokens} new tokens, best of "
+          f"{args.repeats}")
     header = (f"{'method':10s} {'batch':>5s} {'transformers':>12s} {'kf device':>10s} "
               f"{'kf host':>8s} {'KerasHub':>9s} {'kf/HF':>6s} {'kf/KH':>6s}  tokens")
     print(header)
