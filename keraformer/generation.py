@@ -80,6 +80,23 @@ def check_token_id(name, value, vocab_size):
     return check_integer(name, value, 0, maximum, what)
 
 
+def check_id_batch(token_ids, vocab_size, length_name):
+    """``token_ids`` as a NumPy int32 ``(batch, length)`` array of ids in the vocabulary, or a
+    ``ValueError``/``TypeError`` naming ``token_ids`` (``length_name``: what the length is,
+    e.g. ``src_len`` or ``prompt_length``)."""
+    ids = np.asarray(token_ids)
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"`token_ids` must have shape (batch, {length_name}) with "
+                         f"{length_name} >= 1; received shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"`token_ids` must be integers; received dtype {ids.dtype}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        raise ValueError(f"`token_ids` must lie in [0, vocab_size={vocab_size}); "
+                         f"received {ids[bad][0]} at {tuple(np.argwhere(bad)[0])}")
+    return ids.astype("int32")
+
+
 def check_options(method, max_length, end_id=None, vocab_size=None, **options):
     """Validate ``generate``'s arguments where they enter; returns the complete options.
 

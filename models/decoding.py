@@ -199,16 +199,7 @@ class LanguageModelDecoder:
     def check_inputs(self, token_ids, segment_ids, max_length):
         """Prompt ids (right-padded with the pad id), segments and lengths as NumPy."""
         builder = self.builder
-        ids = np.asarray(token_ids)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"`token_ids` must have shape (batch, prompt_length) with "
-                             f"prompt_length >= 1; received shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"`token_ids` must be integers; received dtype {ids.dtype}")
-        bad = (ids < 0) | (ids >= builder.vocab_size)
-        if bad.any():
-            raise ValueError(f"`token_ids` must lie in [0, vocab_size={builder.vocab_size}); "
-                             f"received {ids[bad][0]} at {tuple(np.argwhere(bad)[0])}")
+        ids = generation.check_id_batch(token_ids, builder.vocab_size, "prompt_length")
         real = ids != builder.pad_id
         lengths = real.sum(1)
         if (lengths == 0).any():

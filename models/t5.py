@@ -562,19 +562,6 @@ class T5(Transformer):
         log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
         return log_probs, {**cache, "tokens": tokens}
 
-    def check_sources(self, token_ids):
-        ids = np.asarray(token_ids)
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"`token_ids` must have shape (batch, src_len) with src_len >= 1; "
-                             f"received shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"`token_ids` must be integers; received dtype {ids.dtype}")
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bad.any():
-            raise ValueError(f"`token_ids` must lie in [0, vocab_size={self.vocab_size}); "
-                             f"received {ids[bad][0]} at {tuple(np.argwhere(bad)[0])}")
-        return ids.astype("int32")
-
     def generate(self, token_ids, max_length=32, method="greedy", use_cache=True, **kwargs):
         """Decode a batch of source ``token_ids (batch, src_len)`` with
         ``keraformer.generation`` (``method``: ``greedy``, ``beam`` or ``sample``;
@@ -589,7 +576,7 @@ class T5(Transformer):
         checked = generation.check_options(method, max_length, end_id, self.vocab_size,
                                            **kwargs)
         generation.check_token_id("decoder_start_token_id", self.start_id, self.vocab_size)
-        ids = self.check_sources(token_ids)
+        ids = generation.check_id_batch(token_ids, self.vocab_size, "src_len")
         beams = checked["beam_size"] if method == "beam" else 1
         if not use_cache:
             if getattr(self, "uncached_generator", None) is None:

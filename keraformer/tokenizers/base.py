@@ -25,6 +25,14 @@ class TokenizerBase:
     token_end = None
     token_translate = {}
 
+    def set_hooks(self, pre_tokenize, token_translate):
+        """Keep ``pre_tokenize`` (None or a function text -> words) and ``token_translate``."""
+        if pre_tokenize is not None and not callable(pre_tokenize):
+            raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
+                            f"received {type(pre_tokenize).__name__}")
+        self.pre_tokenize = pre_tokenize
+        self.set_token_translate(token_translate)
+
     def set_token_translate(self, token_translate):
         """Keep ``{token: replacement}``, applied to every token after splitting."""
         token_translate = {} if token_translate is None else token_translate

@@ -59,11 +59,7 @@ class SpTokenizer(TokenizerBase):
                     f"{os.fspath(model_path)!r}; pass a piece it holds or None (T5 and mT5: "
                     f"token_start=None, token_end='</s>')")
         self.token_start, self.token_end = token_start, token_end
-        if pre_tokenize is not None and not callable(pre_tokenize):
-            raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
-                            f"received {type(pre_tokenize).__name__}")
-        self.pre_tokenize = pre_tokenize
-        self.set_token_translate(token_translate)
+        self.set_hooks(pre_tokenize, token_translate)
 
     def has_token(self, token):
         """True when ``token`` is a piece of the model or a sentinel within ``extra_ids``."""

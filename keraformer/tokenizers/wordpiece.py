@@ -275,11 +275,7 @@ class Tokenizer(TokenizerBase):
                 raise ValueError(f"`{name}` {token!r} is not in the vocabulary of "
                                  f"`vocab_path`; pass a token it holds or None")
         self.token_start, self.token_end = token_start, token_end
-        if pre_tokenize is not None and not callable(pre_tokenize):
-            raise TypeError(f"`pre_tokenize` must be None or a function text -> words; "
-                            f"received {type(pre_tokenize).__name__}")
-        self.pre_tokenize = pre_tokenize
-        self.set_token_translate(token_translate)
+        self.set_hooks(pre_tokenize, token_translate)
 
     def __len__(self):
         return len(self.vocab)
