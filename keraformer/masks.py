@@ -24,6 +24,15 @@ def padding_mask(token_ids, pad_id=0):
     return keep[:, None, None, :]
 
 
+def real_tokens(token_ids, pad_id=0, keep_first=False):
+    """``(batch, length)`` bool, ``True`` where the id is not ``pad_id`` (``keep_first``:
+    position 0 counts as real whatever its id, as a decoder's start token)."""
+    keep = ops.not_equal(token_ids, pad_id)
+    if keep_first:
+        keep = ops.concatenate([ops.ones_like(keep[:, :1]), keep[:, 1:]], axis=1)
+    return keep
+
+
 def causal_mask(q_len, k_len=None, offset=0):
     """Lower-triangular ``(1, 1, q_len, k_len)`` mask: query ``i`` sees keys ``j <= i + offset``.
 
@@ -136,10 +145,7 @@ class OutputMask(keras.layers.Layer):
         return inputs[0]
 
     def compute_mask(self, inputs, previous_mask=None):
-        keep = ops.not_equal(inputs[1], self.pad_id)
-        if self.keep_first:
-            keep = ops.concatenate([ops.ones_like(keep[:, :1]), keep[:, 1:]], axis=1)
-        return keep
+        return real_tokens(inputs[1], self.pad_id, self.keep_first)
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor(inputs[0].shape, dtype=inputs[0].dtype)

@@ -7,9 +7,10 @@ feed-forward and an output projection tied to the shared embedding (decoder outp
 ``d_model^-0.5``); T5.1.1 and mT5 a gated-GELU feed-forward and an untied output projection.
 
 ``builder.encoder``: ``token_ids (batch, src_len)`` -> hidden states ``(batch, src_len,
-d_model)``. ``builder.decoder``: ``[encoder_output, decoder_token_ids, encoder_token_ids]`` ->
-next-token probabilities ``(batch, tgt_len, vocab)``; the source padding mask comes from
-``encoder_token_ids`` (id ``pad_token_id``, 0), never from the values of the states.
+d_model)``. ``builder.decoder`` (a :class:`ContextDecoder`): ``[encoder_output,
+decoder_token_ids]`` -> next-token probabilities ``(batch, tgt_len, vocab)``; give the source
+ids as a third input, ``[encoder_output, decoder_token_ids, encoder_token_ids]``, to mask the
+source padding (id ``pad_token_id``, 0). The mask never comes from the values of the states.
 ``builder.model``: ``[encoder_token_ids, decoder_token_ids]`` -> probabilities, trainable
 with ``model.fit`` (teacher forcing). Outputs carry the padding mask as a Keras mask (the
 decoder's position 0, the start token, counts as real although its id is the padding id).
@@ -26,7 +27,7 @@ from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_posit
                                check_positive_numbers, check_rates)
 from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward, activation_by_name
-from keraformer.masks import AttentionMask, OutputMask, padding_mask
+from keraformer.masks import AttentionMask, OutputMask, padding_mask, real_tokens
 from keraformer.models import decoding
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.bert import head_activation
@@ -224,6 +225,59 @@ def hf_t5_config(config):
     return config
 
 
+@keras.saving.register_keras_serializable(package="keraformer")
+class ContextDecoder(keras.Model):
+    """T5's decoder half as a model: ``[encoder_output, decoder_token_ids]`` or
+    ``[encoder_output, decoder_token_ids, encoder_token_ids]`` -> the decoder graph's output
+    ``(batch, tgt_len, vocab)``.
+
+    The source padding mask comes from ``encoder_token_ids`` (positions whose id is
+    ``pad_id``) when given. With two inputs it comes from the Keras mask that
+    ``encoder_output`` carries (``builder.encoder``'s output has one inside a Keras graph and
+    in eager TensorFlow); an output with no mask (a NumPy array, JAX) has every source position
+    attended to, as ``transformers`` does without ``encoder_attention_mask``. The mask is never
+    read from the values of the states, so a real state that is exactly zero still counts.
+
+    Args:
+        graph: the functional decoder ``[encoder_output, decoder_token_ids, source_real]``
+            (``source_real``: int32, 1 at real source positions, 0 at padding).
+        pad_id: the padding id of the source and decoder ids.
+    """
+
+    def __init__(self, graph, pad_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.graph, self.pad_id = graph, pad_id
+        # the graph takes the source mask as an input, not as the encoder output's Keras mask
+        self.supports_masking = graph.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise ValueError("builder.decoder takes [encoder_output, decoder_token_ids] or "
+                             "[encoder_output, decoder_token_ids, encoder_token_ids]; received "
+                             f"{type(inputs).__name__} of "
+                             f"{len(inputs) if isinstance(inputs, (list, tuple)) else 1} input(s)")
+        context, token_ids = inputs[0], inputs[1]
+        if len(inputs) == 3:
+            real = ops.not_equal(inputs[2], self.pad_id)
+        elif mask is not None and mask[0] is not None:
+            real = mask[0]
+        else:
+            real = ops.ones(ops.shape(context)[:2], "bool")
+        return self.graph([context, token_ids, ops.cast(real, "int32")])
+
+    def compute_mask(self, inputs, mask=None):
+        return real_tokens(inputs[1], self.pad_id, keep_first=True)
+
+    def get_config(self):
+        return {"graph": keras.saving.serialize_keras_object(self.graph),
+                "pad_id": self.pad_id, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        graph = keras.saving.deserialize_keras_object(config.pop("graph"))
+        return cls(graph, **config)
+
+
 class T5(Transformer):
     """T5 1.0 builder (ReLU feed-forward, tied and scaled output projection).
 
@@ -393,20 +447,21 @@ class T5(Transformer):
                                           name="Encoder-Attention-Mask")
         self.output_softmax = keras.layers.Activation("softmax", dtype="float32",
                                                       name="Decoder-Output-Softmax")
-        # three flat graphs over the same layers (a nested model would not reload from .keras)
+        # flat graphs over the same layers (a nested model would not reload from .keras)
         length = (self.sequence_length,)
         encoder_ids = keras.Input(length, dtype="int32", name="Encoder-Input-Token")
         decoder_ids = keras.Input(length, dtype="int32", name="Decoder-Input-Token")
         context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
+        context_real = keras.Input((None,), dtype="int32", name="Decoder-Input-Context-Real")
         self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
                                    name=f"{self.name}_encoder")
-        self.decoder = keras.Model([context, decoder_ids, encoder_ids],
-                                   self.decode(context, decoder_ids, encoder_ids),
-                                   name=f"{self.name}_decoder")
-        # it takes an encoder output with a Keras mask; the source mask comes from the ids
-        self.decoder.supports_masking = True
-        outputs = self.decode(self.encode(encoder_ids), decoder_ids, encoder_ids,
-                              self.with_lm)
+        real_mask = AttentionMask("padding", pad_id=0, name="Decoder-Context-Mask")
+        graph = keras.Model([context, decoder_ids, context_real],
+                            self.decode(context, decoder_ids, real_mask(context_real)),
+                            name=f"{self.name}_decoder_graph")
+        self.decoder = ContextDecoder(graph, pad_id=self.pad_id, name=f"{self.name}_decoder")
+        outputs = self.decode(self.encode(encoder_ids), decoder_ids,
+                              self.encoder_mask(encoder_ids), self.with_lm)
         self.model = keras.Model([encoder_ids, decoder_ids], outputs, name=self.name)
         return self.model
 
@@ -420,11 +475,10 @@ class T5(Transformer):
         x = self.dropout(self.encoder_norm(x))
         return OutputMask(self.pad_id)([x, token_ids])
 
-    def decode(self, context, token_ids, context_ids, with_lm=True):
-        """Decoder graph: encoder states, decoder ids ``(batch, tgt_len)`` and the source ids
-        ``(batch, src_len)`` (for the source padding mask) to probabilities (``with_lm``:
-        ``True``; an activation name such as ``"linear"``; ``False``: the final states)."""
-        context_mask = self.encoder_mask(context_ids)
+    def decode(self, context, token_ids, context_mask, with_lm=True):
+        """Decoder graph: encoder states, decoder ids ``(batch, tgt_len)`` and the source
+        padding mask ``(batch, 1, 1, src_len)`` to probabilities (``with_lm``: ``True``; an
+        activation name such as ``"linear"``; ``False``: the final states)."""
         x = self.dropout(self.token_embedding(token_ids))
         bias = self.decoder_bias(x, x)
         # bert4keras adds the decoder's (causal-bucket) bias to the cross-attention too

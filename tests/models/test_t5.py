@@ -124,6 +124,39 @@ def test_zero_encoder_state_is_still_attended_to(pair):
                                atol=1e-6, rtol=0)
 
 
+def test_two_input_decoder_keeps_the_contract(pair, tmp_path):
+    """``builder.decoder([encoder_output, decoder_token_ids])`` (DESIGN's contract): with no
+    mask anywhere every source state is attended to, as transformers without
+    ``encoder_attention_mask``; inside a Keras graph the encoder output's Keras mask hides the
+    padding, so the composed graph equals ``builder.model``. The decoder reloads from
+    ``.keras`` with identical outputs, and any other input count is refused."""
+    _, hf, builder = pair
+    enc = sources(4, 7, seed=8)
+    dec = np.random.default_rng(9).integers(2, CONFIG["vocab_size"], (4, 5)).astype("int32")
+    dec[:, 0] = 0
+    hidden = np.asarray(builder.encoder(enc))
+    with torch.no_grad():
+        out = hf(encoder_outputs=(torch.tensor(hidden),),
+                 decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+    unmasked = np.log(np.asarray(builder.decoder([hidden, dec])))
+    np.testing.assert_allclose(unmasked, torch.log_softmax(out.logits, -1).numpy(),
+                               atol=1e-3, rtol=0)
+    assert np.abs(unmasked - np.log(np.asarray(builder.decoder([hidden, dec, enc])))).max() > 1e-3
+    src = keras.Input((None,), dtype="int32")
+    tgt = keras.Input((None,), dtype="int32")
+    composed = keras.Model([src, tgt], builder.decoder([builder.encoder(src), tgt]))
+    np.testing.assert_allclose(np.asarray(composed([enc, dec])),
+                               np.asarray(builder.model([enc, dec])), atol=1e-6, rtol=0)
+    path = str(tmp_path / "decoder.keras")
+    builder.decoder.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(reloaded([hidden, dec, enc])),
+                               np.asarray(builder.decoder([hidden, dec, enc])), atol=1e-6, rtol=0)
+    for bad in ([hidden], [hidden, dec, enc, enc]):
+        with pytest.raises(ValueError, match=r"builder.decoder takes \[encoder_output"):
+            builder.decoder(bad)
+
+
 def test_greedy_generation_matches_transformers(pair):
     _, hf, builder = pair
     ids = sources()
