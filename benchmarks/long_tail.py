@@ -9,21 +9,15 @@ Run: python benchmarks/long_tail.py [path/to/sentiment.zip] [--epochs 6]
 import argparse
 import collections
 import os
-import zipfile
 
 import keras
 import numpy as np
 
+from keraformer.data import read_labelled_texts
 from keraformer.losses import LogitAdjustedLoss, adjust_logits
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment.zip")
 LENGTH, VOCAB = 128, 4000
-
-
-def read_split(archive, split):
-    name = next(n for n in archive.namelist() if n.endswith(f"sentiment.{split}.data"))
-    rows = [line.rsplit("\t", 1) for line in archive.read(name).decode("utf-8").splitlines()]
-    return [(text, int(label)) for text, label in rows if label.strip() in ("0", "1")]
 
 
 def encode(texts, index):
@@ -53,8 +47,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--ratio", type=int, default=20)
     args = parser.parse_args()
-    with zipfile.ZipFile(args.data) as archive:
-        train, test = read_split(archive, "train"), read_split(archive, "test")
+    train, test = read_labelled_texts(args.data, "train"), read_labelled_texts(args.data, "test")
     rng = np.random.default_rng(0)
     negatives = [r for r in train if r[1] == 0]
     positives = [r for r in train if r[1] == 1]
