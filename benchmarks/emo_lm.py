@@ -72,10 +72,12 @@ def repeated_ngram_share(model, prompts, steps=30, n=3):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("data", nargs="?", default=DEFAULT)
-    parser.add_argument("--texts", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", default=DEFAULT, help="the sentiment corpus zip")
+    parser.add_argument("--texts", type=int, default=1000,
+                        help="training texts (the first of the train split)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="pre-training epochs (each fine-tuning runs one)")
     args = parser.parse_args()
     train = [text for text, _ in read_labelled_texts(args.data, "train")][:args.texts]
     valid = [text for text, _ in read_labelled_texts(args.data, "valid")]

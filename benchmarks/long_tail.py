@@ -42,10 +42,11 @@ def classifier(seed):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("data", nargs="?", default=DEFAULT)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--ratio", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", default=DEFAULT, help="the sentiment corpus zip")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs per loss")
+    parser.add_argument("--ratio", type=int, default=20,
+                        help="negatives per positive kept in the training split")
     args = parser.parse_args()
     train, test = read_labelled_texts(args.data, "train"), read_labelled_texts(args.data, "test")
     rng = np.random.default_rng(0)

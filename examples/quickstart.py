@@ -86,10 +86,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="zip/folder of text<TAB>label files (default: embedded)")
     parser.add_argument("--checkpoint", help="pretrained BERT directory (Google or HF)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--maxlen", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--maxlen", type=int, default=32,
+                        help="tokens per text, [CLS] and [SEP] included; longer texts are cut")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="AdamW learning rate (default 2e-5 with --checkpoint, else 1e-3)")
     parser.add_argument("--layers", type=int, default=2, help="layers when training from scratch")
     parser.add_argument("--hidden", type=int, default=128, help="width when training from scratch")
     parser.add_argument("--seed", type=int, default=0)

@@ -135,9 +135,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data",
                                                        "sentiment.zip"))
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="characters per text; longer texts are truncated (and counted)")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=128, help="RoFormerV2 width")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch-tokens", type=int, default=4096,
                         help="padded tokens per batch (at most 32 texts)")
