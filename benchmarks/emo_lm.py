@@ -11,12 +11,12 @@ Scaled to minutes on 2 CPU cores: 2 layers, hidden 96, 48 characters per text, 1
 import argparse
 import collections
 import os
-import zipfile
 
 import keras
 import numpy as np
 
 from keraformer.attentions import MultiHeadAttention
+from keraformer.data import read_labelled_texts
 from keraformer.feedforward import FeedForward
 from keraformer.losses import EMOLoss
 from keraformer.normalization import LayerNormalization
@@ -24,11 +24,6 @@ from keraformer.normalization import LayerNormalization
 DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment.zip")
 LENGTH, VOCAB, HIDDEN = 48, 2000, 96
 BOS = 2
-
-
-def read_texts(archive, split):
-    name = next(n for n in archive.namelist() if n.endswith(f"sentiment.{split}.data"))
-    return [line.rsplit("\t", 1)[0] for line in archive.read(name).decode("utf-8").splitlines()]
 
 
 def encode(texts, index):
@@ -77,13 +72,15 @@ def repeated_ngram_share(model, prompts, steps=30, n=3):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("data", nargs="?", default=DEFAULT)
-    parser.add_argument("--texts", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", default=DEFAULT, help="the sentiment corpus zip")
+    parser.add_argument("--texts", type=int, default=1000,
+                        help="training texts (the first of the train split)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="pre-training epochs (each fine-tuning runs one)")
     args = parser.parse_args()
-    with zipfile.ZipFile(args.data) as archive:
-        train, valid = read_texts(archive, "train")[:args.texts], read_texts(archive, "valid")
+    train = [text for text, _ in read_labelled_texts(args.data, "train")][:args.texts]
+    valid = [text for text, _ in read_labelled_texts(args.data, "valid")]
     counts = collections.Counter(ch for text in train for ch in text)
     index = {ch: i + 3 for i, (ch, _) in enumerate(counts.most_common(VOCAB - 3))}
     train_ids, valid_ids = encode(train, index), encode(valid[:500], index)

@@ -196,11 +196,11 @@ def auto_batch(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--layers", type=int, default=24, help="BERT-large: 24")
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--intermediate", type=int, default=4096)
-    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--length", type=int, default=512, help="tokens per row, no padding")
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--batch", default="auto", help="an int (a multiple of 4) or auto")
     parser.add_argument("--steps", type=int, default=2)

@@ -9,21 +9,15 @@ Run: python benchmarks/long_tail.py [path/to/sentiment.zip] [--epochs 6]
 import argparse
 import collections
 import os
-import zipfile
 
 import keras
 import numpy as np
 
+from keraformer.data import read_labelled_texts
 from keraformer.losses import LogitAdjustedLoss, adjust_logits
 
 DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment.zip")
 LENGTH, VOCAB = 128, 4000
-
-
-def read_split(archive, split):
-    name = next(n for n in archive.namelist() if n.endswith(f"sentiment.{split}.data"))
-    rows = [line.rsplit("\t", 1) for line in archive.read(name).decode("utf-8").splitlines()]
-    return [(text, int(label)) for text, label in rows if label.strip() in ("0", "1")]
 
 
 def encode(texts, index):
@@ -48,13 +42,13 @@ def classifier(seed):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("data", nargs="?", default=DEFAULT)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--ratio", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", default=DEFAULT, help="the sentiment corpus zip")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs per loss")
+    parser.add_argument("--ratio", type=int, default=20,
+                        help="negatives per positive kept in the training split")
     args = parser.parse_args()
-    with zipfile.ZipFile(args.data) as archive:
-        train, test = read_split(archive, "train"), read_split(archive, "test")
+    train, test = read_labelled_texts(args.data, "train"), read_labelled_texts(args.data, "test")
     rng = np.random.default_rng(0)
     negatives = [r for r in train if r[1] == 0]
     positives = [r for r in train if r[1] == 1]

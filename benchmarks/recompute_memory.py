@@ -54,13 +54,13 @@ def child(args):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--length", type=int, default=512, help="tokens per row")
+    parser.add_argument("--hidden", type=int, default=768, help="BERT width (heads of 64)")
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=21128)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps")
     parser.add_argument("--child", choices=["plain", "recompute"])
     args = parser.parse_args()
     if args.child:

@@ -20,9 +20,10 @@ import importlib.util
 import os
 import tempfile
 import time
-import zipfile
 
 import numpy as np
+
+from keraformer.data import read_labelled_texts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXTS = os.path.join(HERE, os.pardir, "tests", "data", "texts.txt")
@@ -30,15 +31,7 @@ TEXTS = os.path.join(HERE, os.pardir, "tests", "data", "texts.txt")
 
 def sentiment_texts(path):
     """The reviews of the ``*test*`` split of a zip or folder of ``text<TAB>label`` files."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if "test" in os.path.basename(n))
-            lines = archive.read(name).decode("utf-8").splitlines()
-    else:
-        name = next(n for n in sorted(os.listdir(path)) if "test" in n)
-        with open(os.path.join(path, name), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    return [line.rsplit("\t", 1)[0] for line in lines if line.strip()]
+    return [text for text, _ in read_labelled_texts(path, "test")]
 
 
 def english_texts():

@@ -6,7 +6,7 @@ returns ``(token_ids, segment_ids)`` and ends with ``</s>``), the mT5 model
 ``[encoder_ids, decoder_ids] -> next-token probabilities`` learns the target with the decoder
 input shifted right by the start id 0, and ``builder.generate(encoder_ids, max_length=...)``
 decodes with a key/value cache. The task is generated: list the entities of a sentence
-(``synthetic_ner.py``), scored by exact match on held-out sentences; the SentencePiece model is
+(``entity_task.py``), scored by exact match on held-out sentences; the SentencePiece model is
 trained here on the generated text and the mT5 (gated-GELU, untied output) is small and
 trained from scratch. ``--smoke`` runs a tiny model for seconds (CI runs it).
 
@@ -14,7 +14,6 @@ trained from scratch. ``--smoke`` runs a tiny model for seconds (CI runs it).
     python examples/mt5_seq2seq.py --smoke
 """
 
-import argparse
 import os
 import tempfile
 import time
@@ -23,8 +22,8 @@ import keras
 import numpy as np
 import sentencepiece
 
-import synthetic_ner
-from keraformer.data import DataGenerator, sequence_padding
+import entity_task
+from keraformer.data import sequence_padding
 from keraformer.models import build_transformer_model
 from keraformer.tokenizers import SpTokenizer
 
@@ -41,12 +40,8 @@ def train_sentencepiece(texts, folder, vocab_size):
     return os.path.join(folder, "spm.model")
 
 
-class Seq2SeqBatches(DataGenerator):
+class Seq2SeqBatches(entity_task.TokenizedBatches):
     """``[encoder_ids, decoder_ids]``, targets and their weights (non-padding targets)."""
-
-    def __init__(self, data, tokenizer, maxlen, batch_size):
-        super().__init__(data, batch_size)
-        self.tokenizer, self.maxlen = tokenizer, maxlen
 
     def __iter__(self, random=False):
         sources, targets = [], []
@@ -62,27 +57,13 @@ class Seq2SeqBatches(DataGenerator):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentences", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--maxlen", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--method", default="greedy", choices=["greedy", "beam"])
-    parser.add_argument("--evaluate", type=int, default=200, help="test sentences decoded")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.sentences, args.epochs, args.d_model, args.layers, args.evaluate = 160, 1, 32, 1, 8
+    args = entity_task.Flags(__doc__, epochs=12, width="d-model", seq2seq=True).parse_args()
     keras.utils.set_random_seed(args.seed)
     start = time.time()
 
-    pairs = synthetic_ner.entity_titles(synthetic_ner.sentences(args.sentences, args.seed))
-    split = int(0.8 * len(pairs))
+    train_pairs, test_pairs = map(entity_task.entity_titles, entity_task.train_test(args))
     folder = tempfile.mkdtemp(prefix="mt5_example_")
-    spm = train_sentencepiece([t for pair in pairs[:split] for t in pair], folder,
+    spm = train_sentencepiece([t for pair in train_pairs for t in pair], folder,
                               vocab_size=300 if not args.smoke else 200)
     tokenizer = SpTokenizer(spm, token_start=None, token_end="</s>")
     heads = max(1, args.d_model // 32)
@@ -91,23 +72,8 @@ def main():
         d_model=args.d_model, d_kv=args.d_model // heads, d_ff=2 * args.d_model,
         num_layers=args.layers, num_heads=heads, feed_forward_proj="gated-gelu",
         dropout_rate=0.0)
-    model = builder.model
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    train = Seq2SeqBatches(pairs[:split], tokenizer, args.maxlen, args.batch_size)
-    model.fit(train.forfit(), steps_per_epoch=len(train), epochs=args.epochs,
-              verbose=0 if args.smoke else 2)
-
-    test = pairs[split:][:args.evaluate]
-    titles = []
-    for i in range(0, len(test), 32):
-        sources = [tokenizer.encode(s, maxlen=args.maxlen)[0] for s, _ in test[i:i + 32]]
-        generated = builder.generate(sequence_padding(sources), method=args.method,
-                                     max_length=24 if not args.smoke else 8)
-        titles += [tokenizer.decode(row) for row in np.asarray(generated)]
-    exact = np.mean([title == target for title, (_, target) in zip(titles, test)])
-    print(f"example: {test[0][0]} -> {titles[0]!r} (target {test[0][1]!r})")
-    print(f"test exact match {exact:.4f} on {len(test)} sentences ({args.method}), "
-          f"{time.time() - start:.0f} s ({keras.backend.backend()})", flush=True)
+    train = Seq2SeqBatches(train_pairs, tokenizer, args.maxlen, args.batch_size)
+    entity_task.train_and_score(builder, train, tokenizer, test_pairs, args, start)
 
 
 if __name__ == "__main__":

@@ -6,50 +6,39 @@ B-/I-/O per entity type and batched by a ``DataGenerator``; a ``ConditionalRando
 BERT's per-token scores is trained with its ``sparse_loss`` and ``sparse_accuracy``, and
 decoded with ``viterbi_decode(scores, crf.trans, starts=[0], ends=[0])`` (``[CLS]``/``[SEP]``
 are labelled O). Reports entity-level F1 on held-out sentences. The data are generated
-(``synthetic_ner.py``); the BERT is small and trained from scratch. ``--smoke`` runs a tiny
+(``entity_task.py``); the BERT is small and trained from scratch. ``--smoke`` runs a tiny
 model for seconds (CI runs it).
 
     python examples/ner_crf.py
     python examples/ner_crf.py --smoke
 """
 
-import argparse
 import time
 
 import keras
-import numpy as np
 from keras import ops
 
-import synthetic_ner
-from keraformer.data import DataGenerator, sequence_padding
+import entity_task
+from keraformer.data import sequence_padding
 from keraformer.generation import viterbi_decode
-from keraformer.models import ConditionalRandomField, build_transformer_model
+from keraformer.models import ConditionalRandomField
 from keraformer.tokenizers import Tokenizer
 
-LABELS = ["O"] + [f"{prefix}-{kind}" for kind in synthetic_ner.TYPES for prefix in "BI"]
+LABELS = ["O"] + [f"{prefix}-{kind}" for kind in entity_task.TYPES for prefix in "BI"]
 
 
 def token_labels(tokenizer, text, entities, maxlen):
     """Token ids, segment ids and B-/I-/O label ids of one sentence (spans via ``rematch``)."""
-    tokens = tokenizer.tokenize(text, maxlen=maxlen)
-    mapping = tokenizer.rematch(text, tokens)
-    start_of = {positions[0]: i for i, positions in enumerate(mapping) if positions}
-    end_of = {positions[-1]: i for i, positions in enumerate(mapping) if positions}
+    tokens, spans = entity_task.token_spans(tokenizer, text, entities, maxlen)
     labels = [0] * len(tokens)
-    for start, end, kind in entities:
-        if start in start_of and end in end_of:
-            first, last = start_of[start], end_of[end]
-            labels[first] = LABELS.index("B-" + kind)
-            labels[first + 1:last + 1] = [LABELS.index("I-" + kind)] * (last - first)
+    for first, last, kind in spans:
+        labels[first] = LABELS.index("B-" + kind)
+        labels[first + 1:last + 1] = [LABELS.index("I-" + kind)] * (last - first)
     token_ids = tokenizer.tokens_to_ids(tokens)
     return token_ids, [0] * len(token_ids), labels
 
 
-class NerBatches(DataGenerator):
-    def __init__(self, data, tokenizer, maxlen, batch_size):
-        super().__init__(data, batch_size)
-        self.tokenizer, self.maxlen = tokenizer, maxlen
-
+class NerBatches(entity_task.TokenizedBatches):
     def __iter__(self, random=False):
         token_ids, segment_ids, labels = [], [], []
         for is_end, (text, entities) in self.sample(random):
@@ -90,32 +79,17 @@ def evaluate(model, crf, batches, tokenizer, maxlen):
         path = viterbi_decode(scores[row, :len(tokens)], trans, starts=[0], ends=[0])
         predicted.append(entities_of(path, tokenizer.rematch(text, tokens)))
         gold.append(set(entities))
-    return synthetic_ner.entity_f1(predicted, gold)
+    return entity_task.entity_f1(predicted, gold)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentences", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--maxlen", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.sentences, args.epochs, args.hidden, args.layers = 160, 1, 32, 1
+    args = entity_task.Flags(__doc__, epochs=4).parse_args()
     keras.utils.set_random_seed(args.seed)
     start = time.time()
 
-    samples = synthetic_ner.sentences(args.sentences, args.seed)
-    split = int(0.8 * len(samples))
-    tokenizer = Tokenizer(synthetic_ner.vocabulary())
-    bert = build_transformer_model(
-        model="bert", vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 32),
-        intermediate_size=4 * args.hidden, max_position_embeddings=max(args.maxlen, 64))
+    train_samples, test_samples = entity_task.train_test(args)
+    tokenizer = Tokenizer(entity_task.vocabulary())
+    bert = entity_task.small_bert(args, tokenizer.vocab_size)
     scores = keras.layers.Dense(len(LABELS))(bert.output)
     crf = ConditionalRandomField(lr_multiplier=10)
     # the builder's output carries the padding mask as its Keras mask, through Dense to the CRF
@@ -124,8 +98,8 @@ def main():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=crf.sparse_loss,
                   metrics=[crf.sparse_accuracy])
 
-    train = NerBatches(samples[:split], tokenizer, args.maxlen, args.batch_size)
-    test = NerBatches(samples[split:], tokenizer, args.maxlen, args.batch_size)
+    train = NerBatches(train_samples, tokenizer, args.maxlen, args.batch_size)
+    test = NerBatches(test_samples, tokenizer, args.maxlen, args.batch_size)
     model.fit(train.forfit(), steps_per_epoch=len(train), epochs=args.epochs,
               verbose=0 if args.smoke else 2)
     f1 = evaluate(model, crf, test, tokenizer, args.maxlen)

@@ -6,47 +6,38 @@ a sentence gets a score per entity type from ``GlobalPointer(heads=types, head_s
 ``global_pointer_crossentropy`` and an F1 metric on the span scores; spans scoring > 0 are
 the predicted entities. Labels are ``(types, length, length)`` arrays padded per batch with
 ``sequence_padding(..., seq_dims=3)``; token spans map to characters with ``rematch``. The
-data are generated (``synthetic_ner.py``); the BERT is small and trained from scratch.
+data are generated (``entity_task.py``); the BERT is small and trained from scratch.
 ``--smoke`` runs a tiny model for seconds (CI runs it).
 
     python examples/ner_global_pointer.py [--efficient]
     python examples/ner_global_pointer.py --smoke
 """
 
-import argparse
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
-import synthetic_ner
-from keraformer.data import DataGenerator, sequence_padding
+import entity_task
+from keraformer.data import sequence_padding
 from keraformer.losses import global_pointer_crossentropy
-from keraformer.models import EfficientGlobalPointer, GlobalPointer, build_transformer_model
+from keraformer.models import EfficientGlobalPointer, GlobalPointer
 from keraformer.tokenizers import Tokenizer
 
-TYPES = synthetic_ner.TYPES
+TYPES = entity_task.TYPES
 
 
 def span_labels(tokenizer, text, entities, maxlen):
     """Token ids and a ``(types, tokens, tokens)`` 0/1 array of the entity spans."""
-    tokens = tokenizer.tokenize(text, maxlen=maxlen)
-    mapping = tokenizer.rematch(text, tokens)
-    start_of = {positions[0]: i for i, positions in enumerate(mapping) if positions}
-    end_of = {positions[-1]: i for i, positions in enumerate(mapping) if positions}
+    tokens, spans = entity_task.token_spans(tokenizer, text, entities, maxlen)
     labels = np.zeros((len(TYPES), len(tokens), len(tokens)), "float32")
-    for start, end, kind in entities:
-        if start in start_of and end in end_of:
-            labels[TYPES.index(kind), start_of[start], end_of[end]] = 1
+    for first, last, kind in spans:
+        labels[TYPES.index(kind), first, last] = 1
     return tokenizer.tokens_to_ids(tokens), labels
 
 
-class SpanBatches(DataGenerator):
-    def __init__(self, data, tokenizer, maxlen, batch_size):
-        super().__init__(data, batch_size)
-        self.tokenizer, self.maxlen = tokenizer, maxlen
-
+class SpanBatches(entity_task.TokenizedBatches):
     def __iter__(self, random=False):
         token_ids, labels = [], []
         for is_end, (text, entities) in self.sample(random):
@@ -82,7 +73,7 @@ def evaluate(model, batches, tokenizer, maxlen):
                     spans.add((mapping[start][0], mapping[end][-1], TYPES[kind]))
             predicted.append(spans)
             gold.append(set(entities))
-    return synthetic_ner.entity_f1(predicted, gold)
+    return entity_task.entity_f1(predicted, gold)
 
 
 def chunks(items, size):
@@ -90,30 +81,16 @@ def chunks(items, size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = entity_task.Flags(__doc__, epochs=4, head_size=16)
     parser.add_argument("--efficient", action="store_true", help="EfficientGlobalPointer")
-    parser.add_argument("--sentences", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--head-size", type=int, default=64)
-    parser.add_argument("--maxlen", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
     args = parser.parse_args()
-    if args.smoke:
-        args.sentences, args.epochs, args.hidden, args.layers, args.head_size = 160, 1, 32, 1, 16
     keras.utils.set_random_seed(args.seed)
     start = time.time()
 
-    samples = synthetic_ner.sentences(args.sentences, args.seed)
-    split = int(0.8 * len(samples))
-    tokenizer = Tokenizer(synthetic_ner.vocabulary())
-    bert = build_transformer_model(
-        model="bert", vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 32),
-        intermediate_size=4 * args.hidden, max_position_embeddings=max(args.maxlen, 64))
+    train_samples, test_samples = entity_task.train_test(args)
+    tokenizer = Tokenizer(entity_task.vocabulary())
+    bert = entity_task.small_bert(args, tokenizer.vocab_size)
     head = (EfficientGlobalPointer if args.efficient else GlobalPointer)(
         heads=len(TYPES), head_size=args.head_size)
     scores = head(bert.output, mask=ops.not_equal(bert.inputs[0], 0))
@@ -121,8 +98,8 @@ def main():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=global_pointer_crossentropy,
                   metrics=[global_pointer_f1])
 
-    train = SpanBatches(samples[:split], tokenizer, args.maxlen, args.batch_size)
-    test = SpanBatches(samples[split:], tokenizer, args.maxlen, args.batch_size)
+    train = SpanBatches(train_samples, tokenizer, args.maxlen, args.batch_size)
+    test = SpanBatches(test_samples, tokenizer, args.maxlen, args.batch_size)
     model.fit(train.forfit(), steps_per_epoch=len(train), epochs=args.epochs,
               verbose=0 if args.smoke else 2)
     f1 = evaluate(model, test, tokenizer, args.maxlen)

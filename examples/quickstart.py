@@ -18,11 +18,11 @@ import os
 import random
 import sys
 import time
-import zipfile
 
 import keras
 import numpy as np
 
+from keraformer.data import read_labelled_texts
 from keraformer.models import build_transformer_model, load_pretrained
 from keraformer.tokenizers import Tokenizer
 
@@ -50,44 +50,6 @@ def embedded_dataset(seed=0, sizes=(3000, 500, 500)):
     """The embedded default: train/valid/test lists of (text, label)."""
     rng = random.Random(seed)
     return [[embedded_review(rng) for _ in range(n)] for n in sizes]
-
-
-def read_split_lines(lines, source):
-    rows = []
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\n")
-        if not line:
-            continue
-        text, tab, label = line.rpartition("\t")
-        if not tab or not label.strip().isdigit():
-            raise ValueError(f"{source} line {number}: expected 'text<TAB>label', received "
-                             f"{line[:60]!r}")
-        rows.append((text, int(label)))
-    return rows
-
-
-def read_dataset(path):
-    """train/valid/test ``(text, label)`` lists from a zip or folder of tab-separated files."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--data {path!r} does not exist")
-    splits = {}
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                for split in ("train", "valid", "test"):
-                    if split in os.path.basename(name):
-                        lines = archive.read(name).decode("utf-8").splitlines()
-                        splits[split] = read_split_lines(lines, name)
-    else:
-        for name in os.listdir(path):
-            for split in ("train", "valid", "test"):
-                if split in name:
-                    with open(os.path.join(path, name), encoding="utf-8") as f:
-                        splits[split] = read_split_lines(f, name)
-    missing = {"train", "valid", "test"} - set(splits)
-    if missing:
-        raise ValueError(f"--data {path!r} has no file for split(s) {sorted(missing)}")
-    return splits["train"], splits["valid"], splits["test"]
 
 
 def build_vocab(texts, min_count=2):
@@ -124,10 +86,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="zip/folder of text<TAB>label files (default: embedded)")
     parser.add_argument("--checkpoint", help="pretrained BERT directory (Google or HF)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training split")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--maxlen", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--maxlen", type=int, default=32,
+                        help="tokens per text, [CLS] and [SEP] included; longer texts are cut")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="AdamW learning rate (default 2e-5 with --checkpoint, else 1e-3)")
     parser.add_argument("--layers", type=int, default=2, help="layers when training from scratch")
     parser.add_argument("--hidden", type=int, default=128, help="width when training from scratch")
     parser.add_argument("--seed", type=int, default=0)
@@ -135,7 +99,11 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     start = time.time()
 
-    train, valid, test = read_dataset(args.data) if args.data else embedded_dataset(args.seed)
+    if args.data:
+        train, valid, test = (read_labelled_texts(args.data, split)
+                              for split in ("train", "valid", "test"))
+    else:
+        train, valid, test = embedded_dataset(args.seed)
     print(f"data: {args.data or 'embedded default'}; train {len(train)}, valid {len(valid)}, "
           f"test {len(test)}")
     if args.checkpoint:

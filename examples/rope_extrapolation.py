@@ -35,15 +35,16 @@ from keraformer.positions import RotaryEmbedding
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-length", type=int, default=64)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--train-length", type=int, default=64, help="tokens per training row")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024],
+                        help="evaluation lengths in tokens")
     parser.add_argument("--shift", type=int, default=8, help="copy the token this far back")
-    parser.add_argument("--vocab", type=int, default=32)
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=32, help="distinct random tokens")
+    parser.add_argument("--width", type=int, default=64, help="model width")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=400, help="training steps per model")
+    parser.add_argument("--batch", type=int, default=32, help="rows per training step")
     parser.add_argument("--eval-tokens", type=int, default=8192,
                         help="tokens per evaluation length (sequences = tokens / length)")
     parser.add_argument("--seed", type=int, default=0)

@@ -24,37 +24,16 @@ import collections
 import os
 import random
 import time
-import zipfile
 
 import keras
 import numpy as np
 
-from keraformer.data import DataGenerator, sequence_padding
+from keraformer.data import DataGenerator, read_labelled_texts, sequence_padding
 from keraformer.models import build_transformer_model, load_pretrained
 from keraformer.optimizers import PiecewiseLinearSchedule
 from keraformer.tokenizers import Tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def read_split(data, split):
-    """``[(text, label), ...]`` of the file of ``data`` (zip or folder) named like ``split``."""
-    if os.path.isdir(data):
-        names = [os.path.join(root, f) for root, _, files in os.walk(data) for f in files]
-        name = next(n for n in sorted(names) if split in os.path.basename(n))
-        with open(name, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    else:
-        with zipfile.ZipFile(data) as archive:
-            name = next(n for n in sorted(archive.namelist())
-                        if split in os.path.basename(n) and not n.endswith("/"))
-            lines = archive.read(name).decode("utf-8").splitlines()
-    rows = []
-    for line in lines:
-        if line.strip():
-            text, label = line.rsplit("\t", 1)
-            rows.append((text, int(label)))
-    return rows
 
 
 def generated_reviews(count, seed):
@@ -147,7 +126,7 @@ def main():
         splits = [generated_reviews(n, args.seed + i) for i, n in enumerate((96, 32, 32))]
         args.maxlen, args.epochs, args.hidden, args.layers, args.batch_size = 16, 1, 16, 1, 16
     elif args.data:
-        splits = [read_split(args.data, split) for split in ("train", "valid", "test")]
+        splits = [read_labelled_texts(args.data, split) for split in ("train", "valid", "test")]
     else:
         parser.error("pass --data (e.g. ../shared/data/sentiment.zip) or --smoke")
     train, valid, test = splits

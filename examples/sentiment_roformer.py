@@ -14,29 +14,22 @@ import argparse
 import collections
 import os
 import time
-import zipfile
 
 import keras
 import numpy as np
 
+from keraformer.data import read_labelled_texts
 from keraformer.models import build_transformer_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAD, UNK = 0, 1
 
 
-def read_split(archive, split):
-    """``(texts, labels)`` of the zip member ending in ``<split>.data``."""
-    with zipfile.ZipFile(archive) as z:
-        name = next(n for n in z.namelist() if n.endswith(f".{split}.data"))
-        lines = z.read(name).decode("utf-8").splitlines()
-    texts, labels = [], []
-    for line in lines:
-        if line.strip():
-            text, label = line.rsplit("\t", 1)
-            texts.append(text)
-            labels.append(int(label))
-    return texts, np.array(labels, "int32")
+def read_split(data, split):
+    """``(texts, labels)`` of the ``split`` file of ``data`` (a zip or folder of
+    ``text<TAB>label`` files)."""
+    rows = read_labelled_texts(data, split)
+    return [text for text, _ in rows], np.array([label for _, label in rows], "int32")
 
 
 def character_vocabulary(texts, min_count=2):
@@ -142,9 +135,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data",
                                                        "sentiment.zip"))
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="characters per text; longer texts are truncated (and counted)")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=128, help="RoFormerV2 width")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch-tokens", type=int, default=4096,
                         help="padded tokens per batch (at most 32 texts)")

@@ -7,31 +7,25 @@ target) and its MLM head learns to predict each target token; the loss weights a
 segment ids shifted by one, so only target tokens are scored. Decoding is
 ``builder.generate(prompt_ids, max_length=..., method="greedy", end_id=tokenizer.
 _token_end_id)`` with a key/value cache (bert4keras' ``AutoRegressiveDecoder`` has no cache).
-The task is generated: list the entities of a sentence (``synthetic_ner.py``), scored by
+The task is generated: list the entities of a sentence (``entity_task.py``), scored by
 exact match on held-out sentences. ``--smoke`` runs a tiny model for seconds (CI runs it).
 
     python examples/unilm_seq2seq.py [--method beam]
     python examples/unilm_seq2seq.py --smoke
 """
 
-import argparse
 import time
 
 import keras
 import numpy as np
 
-import synthetic_ner
-from keraformer.data import DataGenerator, sequence_padding
-from keraformer.models import build_transformer_model
+import entity_task
+from keraformer.data import sequence_padding
 from keraformer.tokenizers import Tokenizer
 
 
-class PairBatches(DataGenerator):
+class PairBatches(entity_task.TokenizedBatches):
     """``[token_ids, segment_ids]``, next-token targets and their weights (target tokens)."""
-
-    def __init__(self, data, tokenizer, maxlen, batch_size):
-        super().__init__(data, batch_size)
-        self.tokenizer, self.maxlen = tokenizer, maxlen
 
     def __iter__(self, random=False):
         token_ids, segment_ids = [], []
@@ -49,59 +43,20 @@ class PairBatches(DataGenerator):
                 token_ids, segment_ids = [], []
 
 
-def generate_titles(builder, tokenizer, sources, maxlen, max_length, method):
-    """Generated targets of ``sources`` (one ``builder.generate`` call per batch of 32)."""
-    titles = []
-    for i in range(0, len(sources), 32):
-        prompts = [tokenizer.encode(s, maxlen=maxlen)[0] for s in sources[i:i + 32]]
-        generated = builder.generate(sequence_padding(prompts), max_length=max_length,
-                                     method=method, end_id=tokenizer._token_end_id)
-        for row in np.asarray(generated).tolist():
-            if tokenizer._token_end_id in row:
-                row = row[:row.index(tokenizer._token_end_id)]
-            titles.append(tokenizer.decode(row))
-    return titles
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sentences", type=int, default=3000)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--maxlen", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--method", default="greedy", choices=["greedy", "beam"])
-    parser.add_argument("--evaluate", type=int, default=200, help="test sentences decoded")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
-    args = parser.parse_args()
-    if args.smoke:
-        args.sentences, args.epochs, args.hidden, args.layers, args.evaluate = 160, 1, 32, 1, 8
+    args = entity_task.Flags(__doc__, epochs=6, seq2seq=True).parse_args()
     keras.utils.set_random_seed(args.seed)
     start = time.time()
 
-    pairs = synthetic_ner.entity_titles(synthetic_ner.sentences(args.sentences, args.seed))
-    split = int(0.8 * len(pairs))
-    tokenizer = Tokenizer(synthetic_ner.vocabulary())
-    builder = build_transformer_model(
-        model="bert", application="unilm", with_mlm=True, return_keras_model=False,
-        vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 32),
-        intermediate_size=4 * args.hidden, max_position_embeddings=max(2 * args.maxlen, 64))
-    model = builder.model
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    train = PairBatches(pairs[:split], tokenizer, args.maxlen, args.batch_size)
-    model.fit(train.forfit(), steps_per_epoch=len(train), epochs=args.epochs,
-              verbose=0 if args.smoke else 2)
-
-    test = pairs[split:][:args.evaluate]
-    titles = generate_titles(builder, tokenizer, [s for s, _ in test], args.maxlen,
-                             max_length=24 if not args.smoke else 8, method=args.method)
-    exact = np.mean([title == target for title, (_, target) in zip(titles, test)])
-    print(f"example: {test[0][0]} -> {titles[0]!r} (target {test[0][1]!r})")
-    print(f"test exact match {exact:.4f} on {len(test)} sentences ({args.method}), "
-          f"{time.time() - start:.0f} s ({keras.backend.backend()})", flush=True)
+    train_pairs, test_pairs = map(entity_task.entity_titles, entity_task.train_test(args))
+    tokenizer = Tokenizer(entity_task.vocabulary())
+    # source and target share the positions: room for both
+    builder = entity_task.small_bert(args, tokenizer.vocab_size, positions=2 * args.maxlen,
+                                     application="unilm", with_mlm=True,
+                                     return_keras_model=False)
+    train = PairBatches(train_pairs, tokenizer, args.maxlen, args.batch_size)
+    entity_task.train_and_score(builder, train, tokenizer, test_pairs, args, start,
+                                end_id=tokenizer._token_end_id)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,14 @@ length=...)``, bounds how many.)
 ``text_dataset`` (classification, pairs) and ``seq2seq_dataset`` (T5) take raw strings, as a
 KerasHub user has them: the texts are encoded once with the tokenizer's compiled
 ``encode_batch`` and every batch of the ``tf.data`` pipeline is padded to its own longest row;
-``model.fit`` takes it on TensorFlow and JAX alike.
+``model.fit`` takes it on TensorFlow and JAX alike. ``read_labelled_texts`` reads the
+``text<TAB>label`` files of a classification corpus (a file, a folder or a zip archive).
 """
 
 import numbers
+import os
+import re
+import zipfile
 
 import keras
 import numpy as np
@@ -439,3 +443,91 @@ def seq2seq_dataset(sources, targets=None, tokenizer=None, source_maxlen=None,
     batches = batched_indices(source_lengths, batch_size, shuffle, seed, boundaries,
                               drop_remainder)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# -- labelled text files -------------------------------------------------------------------
+
+
+LABEL = re.compile(r"[+-]?\d+")
+
+
+def read_labelled_texts(path, split=None):
+    """``[(text, label), ...]`` from ``text<TAB>label`` lines, the format of bert4keras'
+    classification corpora (each of its example scripts read it with its own ``load_data``).
+
+    ``path`` is one such file, or a folder or zip archive holding one file per split; then
+    ``split`` (e.g. ``"train"``) picks the one file whose name contains it (folders are
+    searched recursively; names starting with ``.`` are passed over, as are macOS'
+    ``__MACOSX`` copies). Every non-blank line is a text, a tab and an integer label; a text
+    may hold tabs itself (the last one separates). Files are read as UTF-8 (a leading BOM is
+    dropped); blank lines are skipped. The rows keep the file's order.
+
+    Args:
+        path: str or path-like, a ``text<TAB>label`` file, a folder or a ``.zip`` archive.
+        split: None for a file; for a folder or archive, the part of a file name that picks
+            the file.
+
+    Raises ``FileNotFoundError`` for a missing ``path``, ``ValueError`` when ``split`` picks
+    no file or several, and ``ValueError`` naming the file and line of a line that is not
+    ``text<TAB>label``.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or path-like (a file, folder or zip archive); "
+                        f"received {type(path).__name__}")
+    if split is not None and not isinstance(split, str):
+        raise TypeError(f"`split` must be None or a str such as 'train'; received "
+                        f"{type(split).__name__}")
+    if split == "":
+        raise ValueError("`split` must be None or a non-empty str such as 'train'; received ''")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`path` {path!r} does not exist")
+    folder, archive = os.path.isdir(path), zipfile.is_zipfile(path)
+    if not folder and not archive:
+        if split is not None:
+            raise ValueError(f"`split` picks a file inside a folder or zip archive; `path` "
+                             f"{path!r} is a single file (pass split=None); received "
+                             f"split={split!r}")
+        with open(path, encoding="utf-8-sig") as f:
+            return labelled_rows(f.read(), path)
+    if split is None:
+        raise ValueError(f"`path` {path!r} is a {'folder' if folder else 'zip archive'}: "
+                         f"pass `split` (e.g. 'train') to pick one of its files")
+    if archive:
+        with zipfile.ZipFile(path) as z:
+            name = split_file([n for n in z.namelist() if not n.endswith("/")], split, path)
+            return labelled_rows(z.read(name).decode("utf-8-sig"), f"{path}:{name}")
+    names = [os.path.relpath(os.path.join(root, f), path)
+             for root, _, files in os.walk(path) for f in files]
+    name = os.path.join(path, split_file(names, split, path))
+    with open(name, encoding="utf-8-sig") as f:
+        return labelled_rows(f.read(), name)
+
+
+def split_file(names, split, path):
+    """The one name among ``names`` whose base name contains ``split``."""
+    candidates = [n for n in sorted(names) if split in os.path.basename(n)
+                  and not os.path.basename(n).startswith(".")
+                  and "__MACOSX" not in n.replace("\\", "/").split("/")]
+    if len(candidates) != 1:
+        raise ValueError(f"`split` {split!r} must pick one file of {path!r} by name; "
+                         f"{'it picks ' + str(candidates) if candidates else 'none contains it'}"
+                         f" (files: {sorted(names)[:20]})")
+    return candidates[0]
+
+
+def labelled_rows(content, source):
+    """The ``(text, label)`` rows of the text ``content`` of file ``source``."""
+    rows = []
+    for number, line in enumerate(content.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        text, tab, label = line.rpartition("\t")
+        if not tab or not LABEL.fullmatch(label.strip()):
+            raise ValueError(f"{source} line {number}: expected 'text<TAB>label' with an "
+                             f"integer label; received {line[:80]!r}")
+        rows.append((text, int(label)))
+    if not rows:
+        raise ValueError(f"{source} holds no 'text<TAB>label' line")
+    return rows
