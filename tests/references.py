@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from keraformer import checkpoints
 
@@ -301,6 +302,48 @@ def assert_builder_matches(model, expected, tokens, segments, atol, rtol=0.0):
     (token id != 0) within ``atol``/``rtol``."""
     got, real = builder_outputs(model, tokens, segments), tokens != 0
     np.testing.assert_allclose(got[real], expected[real], atol=atol, rtol=rtol)
+
+
+class NumpyReferenceChecks:
+    """The checks shared by the builders tested against a NumPy forward pass of their own
+    (RoFormerV2, GAU-α): a test module subclasses this as ``Test<Builder>`` and sets
+
+    - ``MODEL`` and ``CONFIG`` (whose ``vocab_size`` the token ids are drawn from);
+    - ``LENGTH``: tokens per row of the :func:`segment_batch` checked for every application;
+    - ``ROUND_TRIP`` and ``LONG``: the applications of the checkpoint round trip and of the
+      600-token input;
+    - ``random_checkpoint()``: Google-format arrays with the builder's names;
+    - ``reference(arrays, tokens, segments, application)``: ``(hidden states, MLM logits)``.
+
+    Each application must match the reference within 1e-4 (abs and rel) at the real
+    positions; the 600-token input within 1e-3 abs and 1e-4 rel.
+    """
+
+    @pytest.fixture(scope="class")
+    def loaded(self, tmp_path_factory):
+        """The random checkpoint's arrays and ``{application: builder}`` loaded from it."""
+        return builders_per_application(tmp_path_factory.mktemp("m"), self.MODEL,
+                                        self.random_checkpoint(), self.CONFIG)
+
+    @pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
+    def test_matches_numpy_reference(self, loaded, application):
+        arrays, builders = loaded
+        tokens, segments = segment_batch(1, self.CONFIG["vocab_size"], self.LENGTH)
+        _, expected = self.reference(arrays, tokens, segments, application)
+        assert_builder_matches(builders[application].model, expected, tokens, segments, 1e-4,
+                               1e-4)
+
+    def test_checkpoint_names_and_exact_round_trip(self, loaded, tmp_path):
+        assert_checkpoint_round_trip(loaded[1][self.ROUND_TRIP], loaded[0], tmp_path)
+
+    def test_long_input_matches_reference(self, loaded):
+        """No position table: 600 tokens (beyond BERT's 512) still follow the formula."""
+        arrays, builders = loaded
+        rng = np.random.default_rng(5)
+        tokens = rng.integers(1, self.CONFIG["vocab_size"], (1, 600)).astype("int32")
+        segments = np.zeros_like(tokens)
+        _, expected = self.reference(arrays, tokens, segments, self.LONG)
+        assert_builder_matches(builders[self.LONG].model, expected, tokens, segments, 1e-3, 1e-4)
 
 
 def numpy_rms_norm(x, eps=1e-12):
