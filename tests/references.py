@@ -265,6 +265,22 @@ def assert_checkpoint_round_trip(builder, arrays, folder):
         np.testing.assert_array_equal(saved[name], value)
 
 
+ENCODERS = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha")
+SEQ2SEQ = ("t5", "t5.1.1", "mt5")
+
+
+def tiny_configs(vocab_size, layers=2, intermediate_size=24, **encoder):
+    """Configs ``(encoder, t5)`` of tiny random builders without dropout: width 16 in 2 heads
+    of 8, ``layers`` layers, feed-forward width ``intermediate_size``, T5's relative positions
+    in 8 buckets up to distance 20; ``encoder`` adds keys to the BERT-family config."""
+    return (dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=layers,
+                 num_attention_heads=2, intermediate_size=intermediate_size, dropout_rate=0.0,
+                 **encoder),
+            dict(vocab_size=vocab_size, d_model=16, d_kv=8, d_ff=intermediate_size,
+                 num_layers=layers, num_heads=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=20, dropout_rate=0.0))
+
+
 def segment_batch(seed, vocab, length=9):
     """Token ids ``(2, length)`` in ``[1, vocab)``, the second row padded (id 0) from 6 on,
     and segment ids (1 from position 4, 0 at padding)."""
