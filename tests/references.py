@@ -380,6 +380,24 @@ def application_allowed(tokens, segments, application):
     return np.broadcast_to(keys, (len(tokens), n, n))
 
 
+# -- tokenizers -------------------------------------------------------------------------------
+
+def train_sentencepiece(folder, texts, vocab_size, character_coverage=1.0, name="sp"):
+    """Train a unigram SentencePiece model with T5's special ids (padding 0, end 1, unknown
+    2, no start) on the lines ``texts``, written to ``folder/corpus.txt``; returns the path
+    of the model, ``folder/<name>.model``."""
+    import sentencepiece
+    folder = str(folder)
+    corpus = os.path.join(folder, "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write("\n".join(texts))
+    sentencepiece.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(folder, name), vocab_size=vocab_size,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
+        character_coverage=character_coverage, minloglevel=2)
+    return os.path.join(folder, name + ".model")
+
+
 # -- bert4keras 0.11.5 -------------------------------------------------------------------------
 
 def run_bert4keras(script, inputs, folder, timeout=600):
