@@ -380,6 +380,28 @@ def application_allowed(tokens, segments, application):
     return np.broadcast_to(keys, (len(tokens), n, n))
 
 
+# -- bad arguments ----------------------------------------------------------------------------
+
+def refusal_cases(target, cases, valid=None):
+    """``pytest.param(target, kwargs, error, name)`` for each ``(bad kwargs, error, name)`` of
+    ``cases``, the bad keyword arguments over the ``valid`` ones, for
+    :func:`assert_refused`. The id names ``target`` and the bad arguments and is the same in
+    every process (no object addresses: pytest-xdist workers must collect identical ids)."""
+    def shown(value):
+        return "<callable>" if callable(value) else repr(value)[:40]
+    return [pytest.param(target, {**(valid or {}), **kwargs}, error, name,
+                         id=f"{target.__name__}-" + ",".join(f"{k}={shown(v)}"
+                                                            for k, v in kwargs.items()))
+            for kwargs, error, name in cases]
+
+
+def assert_refused(target, kwargs, error, name):
+    """``target(**kwargs)`` raises ``error`` with a message naming ``name`` (back-quoted or
+    not)."""
+    with pytest.raises(error, match=f"`?{name}`?"):
+        target(**kwargs)
+
+
 # -- tokenizers -------------------------------------------------------------------------------
 
 def train_sentencepiece(folder, texts, vocab_size, character_coverage=1.0, name="sp"):
