@@ -22,6 +22,7 @@ from keraformer.attentions.dot_product import entropy_scale
 from keraformer.checks import check_broadcastable, check_choice, check_positive_ints
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
+from keraformer.positions.rotary import rotary_argument, rotary_config
 
 NORMALIZATIONS = ("softmax_plus", "softmax", "relu2")
 
@@ -169,12 +170,7 @@ class GatedAttentionUnit(keras.layers.Layer):
         self.scaling_base, self.output_dim = scaling_base, output_dim
         self.dropout_rate = dropout_rate
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        if isinstance(rotary, dict):
-            rotary = keras.saving.deserialize_keras_object(rotary)
-        if rotary is not None and key_size % 2:
-            raise ValueError(f"`key_size` must be even to rotate queries and keys with "
-                             f"`rotary`; received {key_size}")
-        self.rotary = rotary
+        self.rotary = rotary_argument(rotary, key_size)
         self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 
     def _dense(self, units, name, activation=None):
@@ -221,10 +217,10 @@ class GatedAttentionUnit(keras.layers.Layer):
         return None
 
     def get_config(self):
-        rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)
         return {**super().get_config(), "units": self.units, "key_size": self.key_size,
                 "activation": self.activation, "normalization": self.normalization,
-                "use_bias": self.use_bias, "rotary": rotary, "chunk_size": self.chunk_size,
-                "min_length": self.min_length, "scaling_base": self.scaling_base,
-                "output_dim": self.output_dim, "dropout_rate": self.dropout_rate,
+                "use_bias": self.use_bias, "rotary": rotary_config(self.rotary),
+                "chunk_size": self.chunk_size, "min_length": self.min_length,
+                "scaling_base": self.scaling_base, "output_dim": self.output_dim,
+                "dropout_rate": self.dropout_rate,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}

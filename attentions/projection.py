@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from keraformer.checks import check_positive_ints
+from keraformer.positions.rotary import rotary_argument, rotary_config
 
 
 class ProjectedHeads:
@@ -32,12 +33,7 @@ class ProjectedHeads:
         self.key_size = key_size or head_size
         self.output_dim, self.use_bias = output_dim, use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        if isinstance(rotary, dict):
-            rotary = keras.saving.deserialize_keras_object(rotary)
-        if rotary is not None and self.key_size % 2:
-            raise ValueError(f"`key_size` (default `head_size`) must be even to rotate queries "
-                             f"and keys with `rotary`; received {self.key_size}")
-        self.rotary = rotary
+        self.rotary = rotary_argument(rotary, self.key_size, "`key_size` (default `head_size`)")
         self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 
     def _dense(self, units, name, input_shape):
@@ -84,7 +80,7 @@ class ProjectedHeads:
         return None
 
     def heads_config(self):
-        rotary = None if self.rotary is None else keras.saving.serialize_keras_object(self.rotary)
         return {"heads": self.heads, "head_size": self.head_size, "key_size": self.key_size,
-                "output_dim": self.output_dim, "use_bias": self.use_bias, "rotary": rotary,
+                "output_dim": self.output_dim, "use_bias": self.use_bias,
+                "rotary": rotary_config(self.rotary),
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}

@@ -29,6 +29,16 @@ def check_positive_int(name, value):
         raise ValueError(f"`{name}` must be an integer >= 1; received {value!r}")
 
 
+def _feature_size(layer, input_shape, inputs, features, size):
+    """The last axis of ``input_shape``, which must be ``(batch, length, features)`` with a
+    known size; else a ValueError naming ``layer``'s class, its ``inputs`` and the shape."""
+    if len(input_shape) != 3 or input_shape[-1] is None:
+        raise ValueError(f"{type(layer).__name__} takes {inputs} of shape (batch, length, "
+                         f"{features}) with a known {size}; received shape "
+                         f"{tuple(input_shape)}")
+    return input_shape[-1]
+
+
 def mask_spans(logits, mask=None, tril_mask=True):
     """``logits (batch, heads, length, length)`` with ``-inf`` where the start or the end is
     outside ``mask (batch, length)`` and, if ``tril_mask``, where the end precedes the start."""
@@ -91,11 +101,7 @@ class GlobalPointer(keras.layers.Layer):
         self.supports_masking = True
 
     def check_input_shape(self, input_shape):
-        if len(input_shape) != 3 or input_shape[-1] is None:
-            raise ValueError(f"{type(self).__name__} takes hidden states of shape (batch, "
-                             f"length, hidden) with a known hidden size; received shape "
-                             f"{tuple(input_shape)}")
-        return input_shape[-1]
+        return _feature_size(self, input_shape, "hidden states", "hidden", "hidden size")
 
     def build(self, input_shape):
         hidden = self.check_input_shape(input_shape)
@@ -219,11 +225,8 @@ class ConditionalRandomField(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[-1] is None:
-            raise ValueError(f"ConditionalRandomField takes emission scores of shape (batch, "
-                             f"length, labels) with a known number of labels; received "
-                             f"shape {tuple(input_shape)}")
-        labels = input_shape[-1]
+        labels = _feature_size(self, input_shape, "emission scores", "labels",
+                               "number of labels")
         self._trans = self.add_weight(name="trans", shape=(labels, labels),
                                       initializer="glorot_uniform")
         if self.lr_multiplier != 1:

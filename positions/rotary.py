@@ -35,6 +35,24 @@ def check_rotary_options(scaling, factor):
         raise ValueError(f"`factor` must be > 0; received {factor!r}")
 
 
+def rotary_argument(rotary, size, size_name="`key_size`"):
+    """The ``rotary`` argument of an attention layer: ``None``, a layer that rotates
+    ``(batch, length, …, size)`` by position (a :class:`RotaryEmbedding`), or the config of
+    one, as :func:`rotary_config` stores it in the layer's config. The rotated ``size``
+    (``size_name`` in the error) must be even: rotations turn pairs of features."""
+    if isinstance(rotary, dict):
+        rotary = keras.saving.deserialize_keras_object(rotary)
+    if rotary is not None and size % 2:
+        raise ValueError(f"{size_name} must be even to rotate queries and keys with `rotary`; "
+                         f"received {size}")
+    return rotary
+
+
+def rotary_config(rotary):
+    """The ``rotary`` argument as an attention layer's ``get_config`` stores it."""
+    return None if rotary is None else keras.saving.serialize_keras_object(rotary)
+
+
 def apply_rotary(x, positions=None, base=10000, interleaved=True, scaling=None, factor=1.0):
     """Rotate ``x`` of shape ``(batch, length, heads, dim)`` or ``(batch, length, dim)``.
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from keraformer import checkpoints
 
@@ -264,6 +265,22 @@ def assert_checkpoint_round_trip(builder, arrays, folder):
         np.testing.assert_array_equal(saved[name], value)
 
 
+ENCODERS = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha")
+SEQ2SEQ = ("t5", "t5.1.1", "mt5")
+
+
+def tiny_configs(vocab_size, layers=2, intermediate_size=24, **encoder):
+    """Configs ``(encoder, t5)`` of tiny random builders without dropout: width 16 in 2 heads
+    of 8, ``layers`` layers, feed-forward width ``intermediate_size``, T5's relative positions
+    in 8 buckets up to distance 20; ``encoder`` adds keys to the BERT-family config."""
+    return (dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=layers,
+                 num_attention_heads=2, intermediate_size=intermediate_size, dropout_rate=0.0,
+                 **encoder),
+            dict(vocab_size=vocab_size, d_model=16, d_kv=8, d_ff=intermediate_size,
+                 num_layers=layers, num_heads=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=20, dropout_rate=0.0))
+
+
 def segment_batch(seed, vocab, length=9):
     """Token ids ``(2, length)`` in ``[1, vocab)``, the second row padded (id 0) from 6 on,
     and segment ids (1 from position 4, 0 at padding)."""
@@ -303,6 +320,48 @@ def assert_builder_matches(model, expected, tokens, segments, atol, rtol=0.0):
     np.testing.assert_allclose(got[real], expected[real], atol=atol, rtol=rtol)
 
 
+class NumpyReferenceChecks:
+    """The checks shared by the builders tested against a NumPy forward pass of their own
+    (RoFormerV2, GAU-α): a test module subclasses this as ``Test<Builder>`` and sets
+
+    - ``MODEL`` and ``CONFIG`` (whose ``vocab_size`` the token ids are drawn from);
+    - ``LENGTH``: tokens per row of the :func:`segment_batch` checked for every application;
+    - ``ROUND_TRIP`` and ``LONG``: the applications of the checkpoint round trip and of the
+      600-token input;
+    - ``random_checkpoint()``: Google-format arrays with the builder's names;
+    - ``reference(arrays, tokens, segments, application)``: ``(hidden states, MLM logits)``.
+
+    Each application must match the reference within 1e-4 (abs and rel) at the real
+    positions; the 600-token input within 1e-3 abs and 1e-4 rel.
+    """
+
+    @pytest.fixture(scope="class")
+    def loaded(self, tmp_path_factory):
+        """The random checkpoint's arrays and ``{application: builder}`` loaded from it."""
+        return builders_per_application(tmp_path_factory.mktemp("m"), self.MODEL,
+                                        self.random_checkpoint(), self.CONFIG)
+
+    @pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
+    def test_matches_numpy_reference(self, loaded, application):
+        arrays, builders = loaded
+        tokens, segments = segment_batch(1, self.CONFIG["vocab_size"], self.LENGTH)
+        _, expected = self.reference(arrays, tokens, segments, application)
+        assert_builder_matches(builders[application].model, expected, tokens, segments, 1e-4,
+                               1e-4)
+
+    def test_checkpoint_names_and_exact_round_trip(self, loaded, tmp_path):
+        assert_checkpoint_round_trip(loaded[1][self.ROUND_TRIP], loaded[0], tmp_path)
+
+    def test_long_input_matches_reference(self, loaded):
+        """No position table: 600 tokens (beyond BERT's 512) still follow the formula."""
+        arrays, builders = loaded
+        rng = np.random.default_rng(5)
+        tokens = rng.integers(1, self.CONFIG["vocab_size"], (1, 600)).astype("int32")
+        segments = np.zeros_like(tokens)
+        _, expected = self.reference(arrays, tokens, segments, self.LONG)
+        assert_builder_matches(builders[self.LONG].model, expected, tokens, segments, 1e-3, 1e-4)
+
+
 def numpy_rms_norm(x, eps=1e-12):
     """Parameter-free RMS norm ``x / sqrt(mean(x²) + eps)`` over the last axis."""
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
@@ -319,6 +378,46 @@ def application_allowed(tokens, segments, application):
     if application == "unilm":
         return keys & ((segments[:, None, :] == 0) | (j <= i)[None])
     return np.broadcast_to(keys, (len(tokens), n, n))
+
+
+# -- bad arguments ----------------------------------------------------------------------------
+
+def refusal_cases(target, cases, valid=None):
+    """``pytest.param(target, kwargs, error, name)`` for each ``(bad kwargs, error, name)`` of
+    ``cases``, the bad keyword arguments over the ``valid`` ones, for
+    :func:`assert_refused`. The id names ``target`` and the bad arguments and is the same in
+    every process (no object addresses: pytest-xdist workers must collect identical ids)."""
+    def shown(value):
+        return "<callable>" if callable(value) else repr(value)[:40]
+    return [pytest.param(target, {**(valid or {}), **kwargs}, error, name,
+                         id=f"{target.__name__}-" + ",".join(f"{k}={shown(v)}"
+                                                            for k, v in kwargs.items()))
+            for kwargs, error, name in cases]
+
+
+def assert_refused(target, kwargs, error, name):
+    """``target(**kwargs)`` raises ``error`` with a message naming ``name`` (back-quoted or
+    not)."""
+    with pytest.raises(error, match=f"`?{name}`?"):
+        target(**kwargs)
+
+
+# -- tokenizers -------------------------------------------------------------------------------
+
+def train_sentencepiece(folder, texts, vocab_size, character_coverage=1.0, name="sp"):
+    """Train a unigram SentencePiece model with T5's special ids (padding 0, end 1, unknown
+    2, no start) on the lines ``texts``, written to ``folder/corpus.txt``; returns the path
+    of the model, ``folder/<name>.model``."""
+    import sentencepiece
+    folder = str(folder)
+    corpus = os.path.join(folder, "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write("\n".join(texts))
+    sentencepiece.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(folder, name), vocab_size=vocab_size,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
+        character_coverage=character_coverage, minloglevel=2)
+    return os.path.join(folder, name + ".model")
 
 
 # -- bert4keras 0.11.5 -------------------------------------------------------------------------

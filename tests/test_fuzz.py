@@ -89,6 +89,13 @@ def faults(*names):
 FAULTY = pytest.mark.parametrize("faulty", [False, True], ids=["valid", "faulty"])
 
 
+def faulty_case(name, faulty, fault, seed=0):
+    """Counts a case of ``name`` in a ``FAULTY`` test; returns the fault it checks (``None``
+    in the valid run) and a NumPy random state seeded with ``seed``."""
+    case(name)
+    return (fault if faulty else None), np.random.RandomState(seed)
+
+
 def named(fault):
     """Regex for an error message that names the argument of ``fault`` (``None``: no error)."""
     if fault is None:
@@ -290,9 +297,7 @@ def mask_kind(fault, kind):
                     "bias:short"), seed=SEEDS)
 def test_dot_product_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, dtype, mask, bias,
                                causal, entropy_scaling, scale, fault, seed):
-    case("dot_product_attention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("dot_product_attention", faulty, fault, seed)
     q, k, v = qkv(rng, batch, q_len, k_len, heads, dim, v_dim, dtype, fault)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
     bias_shapes = {"shared": (1, heads, q_len, k_len), "batch": (batch, heads, q_len, k_len),
@@ -311,6 +316,11 @@ def bad_size(fault, argument, value):
     if not is_(fault, argument):
         return value
     return {"zero": 0, "negative": -2, "float": 2.5, "bool": True}[fault.split(":")[1]]
+
+
+def bad_sizes(fault, **sizes):
+    """The values of ``sizes`` in order, through ``bad_size`` with their names."""
+    return tuple(bad_size(fault, name, value) for name, value in sizes.items())
 
 
 def key_padded_lengths(fault, q_len, k_len, causal):
@@ -334,9 +344,7 @@ def key_padded_lengths(fault, q_len, k_len, causal):
                     "causal:lengths"), seed=SEEDS)
 def test_linear_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, dtype, mask, causal,
                           feature_map, chunk_size, fault, seed):
-    case("linear_attention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("linear_attention", faulty, fault, seed)
     q_len, k_len, causal = key_padded_lengths(fault, q_len, k_len, causal)
     q, k, v = qkv(rng, batch, q_len, k_len, heads, dim, v_dim, dtype, fault)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
@@ -364,9 +372,7 @@ def test_linear_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, dtype,
                     "causal:lengths"), seed=SEEDS)
 def test_vq_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, codes, dtype, mask, causal,
                       block_size, straight_through, fault, seed):
-    case("vq_attention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("vq_attention", faulty, fault, seed)
     q_len, k_len, causal = key_padded_lengths(fault, q_len, k_len, causal)
     q, k, v = qkv(rng, batch, q_len, k_len, heads, dim, v_dim, dtype, fault)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
@@ -383,6 +389,13 @@ def test_vq_attention(faulty, batch, q_len, k_len, heads, dim, v_dim, codes, dty
 
 # -- attentions: layers ---------------------------------------------------------------------
 
+# the sizes and options drawn alike for the projected-heads layers (softmax and linear)
+LAYER_SIZES = dict(batch=st.integers(1, 3), dim=st.integers(1, 8), k_dim=st.integers(1, 8),
+                   heads=st.integers(1, 3), key_size=st.one_of(st.none(), st.integers(1, 5)),
+                   output_dim=st.one_of(st.none(), st.integers(1, 6)), cross=st.booleans(),
+                   causal=st.booleans(), policy=POLICIES)
+
+
 def layer_inputs(rng, batch, q_len, k_len, dim, k_dim, policy, cross):
     """``query`` and, for cross attention, ``key``; and the key length."""
     dtype = keras.DTypePolicy(policy).compute_dtype
@@ -391,18 +404,27 @@ def layer_inputs(rng, batch, q_len, k_len, dim, k_dim, policy, cross):
     return query, key, (k_len if cross else q_len)
 
 
+def key_padded_layer_inputs(rng, fault, mask, batch, q_len, k_len, dim, k_dim, heads, policy,
+                            cross, causal):
+    """``query``, ``key``, a ``mask`` of kind ``mask`` (or of the ``mask`` fault) and the query
+    length for the key-padding-mask layers (linear, VQ): no cross attention when causal, and
+    two queries for ``mask:full`` (a ``(batch, 1, 1, k)`` mask is valid for one)."""
+    cross = cross and not causal
+    q_len = max(q_len, 2) if fault == "mask:full" else q_len
+    query, key, k_len = layer_inputs(rng, batch, q_len, k_len, dim, k_dim, policy, cross)
+    mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
+    return query, key, mask, q_len
+
+
 def even(size):
     return size + size % 2
 
 
 @FAULTY
 @FUZZ
-@given(batch=st.integers(1, 3), q_len=st.integers(1, 6), k_len=st.integers(1, 6),
-       dim=st.integers(1, 8), k_dim=st.integers(1, 8), heads=st.integers(1, 3),
-       head_size=st.integers(1, 5), key_size=st.one_of(st.none(), st.integers(1, 5)),
-       output_dim=st.one_of(st.none(), st.integers(1, 6)), cross=st.booleans(),
-       rotary=st.booleans(), entropy_scaling=st.booleans(), causal=st.booleans(),
-       dropout=st.sampled_from([0.0, 0.3]), training=st.booleans(), policy=POLICIES,
+@given(**LAYER_SIZES, q_len=st.integers(1, 6), k_len=st.integers(1, 6),
+       head_size=st.integers(1, 5), rotary=st.booleans(), entropy_scaling=st.booleans(),
+       dropout=st.sampled_from([0.0, 0.3]), training=st.booleans(),
        mask=st.sampled_from([None, "keys", "full", "heads"]),
        fault=faults("heads:zero", "heads:negative", "head_size:float", "key_size:zero",
                     "output_dim:negative", "key_size:odd", "mask:short", "mask:batch",
@@ -410,19 +432,16 @@ def even(size):
 def test_multi_head_attention(faulty, batch, q_len, k_len, dim, k_dim, heads, head_size, key_size,
                               output_dim, cross, rotary, entropy_scaling, causal, dropout, training,
                               policy, mask, fault, seed):
-    case("MultiHeadAttention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("MultiHeadAttention", faulty, fault, seed)
     query, key, k_len = layer_inputs(rng, batch, q_len, k_len, dim, k_dim, policy, cross)
     mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
     if rotary:  # rotary positions rotate pairs: an even key size, unless that is the fault
         key_size = even(key_size or head_size)
     if fault == "key_size:odd":
         rotary, key_size = True, 2 * (key_size or head_size) + 1
-    heads = bad_size(fault, "heads", heads)
-    head_size = bad_size(fault, "head_size", head_size)
+    heads, head_size, output_dim = bad_sizes(fault, heads=heads, head_size=head_size,
+                                             output_dim=output_dim)
     key_size = key_size if fault == "key_size:odd" else bad_size(fault, "key_size", key_size)
-    output_dim = bad_size(fault, "output_dim", output_dim)
 
     def call():
         layer = MultiHeadAttention(heads, head_size, key_size=key_size, output_dim=output_dim,
@@ -434,28 +453,19 @@ def test_multi_head_attention(faulty, batch, q_len, k_len, dim, k_dim, heads, he
 
 @FAULTY
 @FUZZ
-@given(batch=st.integers(1, 3), q_len=st.integers(1, 7), k_len=st.integers(1, 7),
-       dim=st.integers(1, 8), k_dim=st.integers(1, 8), heads=st.integers(1, 3),
-       head_size=st.integers(1, 4), key_size=st.one_of(st.none(), st.integers(1, 5)),
-       output_dim=st.one_of(st.none(), st.integers(1, 6)), cross=st.booleans(),
-       causal=st.booleans(), feature_map=st.sampled_from(["elu", "softmax"]),
-       chunk_size=st.integers(1, 8), policy=POLICIES,
-       mask=st.sampled_from([None, "keys", "keys2d"]),
+@given(**LAYER_SIZES, q_len=st.integers(1, 7), k_len=st.integers(1, 7),
+       head_size=st.integers(1, 4), feature_map=st.sampled_from(["elu", "softmax"]),
+       chunk_size=st.integers(1, 8), mask=st.sampled_from([None, "keys", "keys2d"]),
        fault=faults("heads:zero", "head_size:negative", "chunk_size:zero", "mask:short",
                     "mask:full"), seed=SEEDS)
 def test_linear_attention_layer(faulty, batch, q_len, k_len, dim, k_dim, heads, head_size, key_size,
                                 output_dim, cross, causal, feature_map, chunk_size, policy, mask,
                                 fault, seed):
-    case("LinearAttention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
-    cross = cross and not causal
-    q_len = max(q_len, 2) if fault == "mask:full" else q_len  # (batch, 1, 1, k) is valid
-    query, key, k_len = layer_inputs(rng, batch, q_len, k_len, dim, k_dim, policy, cross)
-    mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
-    heads = bad_size(fault, "heads", heads)
-    head_size = bad_size(fault, "head_size", head_size)
-    chunk_size = bad_size(fault, "chunk_size", chunk_size)
+    fault, rng = faulty_case("LinearAttention", faulty, fault, seed)
+    query, key, mask, q_len = key_padded_layer_inputs(rng, fault, mask, batch, q_len, k_len, dim,
+                                                      k_dim, heads, policy, cross, causal)
+    heads, head_size, chunk_size = bad_sizes(fault, heads=heads, head_size=head_size,
+                                             chunk_size=chunk_size)
 
     def call():
         layer = LinearAttention(heads, head_size, key_size=key_size, output_dim=output_dim,
@@ -479,9 +489,7 @@ def test_linear_attention_layer(faulty, batch, q_len, k_len, dim, k_dim, heads, 
 def test_gated_attention_unit(faulty, batch, length, dim, units, key_size, normalization,
                               chunk_size, rotary, causal, min_length, output_dim, policy, mask,
                               training, fault, seed):
-    case("GatedAttentionUnit")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("GatedAttentionUnit", faulty, fault, seed)
     x = tensor(rng, (batch, length, dim), keras.DTypePolicy(policy).compute_dtype)
     if chunk_size is not None:  # mixed-chunk attention: relu2 and key padding masks only
         normalization = "relu2"
@@ -520,16 +528,10 @@ def test_gated_attention_unit(faulty, batch, length, dim, units, key_size, norma
                     "mask:short", "mask:full"), seed=SEEDS)
 def test_vq_attention_layer(faulty, batch, q_len, k_len, dim, heads, head_size, codes, block_size,
                             cross, causal, training, decay, policy, mask, fault, seed):
-    case("VQAttention")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
-    cross = cross and not causal
-    q_len = max(q_len, 2) if fault == "mask:full" else q_len  # (batch, 1, 1, k) is valid
-    query, key, k_len = layer_inputs(rng, batch, q_len, k_len, dim, dim, policy, cross)
-    mask = attention_mask(rng, mask_kind(fault, mask), batch, heads, q_len, k_len)
-    codes = bad_size(fault, "codes", codes)
-    block_size = bad_size(fault, "block_size", block_size)
-    heads = bad_size(fault, "heads", heads)
+    fault, rng = faulty_case("VQAttention", faulty, fault, seed)
+    query, key, mask, q_len = key_padded_layer_inputs(rng, fault, mask, batch, q_len, k_len, dim,
+                                                      dim, heads, policy, cross, causal)
+    codes, block_size, heads = bad_sizes(fault, codes=codes, block_size=block_size, heads=heads)
     decay = 1.0 if fault == "decay:one" else decay
     layer = []
 
@@ -557,9 +559,7 @@ def test_vq_attention_layer(faulty, batch, q_len, k_len, dim, heads, head_size, 
                     "factor:negative"), seed=SEEDS)
 def test_rotary(faulty, batch, length, heads, half, rank, positions, base, interleaved, scaling,
                 factor, dtype, use_layer, fault, seed):
-    case("rotary")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("rotary", faulty, fault, seed)
     dim = 2 * half + (fault == "x:odd")
     rank = {"x:rank2": 2, "x:rank5": 5}.get(fault, rank)
     shape = {2: (batch, dim), 3: (batch, length, dim), 4: (batch, length, heads, dim),
@@ -594,8 +594,7 @@ def test_rotary(faulty, batch, length, heads, half, rank, positions, base, inter
        fault=faults("heads:zero", "heads:float", "num_buckets:small", "max_distance:small"))
 def test_relative_position_bias(faulty, heads, num_buckets, extra, bidirectional, q_len, k_len,
                                 offset, dtype, fault):
-    case("RelativePositionBias")
-    fault = fault if faulty else None
+    fault, _ = faulty_case("RelativePositionBias", faulty, fault)
     minimum = 4 if bidirectional else 2
     max_distance = num_buckets // minimum + extra
     if fault == "num_buckets:small":
@@ -623,8 +622,7 @@ def test_relative_position_bias(faulty, heads, num_buckets, extra, bidirectional
        fault=faults("output_dim:odd", "output_dim:zero", "output_dim:mismatch",
                     "merge_mode:concat"))
 def test_sinusoidal_position_embedding(faulty, batch, length, half, merge_mode, dtype, fault):
-    case("SinusoidalPositionEmbedding")
-    fault = fault if faulty else None
+    fault, _ = faulty_case("SinusoidalPositionEmbedding", faulty, fault)
     output_dim = {"output_dim:odd": 2 * half + 1, "output_dim:zero": 0}.get(fault, 2 * half)
     input_dim = output_dim + 2 if fault == "output_dim:mismatch" else output_dim
     merge_mode = {"merge_mode:concat": "concat", "output_dim:mismatch": "add"}.get(fault,
@@ -642,8 +640,7 @@ def test_sinusoidal_position_embedding(faulty, batch, length, half, merge_mode, 
        dtype=DTYPES, fault=faults("alpha:one", "alpha:negative", "length:beyond"))
 def test_hierarchical_position_embedding(faulty, rows, length, dim, merge_mode, alpha, dtype,
                                         fault):
-    case("PositionEmbedding hierarchical")
-    fault = fault if faulty else None
+    fault, _ = faulty_case("PositionEmbedding hierarchical", faulty, fault)
     length = min(length, rows * rows) if fault != "length:beyond" else rows * rows + 1
     alpha = {"alpha:one": 1.0, "alpha:negative": -0.5}.get(fault, alpha)
     x = np.zeros((2, length, dim), "float32")
@@ -692,9 +689,7 @@ def sparse_labels(rng, shape, classes, fault, ignore_index=None):
        seed=SEEDS)
 def test_emo_loss(faulty, shape, vocab, dim, ignore_index, mask, sample_weight, zero_row, mode,
                   dtype, use_class, fault, seed):
-    case("EMO loss")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("EMO loss", faulty, fault, seed)
     use_class = use_class and not is_(fault, "mask")  # EMOLoss takes no mask
     labels = sparse_labels(rng, shape, vocab, fault, ignore_index)
     logits = tensor(rng, shape + (vocab,), dtype, 5.0)
@@ -737,9 +732,7 @@ def test_emo_loss(faulty, shape, vocab, dim, ignore_index, mask, sample_weight, 
                     "y_true:shape"), seed=SEEDS)
 def test_logit_adjustment(faulty, shape, classes, priors, tau, sample_weight, use, dtype, fault,
                           seed):
-    case("logit adjustment")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("logit adjustment", faulty, fault, seed)
     if use == "adjust" and is_(fault, "y_true"):
         use = "function"
     if use == "class" and sample_weight == "batch" and len(shape) > 2:
@@ -783,9 +776,7 @@ def test_logit_adjustment(faulty, shape, classes, priors, tau, sample_weight, us
        seed=SEEDS)
 def test_accumulating_optimizers(faulty, kind, steps, nesterov, weight_decay, micro_steps, shape,
                                  fault, seed):
-    case("optimizers")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("optimizers", faulty, fault, seed)
     steps = {"accumulation_steps:zero": 0, "accumulation_steps:negative": -1,
              "accumulation_steps:float": 2.5, "accumulation_steps:bool": True,
              "accumulation_steps:string": "2"}.get(fault, steps)
@@ -889,9 +880,7 @@ def token_batch(rng, vocab, batch, length, all_padding, fault, argument="token_i
 def test_encoder_builders(faulty, model, attention, vocab, heads, head_size, layers, intermediate,
                           max_position, key_size, application, with_mlm, with_pool, batch, length,
                           all_padding, fault, seed):
-    case("encoder builders")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("encoder builders", faulty, fault, seed)
     rotary = model != "roberta"
     attention = None if not rotary else attention
     model = {"with_pool:v2": "roformer_v2", "max_position_embeddings:zero": "roberta",
@@ -963,9 +952,7 @@ def test_encoder_builders(faulty, model, attention, vocab, heads, head_size, lay
                     "token_ids:negative", "token_ids:decoder"), seed=SEEDS)
 def test_t5_builders(faulty, version, vocab, d_model, d_kv, d_ff, layers, decoder_layers, heads,
                      buckets, extra, batch, src_len, tgt_len, all_padding, fault, seed):
-    case("T5 builders")
-    fault = fault if faulty else None
-    rng = np.random.RandomState(seed)
+    fault, rng = faulty_case("T5 builders", faulty, fault, seed)
     config = dict(vocab_size=vocab, d_model=bad_size(fault, "d_model", d_model),
                   d_kv=bad_size(fault, "d_kv", d_kv), d_ff=d_ff, num_layers=layers,
                   num_decoder_layers=decoder_layers, num_heads=bad_size(fault, "num_heads", heads),

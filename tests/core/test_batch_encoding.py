@@ -20,11 +20,11 @@ import unicodedata
 
 import numpy as np
 import pytest
-import sentencepiece
 import transformers
 
 from keraformer.tokenizers import SpTokenizer, Tokenizer
 from keraformer.tokenizers.batch import batch_encoder, kept_lengths
+from tests.references import train_sentencepiece
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "texts.txt")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -238,9 +238,7 @@ def sentencepiece_model(tmp_path_factory):
     """A 3000-piece unigram model (pad 0, end 1, unknown 2, no BOS) trained on the texts, as
     ``spiece.model`` of a directory that transformers' ``T5Tokenizer`` reads."""
     folder = tmp_path_factory.mktemp("spm")
-    sentencepiece.SentencePieceTrainer.train(
-        input=DATA, model_prefix=str(folder / "spiece"), vocab_size=3000, pad_id=0, eos_id=1,
-        unk_id=2, bos_id=-1, model_type="unigram", character_coverage=0.9995, minloglevel=2)
+    train_sentencepiece(folder, real_texts(), 3000, character_coverage=0.9995, name="spiece")
     return folder
 
 

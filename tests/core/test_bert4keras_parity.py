@@ -13,10 +13,9 @@ import importlib.util
 import os
 
 import pytest
-import sentencepiece
 
 from keraformer.tokenizers import SpTokenizer, Tokenizer, load_vocab
-from tests.references import run_bert4keras
+from tests.references import run_bert4keras, train_sentencepiece
 
 TEXTS = [
     "Hello, World! This is a simple sentence.",
@@ -183,16 +182,11 @@ def setup(tmp_path_factory):
     tokens += [t for t in dict.fromkeys(extra) if t not in seen]
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(SP_CORPUS * 30), encoding="utf-8")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=60, pad_id=0,
-        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
-        minloglevel=2)
+    model = train_sentencepiece(folder, SP_CORPUS * 30, 60)
     inputs = {"vocab": str(vocab), "texts": TEXTS, "pairs": PAIRS, "maxlens": MAXLENS,
-              "divergent": DIVERGENT, "spm": str(folder / "sp.model"), "sp_texts": SP_TEXTS}
+              "divergent": DIVERGENT, "spm": model, "sp_texts": SP_TEXTS}
     results, _ = run_bert4keras(SCRIPT, inputs, folder)
-    return str(vocab), str(folder / "sp.model"), results
+    return str(vocab), model, results
 
 
 def as_lists(pair):

@@ -4,10 +4,10 @@ trained here (unigram, pad 0 / end 1 / unknown 2, no BOS), sentinels included.""
 import shutil
 
 import pytest
-import sentencepiece
 import transformers
 
 from keraformer.tokenizers import SpTokenizer
+from tests.references import train_sentencepiece
 
 CORPUS = ["the cat sat on the mat", "a dog ran in the park with 42 balls",
           "über café naïve résumé", "Hello, world! How are you today?",
@@ -22,17 +22,12 @@ TEXTS = ["Hello <extra_id_0> world", "the cat<extra_id_1>sat   on  the mat",
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("spm")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS * 30), encoding="utf-8")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=60, pad_id=0,
-        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
-        minloglevel=2)
+    model = train_sentencepiece(folder, CORPUS * 30, 60)
     hf_dir = folder / "hf"
     hf_dir.mkdir()
-    shutil.copy(folder / "sp.model", hf_dir / "spiece.model")
+    shutil.copy(model, hf_dir / "spiece.model")
     # transformers 5 builds T5Tokenizer from spiece.model with its SentencePiece converter
-    ours = SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>")
+    ours = SpTokenizer(model, token_start=None, token_end="</s>")
     return ours, transformers.T5Tokenizer.from_pretrained(str(hf_dir))
 
 

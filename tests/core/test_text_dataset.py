@@ -15,11 +15,11 @@ import os
 import keras
 import numpy as np
 import pytest
-import sentencepiece
 
 from keraformer.data import seq2seq_dataset, text_dataset
 from keraformer.models import build_transformer_model
 from keraformer.tokenizers import SpTokenizer, Tokenizer
+from tests.references import train_sentencepiece
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "texts.txt")
 
@@ -136,12 +136,9 @@ def test_fit_on_raw_text_equals_fit_on_padded_arrays(tokenizer):
 
 @pytest.fixture(scope="module")
 def sp_tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("spm")
-    (folder / "english.txt").write_text("\n".join(real_texts(1000, english=True)))
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(folder / "english.txt"), model_prefix=str(folder / "sp"), vocab_size=400, pad_id=0, eos_id=1,
-        unk_id=2, bos_id=-1, model_type="unigram", character_coverage=0.995, minloglevel=2)
-    return SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>")
+    model = train_sentencepiece(tmp_path_factory.mktemp("spm"), real_texts(1000, english=True),
+                                400, character_coverage=0.995)
+    return SpTokenizer(model, token_start=None, token_end="</s>")
 
 
 def test_seq2seq_batches_shift_targets_and_fit_like_arrays(sp_tokenizer):

@@ -5,9 +5,9 @@ or skipped; valid ids decode the same from a list, a NumPy array or a backend te
 import keras
 import numpy as np
 import pytest
-import sentencepiece
 
 from keraformer.tokenizers import SpTokenizer, Tokenizer
+from tests.references import train_sentencepiece
 
 PIECES, EXTRA_IDS = 20, 3
 SPM_SIZE = PIECES + EXTRA_IDS  # SentencePiece pieces, then the sentinels
@@ -21,16 +21,9 @@ def wordpiece():
 
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("spm")
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(["the cat sat on the mat", "a dog ran in the park"] * 40),
-                      encoding="utf-8")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=PIECES, pad_id=0,
-        eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
-        minloglevel=2)
-    tokenizer = SpTokenizer(str(folder / "sp.model"), token_start=None, token_end="</s>",
-                            extra_ids=EXTRA_IDS)
+    model = train_sentencepiece(tmp_path_factory.mktemp("spm"),
+                                ["the cat sat on the mat", "a dog ran in the park"] * 40, PIECES)
+    tokenizer = SpTokenizer(model, token_start=None, token_end="</s>", extra_ids=EXTRA_IDS)
     assert tokenizer.vocab_size == SPM_SIZE
     return tokenizer
 

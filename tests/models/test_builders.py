@@ -25,17 +25,11 @@ import numpy as np
 import pytest
 
 from keraformer.models import build_transformer_model
-from tests.references import assert_builder_no_leak, assert_builder_padding_invariant
+from tests.references import (ENCODERS, SEQ2SEQ, assert_builder_no_leak,
+                              assert_builder_padding_invariant, tiny_configs)
 
-ENCODER_CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=24, type_vocab_size=2, attention_key_size=8,
-                      dropout_rate=0.0)
-T5_CONFIG = dict(vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                 dropout_rate=0.0)
-ENCODERS = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha")
+ENCODER_CONFIG, T5_CONFIG = tiny_configs(50, type_vocab_size=2, attention_key_size=8)
 APPLICATIONS = ("encoder", "lm", "unilm")
-SEQ2SEQ = ("t5", "t5.1.1", "mt5")
 SPECS = [(m, a) for m in ENCODERS for a in APPLICATIONS] + [(m, None) for m in SEQ2SEQ]
 # One application per distinct graph (RoBERTa and mT5 differ from BERT and T5.1.1 only in
 # checkpoint names), rotated so that every application is trained.

@@ -1,11 +1,9 @@
 """GAU-α against an independent NumPy forward pass, Google-format checkpoints, masks."""
 
 import numpy as np
-import pytest
 
-from tests.references import (application_allowed, assert_builder_matches,
-                              assert_checkpoint_round_trip, builders_per_application,
-                              numpy_rms_norm, numpy_rope, segment_batch)
+from tests.references import (NumpyReferenceChecks, application_allowed, numpy_rms_norm,
+                              numpy_rope)
 
 CONFIG = dict(vocab_size=47, hidden_size=32, num_hidden_layers=2, intermediate_size=24,
               attention_key_size=16, type_vocab_size=2, hidden_act="swish")
@@ -48,29 +46,9 @@ def numpy_gau_alpha(w, tokens, segments, application="encoder"):
     return x, x @ w["bert/embeddings/word_embeddings"].T
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """The random checkpoint's arrays and ``{application: builder}`` loaded from it."""
-    return builders_per_application(tmp_path_factory.mktemp("m"), "gau_alpha",
-                                    random_checkpoint(), CONFIG)
-
-
-@pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
-def test_matches_numpy_reference(loaded, application):
-    arrays, builders = loaded
-    tokens, segments = segment_batch(1, 47, 20)  # longer than 16: the floor and the log both act
-    _, expected = numpy_gau_alpha(arrays, tokens, segments, application)
-    assert_builder_matches(builders[application].model, expected, tokens, segments, 1e-4, 1e-4)
-
-
-def test_checkpoint_names_and_exact_round_trip(loaded, tmp_path):
-    assert_checkpoint_round_trip(loaded[1]["unilm"], loaded[0], tmp_path)
-
-
-def test_long_input_matches_reference(loaded):
-    arrays, builders = loaded
-    rng = np.random.default_rng(5)
-    tokens = rng.integers(1, 47, (1, 600)).astype("int32")
-    segments = np.zeros_like(tokens)
-    _, expected = numpy_gau_alpha(arrays, tokens, segments, "encoder")
-    assert_builder_matches(builders["encoder"].model, expected, tokens, segments, 1e-3, 1e-4)
+class TestGAUAlpha(NumpyReferenceChecks):
+    MODEL, CONFIG = "gau_alpha", CONFIG
+    LENGTH = 20  # longer than 16: the floor and the log both act
+    ROUND_TRIP, LONG = "unilm", "encoder"
+    random_checkpoint = staticmethod(random_checkpoint)
+    reference = staticmethod(numpy_gau_alpha)

@@ -350,6 +350,9 @@ def test_bad_arguments_name_the_argument():
         ConditionalRandomField(lr_multiplier=0)
     with pytest.raises(ValueError, match="shape"):
         GlobalPointer(2, 4)(np.zeros((2, 3), "float32"))
+    with pytest.raises(ValueError, match=r"emission scores of shape \(batch, length, labels\).*"
+                                         r"received shape \(2, 3\)"):
+        ConditionalRandomField()(np.zeros((2, 3), "float32"))
     with pytest.raises(ValueError, match="transitions"):
         viterbi_decode(np.zeros((3, 4)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="starts"):

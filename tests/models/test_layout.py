@@ -13,6 +13,7 @@ difference; float32, the updates move weights by ~1e-2; measured ~6e-8), and eac
 kernel must really be split over the two devices.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -22,14 +23,10 @@ import keras
 import pytest
 
 from keraformer.models import build_transformer_model, layout_map
+from tests.references import ENCODERS, SEQ2SEQ, tiny_configs
 
-ENCODER_CONFIG = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1,
-                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=16,
-                      dropout_rate=0.0)
-T5_CONFIG = dict(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                 dropout_rate=0.0)
-MODELS = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha", "t5", "t5.1.1", "mt5")
+ENCODER_CONFIG, T5_CONFIG = tiny_configs(64, layers=1, intermediate_size=32,
+                                         max_position_embeddings=16)
 COLUMN = (None, "model")  # split the output features
 ROW = ("model", None)  # split the input features
 
@@ -53,9 +50,9 @@ def mesh(model_devices=2):
                                          [f"cpu:{i}" for i in range(model_devices)])
 
 
-@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("model_name", ENCODERS + SEQ2SEQ)
 def test_every_builder_is_covered(model_name):
-    config = T5_CONFIG if model_name in ("t5", "t5.1.1", "mt5") else ENCODER_CONFIG
+    config = T5_CONFIG if model_name in SEQ2SEQ else ENCODER_CONFIG
     options = {"with_pool": True, "with_mlm": True} if model_name == "bert" else {}
     model = build_transformer_model(model=model_name, **config, **options)
     layouts = layout_map(model, mesh())
@@ -86,16 +83,15 @@ def test_bad_meshes_and_models_are_named():
 
 
 SCRIPT = textwrap.dedent("""
+    import json
+    import sys
+
     import numpy as np
     import keras
     from keraformer.models import build_transformer_model, layout_map
     from keraformer.optimizers import AdamW
 
-    ENCODER = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=32, max_position_embeddings=16, dropout_rate=0.0)
-    T5 = dict(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-              relative_attention_num_buckets=8, relative_attention_max_distance=20,
-              dropout_rate=0.0)
+    ENCODER, T5 = json.loads(sys.argv[1])  # the test module's ENCODER_CONFIG and T5_CONFIG
     devices = keras.distribution.list_devices()
     assert len(devices) == 2, devices
     rng = np.random.RandomState(0)
@@ -157,7 +153,8 @@ SCRIPT = textwrap.dedent("""
 def test_data_and_model_parallel_fit_equal_one_device():
     env = {**os.environ, "KERAS_BACKEND": "jax",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                            env=env, timeout=900)
+    configs = json.dumps([ENCODER_CONFIG, T5_CONFIG])
+    result = subprocess.run([sys.executable, "-c", SCRIPT, configs], capture_output=True,
+                            text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert result.stdout.count("diff") == 3, result.stdout

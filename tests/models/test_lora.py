@@ -18,15 +18,9 @@ import transformers
 
 from keraformer.models import build_transformer_model, enable_lora
 from keraformer.models.lora import lora_weights
+from tests.references import ENCODERS, SEQ2SEQ, tiny_configs
 
-ENCODER_CONFIG = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=24, max_position_embeddings=32,
-                      dropout_rate=0.0)
-T5_CONFIG = dict(vocab_size=60, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                 dropout_rate=0.0)
-ENCODERS = ("bert", "roberta", "roformer", "roformer_v2", "gau_alpha")
-SEQ2SEQ = ("t5", "t5.1.1", "mt5")
+ENCODER_CONFIG, T5_CONFIG = tiny_configs(60, max_position_embeddings=32)
 TARGETS = {"gau_alpha": ("i_dense",)}  # GAU-α has no query/value projections
 
 

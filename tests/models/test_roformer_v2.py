@@ -5,10 +5,8 @@ import pytest
 
 from keraformer import checkpoints
 from keraformer.models import build_transformer_model
-from tests.references import (application_allowed, assert_builder_matches,
-                              assert_checkpoint_round_trip, builders_per_application,
-                              numpy_rms_norm, numpy_rope,
-                              numpy_softmax_attention, segment_batch)
+from tests.references import (NumpyReferenceChecks, application_allowed, numpy_rms_norm,
+                              numpy_rope, numpy_softmax_attention)
 
 CONFIG = dict(vocab_size=53, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=40, type_vocab_size=2, hidden_act="relu")
@@ -51,38 +49,15 @@ def numpy_roformer_v2(w, tokens, segments, application="encoder"):
     return x, x @ w["bert/embeddings/word_embeddings"].T
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """The random checkpoint's arrays and ``{application: builder}`` loaded from it."""
-    return builders_per_application(tmp_path_factory.mktemp("m"), "roformer_v2",
-                                    random_checkpoint(), CONFIG)
+class TestRoFormerV2(NumpyReferenceChecks):
+    MODEL, CONFIG, LENGTH = "roformer_v2", CONFIG, 9
+    ROUND_TRIP = LONG = "lm"
+    random_checkpoint = staticmethod(random_checkpoint)
+    reference = staticmethod(numpy_roformer_v2)
 
-
-@pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
-def test_matches_numpy_reference(loaded, application):
-    arrays, builders = loaded
-    tokens, segments = segment_batch(1, 53)
-    _, expected = numpy_roformer_v2(arrays, tokens, segments, application)
-    assert_builder_matches(builders[application].model, expected, tokens, segments, 1e-4, 1e-4)
-
-
-def test_checkpoint_names_and_exact_round_trip(loaded, tmp_path):
-    assert_checkpoint_round_trip(loaded[1]["lm"], loaded[0], tmp_path)
-
-
-def test_has_no_bias_gamma_or_beta(loaded):
-    names = [v.path for v in loaded[1]["encoder"].model.weights]
-    assert not [n for n in names if n.endswith(("bias", "beta", "gamma"))]
-
-
-def test_long_input_matches_reference(loaded):
-    """No position table: 600 tokens (beyond BERT's 512) still follow the formula."""
-    arrays, builders = loaded
-    rng = np.random.default_rng(5)
-    tokens = rng.integers(1, 53, (1, 600)).astype("int32")
-    segments = np.zeros_like(tokens)
-    _, expected = numpy_roformer_v2(arrays, tokens, segments, "lm")
-    assert_builder_matches(builders["lm"].model, expected, tokens, segments, 1e-3, 1e-4)
+    def test_has_no_bias_gamma_or_beta(self, loaded):
+        names = [v.path for v in loaded[1]["encoder"].model.weights]
+        assert not [n for n in names if n.endswith(("bias", "beta", "gamma"))]
 
 
 def test_checkpoint_missing_a_variable_is_named(tmp_path):
