@@ -44,8 +44,6 @@ class RoFormer(BERT):
             (self.application == "unilm", "application",
              "'encoder' or 'lm' (transformers has no UniLM mask)", self.application),
             (self.entropy_scaling, "entropy_scaling", "False", self.entropy_scaling),
-            (self.segment_embedding is None, "type_vocab_size", "at least 1",
-             self.config.get("type_vocab_size")),
         ]
         for refused, argument, expected, received in refusals:
             if refused:
