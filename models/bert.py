@@ -243,6 +243,12 @@ class BERT(Transformer):
                             num_hidden_layers=self.num_layers,
                             num_attention_heads=self.heads,
                             intermediate_size=self.intermediate_size)
+        if family.gau_layer and (attention or family.attention) == "gau" and self.heads != 1:
+            raise ValueError(f"`num_attention_heads` must be 1 (or left out) for "
+                             f"{type(self).__name__}: each layer is one single-head gated "
+                             f"attention unit, sized by intermediate_size and "
+                             f"attention_key_size; received {self.heads!r}. With "
+                             f"attention='softmax', 'linear' or 'vq' it sets their heads")
         if self.hidden_size % self.heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of "
                              f"`num_attention_heads` ({self.heads})")

@@ -96,6 +96,11 @@ class GAUAlpha(BERT):
     (``intermediate_size`` units, ``attention_key_size`` (128) for ``q``/``k``, the config's
     ``hidden_act`` (swish), ``softmax_plus`` normalisation, RoPE, no biases) then add & norm.
     ``attention="softmax"``, ``"linear"`` or ``"vq"`` puts that attention in the unit's place.
+
+    The unit has one head, so ``num_attention_heads`` must be 1 or absent (it defaults to 1;
+    the released GAU-α config says 1, the Hugging Face and Paddle ports leave it out); another
+    value is refused rather than ignored (bert4keras' ``GAU_alpha`` ignores it). With an
+    attention swap it sets the heads of that attention.
     """
 
     model_name = "gau_alpha"

@@ -229,6 +229,15 @@ def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
 
 # -- builder checks ---------------------------------------------------------------------------
 
+def config_for(model, config, attention=None):
+    """``config`` (one multi-head encoder config shared by the tests) for builder ``model``:
+    GAU-α's own unit has a single head, so it gets ``num_attention_heads=1`` unless an
+    ``attention`` swap puts multi-head attention in its place."""
+    if model == "gau_alpha" and attention in (None, "gau"):
+        return {**config, "num_attention_heads": 1}
+    return dict(config)
+
+
 def builder_outputs(model, tokens, segments):
     return np.asarray(model([tokens, segments]))
 

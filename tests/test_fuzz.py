@@ -912,6 +912,9 @@ def test_encoder_builders(faulty, model, attention, vocab, heads, head_size, lay
         application = "lm"
     if model in ("roformer_v2", "gau_alpha"):
         with_pool = False
+    if model == "gau_alpha" and kind == "gau":  # one head: another count is refused
+        fault = "num_attention_heads:gau" if fault == "hidden_size:indivisible" else fault
+        heads = 2 if fault == "num_attention_heads:gau" else 1
     heads = max(heads, 2) if fault == "hidden_size:indivisible" else heads
     hidden = heads * head_size + (fault == "hidden_size:indivisible")
     config = dict(vocab_size=-3 if fault == "vocab_size:negative" else vocab,
@@ -1009,8 +1012,9 @@ BAD_CONFIGS = [
     ("roformer_v2", {"num_attention_heads": 0}, "num_attention_heads"),
     ("roformer_v2", {"hidden_size": -8}, "hidden_size"),
     ("gau_alpha", {"intermediate_size": 0}, "intermediate_size"),
-    ("gau_alpha", {"attention_key_size": -2}, "attention_key_size"),
-    ("gau_alpha", {"attention_key_size": 3}, "attention_key_size"),
+    ("gau_alpha", {"attention_key_size": -2, "num_attention_heads": 1}, "attention_key_size"),
+    ("gau_alpha", {"attention_key_size": 3, "num_attention_heads": 1}, "attention_key_size"),
+    ("gau_alpha", {"num_attention_heads": 2}, "num_attention_heads"),
     ("t5", {"d_model": 0}, "d_model"),
     ("t5", {"num_heads": -1}, "num_heads"),
     ("t5", {"vocab_size": "32"}, "vocab_size"),

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from keraformer.models import build_transformer_model
-from tests.references import assert_builder_no_leak, assert_builder_padding_invariant
+from tests.references import (assert_builder_no_leak, assert_builder_padding_invariant,
+                              config_for)
 
 ENCODER_CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=24, type_vocab_size=2, attention_key_size=8,
@@ -84,7 +85,7 @@ def build(spec, policy="float32"):
             return build_transformer_model(model=model, **T5_CONFIG)
         head = {"with_mlm": "linear"} if application == "unilm" else {}
         return build_transformer_model(model=model, application=application, **head,
-                                       **ENCODER_CONFIG)
+                                       **config_for(model, ENCODER_CONFIG))
 
 
 @functools.cache

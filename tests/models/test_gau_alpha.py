@@ -74,3 +74,27 @@ def test_long_input_matches_reference(loaded):
     segments = np.zeros_like(tokens)
     _, expected = numpy_gau_alpha(arrays, tokens, segments, "encoder")
     assert_builder_matches(builders["encoder"].model, expected, tokens, segments, 1e-3, 1e-4)
+
+
+def test_num_attention_heads_is_one_or_refused(loaded, tmp_path):
+    """GAU-α's unit has one head (the released config says 1, the Hugging Face and Paddle
+    ports leave the key out): another value is refused by name, not ignored, also from a
+    checkpoint's config, and ``num_attention_heads=1`` loads that checkpoint; with an
+    attention swap the value sets that attention's heads."""
+    from keraformer.models import build_transformer_model, load_pretrained
+    from tests.references import google_directory
+    arrays, builders = loaded
+    assert builders["encoder"].heads == 1  # the key is absent from CONFIG
+    with pytest.raises(ValueError, match=r"`num_attention_heads` must be 1 .* received 2"):
+        build_transformer_model(model="gau_alpha", **CONFIG, num_attention_heads=2)
+    google_directory(tmp_path, arrays, {**CONFIG, "num_attention_heads": 12})
+    with pytest.raises(ValueError, match=r"`num_attention_heads` must be 1 .* received 12"):
+        load_pretrained(str(tmp_path), model="gau_alpha")
+    again = load_pretrained(str(tmp_path), model="gau_alpha", num_attention_heads=1,
+                            with_mlm="linear", return_keras_model=False)
+    tokens, segments = segment_batch(2, 47)
+    np.testing.assert_array_equal(np.asarray(again.model([tokens, segments])),
+                                  np.asarray(builders["encoder"].model([tokens, segments])))
+    swapped = build_transformer_model(model="gau_alpha", **CONFIG, num_attention_heads=4,
+                                      attention="softmax", return_keras_model=False)
+    assert swapped.blocks[0].attention.heads == 4

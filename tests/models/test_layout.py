@@ -22,6 +22,7 @@ import keras
 import pytest
 
 from keraformer.models import build_transformer_model, layout_map
+from tests.references import config_for
 
 ENCODER_CONFIG = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1,
                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=16,
@@ -55,7 +56,8 @@ def mesh(model_devices=2):
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_every_builder_is_covered(model_name):
-    config = T5_CONFIG if model_name in ("t5", "t5.1.1", "mt5") else ENCODER_CONFIG
+    config = (T5_CONFIG if model_name in ("t5", "t5.1.1", "mt5")
+              else config_for(model_name, ENCODER_CONFIG))
     options = {"with_pool": True, "with_mlm": True} if model_name == "bert" else {}
     model = build_transformer_model(model=model_name, **config, **options)
     layouts = layout_map(model, mesh())
