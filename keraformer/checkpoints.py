@@ -11,8 +11,10 @@ views of the file, so loading costs no copy.
 Every writer is atomic: the files are written in a fresh staging folder inside the target
 directory, fsynced, then renamed over the old ones in an order that keeps a multi-file
 checkpoint consistent (:func:`atomic_write`). A process killed at any moment leaves the
-previous files or the new ones, never a half-written file, and a target that is a symlink is
-replaced by the new file; the file it pointed to is never written.
+previous files or the new ones, never a half-written file (its staging folder, named after its
+host and process, is removed by the next successful save into that directory once that process
+is gone: :func:`remove_stale_staging`), and a target that is a symlink is replaced by the new
+file; the file it pointed to is never written.
 """
 
 import contextlib
@@ -23,9 +25,11 @@ import mmap
 import os
 import re
 import shutil
+import socket
 import stat
 import struct
 import tempfile
+import time
 
 import numpy as np
 
@@ -40,6 +44,10 @@ WIDENED_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 # The safetensors format's own bound on the JSON header (the reference reader's limit).
 MAX_HEADER_BYTES = 100_000_000
 STAGING_PREFIX = ".keraformer-staging-"
+# A staging folder is named STAGING_PREFIX + "<host>+<pid>+<random>": its owner, see
+# remove_stale_staging. One whose owner cannot be told is stale once untouched this long.
+STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"(?P<host>[A-Za-z0-9._-]*)\+(?P<pid>\d+)\+")
+STALE_STAGING_SECONDS = 24 * 3600
 
 # keraformer's own format: a description and the Keras weights file it names. Saves alternate
 # between the two weights names, so the file the current description names is never rewritten.
@@ -48,6 +56,72 @@ OWN_WEIGHTS = ("model.weights.h5", "model.alt.weights.h5")
 
 
 # --- atomic writing -------------------------------------------------------------------------
+
+def host_name():
+    """This machine's name as it appears in staging folder names (``[A-Za-z0-9._-]``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+
+
+def process_running(pid):
+    """Whether a process ``pid`` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or a number the OS cannot check: keep it
+    return True
+
+
+def newest_change(path):
+    """The latest modification time of folder ``path`` and of the entries directly in it."""
+    times = [os.lstat(path).st_mtime]
+    with os.scandir(path) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                times.append(entry.stat(follow_symlinks=False).st_mtime)
+    return max(times)
+
+
+def remove_stale_staging(directory, keep=None):
+    """Remove the staging folders that earlier saves into ``directory`` left behind when they
+    were killed (they are never committed, so their content is worthless).
+
+    The rule: a folder directly in ``directory`` whose name starts with ``STAGING_PREFIX``
+    (a real folder: symlinks and files are left alone) is stale when
+
+    * its name records this machine's host name and a process id that no longer runs here
+      (a save running in any live process, this one included, is never touched; a dead
+      save's pid reused by an unrelated process only delays the removal; machines that
+      share a file system must have distinct host names, as containers do by default), or
+    * its owner cannot be checked (another host's name, as on a shared file system, or a
+      name without an owner, as keraformer wrote before) and neither it nor anything
+      directly in it has changed for ``STALE_STAGING_SECONDS`` (24 hours).
+
+    ``keep``: the caller's own staging folder. Errors (a folder another process removes at
+    the same time, no permission) are ignored: cleaning up never fails a save.
+    """
+    here, now = host_name(), time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(STAGING_PREFIX) or entry.path == keep:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            owner = STAGING_NAME.match(entry.name)
+            if owner and owner["host"] == here:
+                stale = not process_running(int(owner["pid"]))
+            else:
+                stale = now - newest_change(entry.path) > STALE_STAGING_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
 
 def fsync_path(path):
     """Flush the file or directory ``path`` to disk."""
@@ -69,6 +143,10 @@ def atomic_write(directory, names):
     directory as it was. A target that is a symlink is replaced by the new file: the file it
     points to is never opened. Order ``names`` so that the last rename is the commit point
     of a multi-file checkpoint (weights before the config or index that describes them).
+
+    The staging folder is named after this host and process; after a successful save, the
+    staging folders that killed saves left in ``directory`` are removed (the rule is
+    :func:`remove_stale_staging`'s: dead process on this host, or untouched for 24 hours).
     """
     directory = os.fspath(directory)
     for name in names:
@@ -79,7 +157,8 @@ def atomic_write(directory, names):
         if os.path.isdir(target) and not os.path.islink(target):
             raise ValueError(f"cannot write {target!r}: it is a directory")
     os.makedirs(directory, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{host_name()}+{os.getpid()}+",
+                               dir=directory)
     try:
         yield staging
         for name in names:
@@ -92,6 +171,7 @@ def atomic_write(directory, names):
             fsync_path(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_staging(directory, keep=staging)
 
 
 @contextlib.contextmanager

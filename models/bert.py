@@ -1,7 +1,8 @@
 """The BERT-shaped encoders: BERT, RoBERTa, RoFormer, RoFormerV2 and GAU-α as one builder
 and one table, ``FAMILIES``, of what differs between them.
 
-Inputs ``[token_ids, segment_ids]`` ``(batch, length)``; output the last hidden state
+Inputs ``[token_ids, segment_ids]`` ``(batch, length)`` (``token_ids`` alone without a
+segment embedding, ``segment_vocab_size=0``, as in bert4keras); output the last hidden state
 ``(batch, length, hidden)``, or, as in bert4keras, the pooled ``[CLS]`` vector
 (``with_pool``; ``with_nsp`` puts the next-sentence probabilities ``(batch, 2)`` in its
 place), the MLM head (``with_mlm``: probabilities, or logits with ``"linear"``) or both
@@ -157,8 +158,9 @@ class BERT(Transformer):
         compound_tokens: new rows, each the (weighted) mean of kept rows (bert4keras').
         dropout_rate: overrides the config's hidden and attention dropout rates.
         attention_dropout_rate: overrides the attention dropout rate alone.
-        segment_vocab_size: overrides ``type_vocab_size`` (0: no segment embedding; the
-            model still takes segment ids and ignores them).
+        segment_vocab_size: overrides ``type_vocab_size``. 0 (either key): no segment
+            embedding and, as in bert4keras, one input, ``token_ids``; ``"unilm"`` still
+            takes ``[token_ids, segment_ids]``, which its mask reads source and target from.
         sequence_length: a fixed input length (``None``: any).
         recompute: recompute each block's activations in the backward pass.
         entropy_scaling: scale attention logits by ``log(n)/log(512)``.
@@ -241,6 +243,12 @@ class BERT(Transformer):
                             num_hidden_layers=self.num_layers,
                             num_attention_heads=self.heads,
                             intermediate_size=self.intermediate_size)
+        if family.gau_layer and (attention or family.attention) == "gau" and self.heads != 1:
+            raise ValueError(f"`num_attention_heads` must be 1 (or left out) for "
+                             f"{type(self).__name__}: each layer is one single-head gated "
+                             f"attention unit, sized by intermediate_size and "
+                             f"attention_key_size; received {self.heads!r}. With "
+                             f"attention='softmax', 'linear' or 'vq' it sets their heads")
         if self.hidden_size % self.heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of "
                              f"`num_attention_heads` ({self.heads})")
@@ -260,8 +268,10 @@ class BERT(Transformer):
         key = "type_vocab_size" if segment_vocab_size is None else "segment_vocab_size"
         self.segment_vocab_size = (self.config.get("type_vocab_size", 2)
                                    if segment_vocab_size is None else segment_vocab_size)
-        if self.segment_vocab_size != 0:  # 0: no segment embedding (segment ids ignored)
+        if self.segment_vocab_size != 0:  # 0: no segment embedding
             check_positive_ints(**{key: self.segment_vocab_size})
+        # the model takes segment ids for its segment embedding or for the UniLM mask
+        self.takes_segments = bool(self.segment_vocab_size) or application == "unilm"
         self.max_position = self.config.get("max_position_embeddings", 512)
         if family.positions == "table" and max_position is None:
             check_positive_ints(max_position_embeddings=self.max_position)
@@ -399,7 +409,11 @@ class BERT(Transformer):
 
     def build(self):
         token_ids = keras.Input((self.sequence_length,), dtype="int32", name="Input-Token")
-        segment_ids = keras.Input((self.sequence_length,), dtype="int32", name="Input-Segment")
+        inputs, segment_ids = [token_ids], None
+        if self.takes_segments:
+            segment_ids = keras.Input((self.sequence_length,), dtype="int32",
+                                      name="Input-Segment")
+            inputs.append(segment_ids)
         x = self.embed(token_ids, segment_ids)
         mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
@@ -409,9 +423,14 @@ class BERT(Transformer):
                                      name=f"Transformer-{i}")
             x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)
-        self.model = keras.Model([token_ids, segment_ids], self.heads_on(x, token_ids),
-                                 name=self.name)
+        self.model = keras.Model(inputs if self.takes_segments else token_ids,
+                                 self.heads_on(x, token_ids), name=self.name)
         return self.model
+
+    def model_inputs(self, token_ids, segment_ids):
+        """What ``self.model`` takes for these ids: ``[token_ids, segment_ids]``, or
+        ``token_ids`` alone when it has no segment input (``segment_vocab_size=0``)."""
+        return [token_ids, segment_ids] if self.takes_segments else token_ids
 
     def heads_on(self, x, token_ids):
         """The bert4keras output convention over the last hidden state ``x``; sequence
@@ -578,6 +597,9 @@ class BERT(Transformer):
     def hf_arrays(self):
         """The weights as ``{PyTorch name: array}`` (Linear weights ``(out, in)``)."""
         arrays = dict(google_to_hf(n, a) for n, a in self.checkpoint_arrays().items())
+        if self.segment_embedding is None:  # transformers always adds one: a zero row is exact
+            arrays[f"{SCOPE}.embeddings.token_type_embeddings.weight"] = np.zeros(
+                (1, self.embedding_size), "float32")
         if "cls.predictions.bias" in arrays:  # the decoder is tied to the word embeddings
             arrays["cls.predictions.decoder.bias"] = arrays["cls.predictions.bias"]
         return arrays
@@ -586,7 +608,8 @@ class BERT(Transformer):
         """The Hugging Face ``config.json`` dict of this architecture."""
         config = {k: self.config[k] for k in HF_CONFIG_KEYS if k in self.config}
         config.update(model_type="bert", architectures=["BertForPreTraining"],
-                      vocab_size=int(self.vocab_size), hidden_act=self.activation)
+                      vocab_size=int(self.vocab_size), hidden_act=self.activation,
+                      type_vocab_size=int(self.segment_vocab_size or 1))
         return config
 
 

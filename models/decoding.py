@@ -188,8 +188,8 @@ class LanguageModelDecoder:
         if (builder.application == "unilm" and getattr(builder, "segment_embedding", None)
                 is not None and self.segment_count() < 2):
             raise ValueError(f"application='unilm' generates segment-1 tokens, so the model "
-                             f"needs type_vocab_size >= 2; received "
-                             f"type_vocab_size={self.segment_count()}")
+                             f"needs type_vocab_size (segment_vocab_size) >= 2 or 0; "
+                             f"received {self.segment_count()}")
         if builder.entropy_scaling:
             raise ValueError("generate() does not support entropy_scaling=True (the key count "
                              "of each cached step would have to be tracked); received "
@@ -223,7 +223,8 @@ class LanguageModelDecoder:
                                 f"{segments.dtype}")
             types = self.segment_count()
             if ((segments < 0) | (segments >= max(types, 1))).any():
-                raise ValueError(f"`segment_ids` must lie in [0, type_vocab_size={types}); "
+                raise ValueError(f"`segment_ids` must lie in [0, {max(types, 1)}) (the "
+                                 f"model's segment vocabulary, type_vocab_size={types}); "
                                  f"received values {sorted(set(segments.ravel().tolist()))}")
         position = getattr(builder, "position_embedding", None)
         if position is not None:
@@ -236,7 +237,13 @@ class LanguageModelDecoder:
         return ids.astype("int32"), segments.astype("int32"), lengths.astype("int32")
 
     def segment_count(self):
-        return self.builder.config.get("type_vocab_size", 2)
+        """Segment ids the model embeds (``segment_vocab_size``, which overrides the config's
+        ``type_vocab_size``); 2 (source, target) for ``unilm`` without a segment embedding,
+        whose segment ids only shape the mask."""
+        builder = self.builder
+        if builder.segment_vocab_size or builder.application != "unilm":
+            return builder.segment_vocab_size
+        return 2
 
     def generated_segment(self):
         """Segment id of generated tokens: 1 for ``unilm`` (the target), 0 for ``lm``."""
@@ -368,8 +375,8 @@ class LanguageModelDecoder:
 
     def model_log_probs(self, ids, segments, positions):
         """Log-probabilities ``(rows, vocab)`` of the full model at one position per row."""
-        outputs = self.builder.model([ops.convert_to_tensor(ids),
-                                      ops.convert_to_tensor(segments)])
+        outputs = self.builder.model(self.builder.model_inputs(
+            ops.convert_to_tensor(ids), ops.convert_to_tensor(segments)))
         outputs = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
         outputs = np.asarray(ops.convert_to_numpy(outputs), "float32")
         picked = ops.convert_to_tensor(outputs[np.arange(len(outputs)), positions])

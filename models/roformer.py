@@ -44,8 +44,6 @@ class RoFormer(BERT):
             (self.application == "unilm", "application",
              "'encoder' or 'lm' (transformers has no UniLM mask)", self.application),
             (self.entropy_scaling, "entropy_scaling", "False", self.entropy_scaling),
-            (self.segment_embedding is None, "type_vocab_size", "at least 1",
-             self.config.get("type_vocab_size")),
         ]
         for refused, argument, expected, received in refusals:
             if refused:
@@ -98,6 +96,11 @@ class GAUAlpha(BERT):
     (``intermediate_size`` units, ``attention_key_size`` (128) for ``q``/``k``, the config's
     ``hidden_act`` (swish), ``softmax_plus`` normalisation, RoPE, no biases) then add & norm.
     ``attention="softmax"``, ``"linear"`` or ``"vq"`` puts that attention in the unit's place.
+
+    The unit has one head, so ``num_attention_heads`` must be 1 or absent (it defaults to 1;
+    the released GAU-α config says 1, the Hugging Face and Paddle ports leave it out); another
+    value is refused rather than ignored (bert4keras' ``GAU_alpha`` ignores it). With an
+    attention swap it sets the heads of that attention.
     """
 
     model_name = "gau_alpha"

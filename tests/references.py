@@ -5,6 +5,7 @@ runner of bert4keras 0.11.5 itself in a subprocess (``run_bert4keras``).
 Import as ``from tests.references import ...`` (pytest runs from the repository root).
 """
 
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,77 @@ def numpy_rope(x, positions=None, base=10000.0):
     out[..., 0::2] = even * np.cos(angles) - odd * np.sin(angles)
     out[..., 1::2] = even * np.sin(angles) + odd * np.cos(angles)
     return out
+
+
+# -- task heads (bert4keras' GlobalPointer, CRF and multi-label loss) --------------------------
+
+def numpy_global_pointer(x, weights, heads, head_size, efficient=False, rope=True, mask=None,
+                         tril=True):
+    """Span scores ``(batch, heads, length, length)`` (float64) of hidden states ``x (batch,
+    length, hidden)`` from the formulas: GlobalPointer projects to per-type start/end vectors
+    (first/last ``head_size`` features of each type's ``2·head_size``); the efficient form to
+    shared start (even features) and end (odd) vectors plus per-type biases ``q = p W_q +
+    b_q``, halved: ``q[n, 2h]`` for the end, ``q[m, 2h+1]`` for the start. Scores are
+    ``<RoPE(s_m), RoPE(e_n)> / sqrt(head_size)``; ``-inf`` where ``mask`` is False at the start
+    or the end and, with ``tril``, where the end precedes the start. ``weights``: the
+    layer's ``get_weights()`` (kernels, then biases when there are, in layer order)."""
+    x = np.asarray(x, "float64")
+    w = [np.asarray(v, "float64") for v in weights]
+    batch, length = x.shape[:2]
+    rotate = numpy_rope if rope else (lambda v: v)
+    if efficient:
+        p_kernel, p_bias, q_kernel, q_bias = w if len(w) == 4 else (w[0], 0.0, w[1], 0.0)
+        p = x @ p_kernel + p_bias
+        starts, ends = rotate(p[..., 0::2]), rotate(p[..., 1::2])
+        scores = np.einsum("bmd,bnd->bmn", starts, ends)[:, None] / np.sqrt(head_size)
+        q = (p @ q_kernel + q_bias) / 2
+        scores = scores + q[:, :, 0::2].transpose(0, 2, 1)[:, :, None, :] \
+            + q[:, :, 1::2].transpose(0, 2, 1)[:, :, :, None]
+    else:
+        kernel, bias = w if len(w) == 2 else (w[0], 0.0)
+        h = (x @ kernel + bias).reshape(batch, length, heads, 2 * head_size)
+        starts, ends = rotate(h[..., :head_size]), rotate(h[..., head_size:])
+        scores = np.einsum("bmhd,bnhd->bhmn", starts, ends) / np.sqrt(head_size)
+    keep = np.ones((batch, length, length), bool)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        keep &= mask[:, :, None] & mask[:, None, :]
+    if tril:
+        keep &= np.arange(length)[None, :] >= np.arange(length)[:, None]
+    return np.where(keep[:, None], scores, -np.inf)
+
+
+def numpy_multilabel_crossentropy(y_true, y_pred):
+    """``log(1 + Σ (1-y) e^s) + log(1 + Σ y e^-s)`` over the last axis (float64), leaving out
+    the entries whose score is ``-inf``."""
+    t, s = np.asarray(y_true, "float64"), np.asarray(y_pred, "float64")
+    valid = ~np.isneginf(s)
+    s = np.where(valid, s, 0.0)
+
+    def log1p_sum(weights, exponents):  # log(1 + Σ w e^x), stable for large x
+        exponents = np.where(valid & (weights > 0), exponents, -np.inf)
+        top = np.maximum(exponents.max(-1, keepdims=True), 0.0)
+        total = np.exp(-top[..., 0]) + (np.where(weights > 0, weights, 0.0)
+                                        * np.exp(exponents - top)).sum(-1)
+        return top[..., 0] + np.log(total)
+
+    return log1p_sum(1 - t, s) + log1p_sum(t, -s)
+
+
+def crf_path_scores(emissions, transitions, starts=None, ends=None):
+    """Every label path's score under a linear-chain CRF (float64) by brute force, ``{path:
+    score}``: emissions ``(length, labels)`` of its labels plus ``transitions[a, b]`` between
+    consecutive labels; only paths beginning in ``starts`` and ending in ``ends`` (None: any)."""
+    emissions = np.asarray(emissions, "float64")
+    transitions = np.asarray(transitions, "float64")
+    scores = {}
+    for path in itertools.product(range(emissions.shape[-1]), repeat=len(emissions)):
+        if (starts is not None and path[0] not in starts) or \
+                (ends is not None and path[-1] not in ends):
+            continue
+        scores[path] = sum(emissions[t, y] for t, y in enumerate(path)) + sum(
+            transitions[a, b] for a, b in zip(path[:-1], path[1:]))
+    return scores
 
 
 # -- attention --------------------------------------------------------------------------------
@@ -229,6 +301,15 @@ def assert_mixed_bfloat16_close(layer, x, tolerance=5e-2, calls=({},)):
 
 
 # -- builder checks ---------------------------------------------------------------------------
+
+def config_for(model, config, attention=None):
+    """``config`` (one multi-head encoder config shared by the tests) for builder ``model``:
+    GAU-α's own unit has a single head, so it gets ``num_attention_heads=1`` unless an
+    ``attention`` swap puts multi-head attention in its place."""
+    if model == "gau_alpha" and attention in (None, "gau"):
+        return {**config, "num_attention_heads": 1}
+    return dict(config)
+
 
 def builder_outputs(model, tokens, segments):
     return np.asarray(model([tokens, segments]))

@@ -25,15 +25,20 @@ from keraformer.attentions import (GatedAttentionUnit, LinearAttention, MultiHea
                                    vq_attention)
 from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward
+from keraformer.generation import viterbi_decode
 from keraformer.losses import (EMOLoss, LogitAdjustedLoss, adjust_logits, emo_loss,
-                               logit_adjusted_loss)
+                               global_pointer_crossentropy, logit_adjusted_loss,
+                               multilabel_categorical_crossentropy)
 from keraformer.masks import AttentionMask
-from keraformer.models import build_transformer_model
+from keraformer.models import (ConditionalRandomField, EfficientGlobalPointer, GlobalPointer,
+                               build_transformer_model)
 from keraformer.normalization import LayerNormalization
-from keraformer.optimizers import SGD, AdamW, recompute_grad
+from keraformer.optimizers import SGD, AdamW, PiecewiseLinearSchedule, recompute_grad
 from keraformer.positions import (PositionEmbedding, RelativePositionBias, RotaryEmbedding,
                                   SinusoidalPositionEmbedding, apply_rotary)
 from keraformer.positions.relative import relative_position_bucket
+from tests.references import (crf_path_scores, numpy_global_pointer,
+                              numpy_multilabel_crossentropy)
 
 # a key length of 1 is a case drawn on purpose, not a mistake to warn about
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
@@ -901,6 +906,9 @@ def test_encoder_builders(faulty, model, attention, vocab, heads, head_size, lay
         application = "lm"
     if model in ("roformer_v2", "gau_alpha"):
         with_pool = False
+    if model == "gau_alpha" and kind == "gau":  # one head: another count is refused
+        fault = "num_attention_heads:gau" if fault == "hidden_size:indivisible" else fault
+        heads = 2 if fault == "num_attention_heads:gau" else 1
     heads = max(heads, 2) if fault == "hidden_size:indivisible" else heads
     hidden = heads * head_size + (fault == "hidden_size:indivisible")
     config = dict(vocab_size=-3 if fault == "vocab_size:negative" else vocab,
@@ -996,8 +1004,9 @@ BAD_CONFIGS = [
     ("roformer_v2", {"num_attention_heads": 0}, "num_attention_heads"),
     ("roformer_v2", {"hidden_size": -8}, "hidden_size"),
     ("gau_alpha", {"intermediate_size": 0}, "intermediate_size"),
-    ("gau_alpha", {"attention_key_size": -2}, "attention_key_size"),
-    ("gau_alpha", {"attention_key_size": 3}, "attention_key_size"),
+    ("gau_alpha", {"attention_key_size": -2, "num_attention_heads": 1}, "attention_key_size"),
+    ("gau_alpha", {"attention_key_size": 3, "num_attention_heads": 1}, "attention_key_size"),
+    ("gau_alpha", {"num_attention_heads": 2}, "num_attention_heads"),
     ("t5", {"d_model": 0}, "d_model"),
     ("t5", {"num_heads": -1}, "num_heads"),
     ("t5", {"vocab_size": "32"}, "vocab_size"),
@@ -1016,6 +1025,228 @@ def test_builder_bad_configs(model, bad, match):
     config = BUILDER_CONFIGS["t5" if model.startswith(("t5", "mt5")) else "bert"]
     with rejected(rf"\b{match}\b"):
         build_transformer_model(model=model, **{**config, **bad})
+
+
+
+# == bert4keras' task heads, their losses, viterbi_decode, PiecewiseLinearSchedule ==========
+# References (tests/references.py): NumPy span scores and multi-label loss from the formulas,
+# a brute force over every CRF label path, np.interp for the schedule.
+
+def assert_spans_close(scores, expected, tolerance):
+    """``-inf`` at exactly the same spans, the other scores finite and close."""
+    np.testing.assert_array_equal(np.isneginf(scores), np.isneginf(expected))
+    real = np.isfinite(expected)
+    assert np.isfinite(scores[real]).all()
+    np.testing.assert_allclose(scores[real], expected[real], rtol=tolerance, atol=tolerance)
+
+
+@FAULTY
+@SMALL
+@given(efficient=st.booleans(), batch=st.integers(1, 3), length=st.integers(1, 6),
+       hidden=st.integers(1, 6), heads=st.integers(1, 3), half=st.integers(1, 3),
+       rope=st.booleans(), use_bias=st.booleans(), tril=st.booleans(), masked=st.booleans(),
+       extra=st.integers(1, 3),
+       fault=faults("heads:zero", "heads:float", "head_size:negative", "head_size:bool",
+                    "head_size:odd"), seed=SEEDS)
+def test_global_pointers(faulty, efficient, batch, length, hidden, heads, half, rope, use_bias,
+                         tril, masked, extra, fault, seed):
+    """Scores equal the NumPy formula (1e-4), ``-inf`` exactly at masked and (``tril``)
+    backward spans; appended padding changes no real span; the loss of the padded scores
+    (targets set at padded spans too) equals the loss of the real ones and the formula."""
+    case("GlobalPointer / EfficientGlobalPointer")
+    fault = fault if faulty else None
+    rng = np.random.RandomState(seed)
+    layer_class = EfficientGlobalPointer if efficient else GlobalPointer
+    head_size = 2 * half
+    if fault == "head_size:odd":
+        rope, head_size = True, 2 * half + 1
+    else:
+        head_size = bad_size(fault, "head_size", head_size)
+    if fault:
+        with rejected(named(fault)):
+            layer_class(bad_size(fault, "heads", heads), head_size, RoPE=rope)
+        return
+    layer = layer_class(heads, head_size, RoPE=rope, use_bias=use_bias, tril_mask=tril)
+    layer.build((None, None, hidden))
+    weights = [rng.randn(*w.shape) * 0.7 for w in layer.get_weights()]
+    layer.set_weights(weights)
+    x = rng.randn(batch, length, hidden).astype("float32")
+    lengths = rng.randint(0 if masked else length, length + 1, batch)
+    mask = np.arange(length)[None] < lengths[:, None]  # masked: rows of any length, even 0
+    out = np.asarray(layer(x, mask=mask if masked else None))
+    assert out.shape == (batch, heads, length, length)
+    expected = numpy_global_pointer(x, weights, heads, head_size, efficient, rope,
+                                    mask if masked else None, tril)
+    assert_spans_close(out, expected, 1e-4)
+    # padding: extra masked positions (random hidden states) leave every real span alone
+    padded_x = np.concatenate([x, rng.randn(batch, extra, hidden).astype("float32")], 1)
+    padded_mask = np.concatenate([mask, np.zeros((batch, extra), bool)], 1)
+    padded = np.asarray(layer(padded_x, mask=padded_mask))
+    assert_spans_close(padded[..., :length, :length], out, 1e-5)
+    assert np.isneginf(padded[..., length:, :]).all() and np.isneginf(padded[..., length:]).all()
+    y_true = (rng.rand(batch, heads, length, length) < 0.3).astype("float32")
+    padded_true = (rng.rand(*padded.shape) < 0.3).astype("float32")
+    padded_true[..., :length, :length] = y_true
+    loss = np.asarray(global_pointer_crossentropy(y_true, out))
+    assert loss.shape == (batch,) and np.isfinite(loss).all() and (loss >= 0).all()
+    np.testing.assert_allclose(np.asarray(global_pointer_crossentropy(padded_true, padded)),
+                               loss, rtol=1e-5, atol=1e-5)
+    flat = numpy_multilabel_crossentropy(y_true.reshape(batch, heads, -1),
+                                         out.reshape(batch, heads, -1)).mean(-1)
+    np.testing.assert_allclose(loss, flat, rtol=1e-4, atol=1e-4)
+
+
+@FAULTY
+@FUZZ
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), soft=st.booleans(),
+       scale=st.sampled_from([1.0, 30.0]), left_out=st.sampled_from([0.0, 0.3, 1.0]),
+       dtype=DTYPES, fault=faults("y_true:rank"), seed=SEEDS)
+def test_multilabel_crossentropy(faulty, shape, soft, scale, left_out, dtype, fault, seed):
+    """Equals the formula (float64 NumPy on the same rounded scores; 1e-4 relative) with
+    ``-inf`` scores left out, stays finite for large scores, is >= 0; a rank mismatch is
+    refused naming the argument."""
+    case("multilabel_categorical_crossentropy")
+    fault = fault if faulty else None
+    rng = np.random.RandomState(seed)
+    y_pred = rng.randn(*shape) * scale
+    y_pred[rng.rand(*shape) < left_out] = -np.inf  # left_out=1: every class left out
+    y_pred = np.asarray(keras.ops.cast(y_pred.astype("float32"), dtype))
+    y_true = (rng.rand(*shape) if soft else rng.rand(*shape) < 0.4).astype("float32")
+    if fault:
+        y_true = y_true[..., None]
+    out = outcome(lambda: multilabel_categorical_crossentropy(y_true, y_pred), fault,
+                  tuple(shape[:-1]))
+    if out is None:
+        return
+    out = np.asarray(out)
+    assert out.dtype == np.float32 and (out >= 0).all()
+    expected = numpy_multilabel_crossentropy(y_true, np.asarray(y_pred, "float64"))
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def subset(rng, labels):
+    """A random non-empty list of labels."""
+    chosen = [label for label in range(labels) if rng.rand() < 0.6]
+    return chosen or [int(rng.randint(labels))]
+
+
+@FAULTY
+@SMALL
+@given(batch=st.integers(1, 3), length=st.integers(1, 5), labels=st.integers(1, 3),
+       lr_multiplier=st.sampled_from([1, 3, 0.5]), constrain=st.booleans(),
+       explicit_mask=st.booleans(),
+       fault=faults("lr_multiplier:zero", "lr_multiplier:bool", "transitions:shape",
+                    "mask:shape", "starts:range", "ends:empty", "y_pred:labels"), seed=SEEDS)
+def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain,
+                         explicit_mask, fault, seed):
+    """On right-padded rows (some empty): the CRF's sparse and dense losses equal the brute
+    force ``log Z - score(path)`` over every label path of the real positions (1e-4);
+    ``viterbi_decode`` gives the best path (with ``starts``/``ends``: the best allowed one,
+    or an error naming them when none is), ``-1`` at padding, the same from ``-inf`` rows or
+    an explicit ``mask``; ``crf.trans`` is the stored weight times ``lr_multiplier``."""
+    case("ConditionalRandomField / viterbi_decode")
+    fault = fault if faulty else None
+    rng = np.random.RandomState(seed)
+    if is_(fault, "lr_multiplier"):
+        with rejected(named(fault)):
+            ConditionalRandomField(lr_multiplier={"lr_multiplier:zero": 0,
+                                                  "lr_multiplier:bool": True}[fault])
+        return
+    emissions = (rng.randn(batch, length, labels) * 2).astype("float32")
+    lengths = rng.randint(0, length + 1, batch)
+    lengths[0] = length
+    mask = np.arange(length)[None] < lengths[:, None]
+    crf = ConditionalRandomField(lr_multiplier=lr_multiplier)
+    y_pred = np.asarray(crf(emissions, mask=mask))
+    stored = rng.randn(labels, labels).astype("float32")
+    crf.set_weights([stored])
+    transitions = np.asarray(crf.trans, "float64")
+    np.testing.assert_allclose(transitions, stored * lr_multiplier, rtol=1e-6)
+    starts, ends = (subset(rng, labels), subset(rng, labels)) if constrain else (None, None)
+    if fault == "y_pred:labels":
+        with rejected("y_pred"):
+            crf.sparse_loss(np.zeros((batch, length), "int32"),
+                            np.concatenate([y_pred, y_pred[..., :1]], -1))
+        return
+    if fault in ("transitions:shape", "mask:shape", "starts:range", "ends:empty"):
+        arguments = {"transitions": transitions, "mask": None, "starts": starts, "ends": ends}
+        arguments.update({"transitions:shape": {"transitions": transitions[:, :1].repeat(
+                              labels + 1, 1)},
+                          "mask:shape": {"mask": mask[:, :-1]},
+                          "starts:range": {"starts": [labels]},
+                          "ends:empty": {"ends": []}}[fault])
+        with rejected(named(fault)):
+            viterbi_decode(y_pred, **arguments)
+        return
+    targets = rng.randint(0, labels, (batch, length))
+    sparse = np.asarray(crf.sparse_loss(targets, y_pred))
+    dense = np.asarray(crf.dense_loss(np.eye(labels, dtype="float32")[targets], y_pred))
+    assert sparse.shape == (batch,) and np.isfinite(sparse).all()
+    np.testing.assert_allclose(dense, sparse, rtol=1e-5, atol=1e-5)
+    paths = viterbi_decode(y_pred, transitions)
+    masked_paths = viterbi_decode(emissions, transitions, mask=mask)
+    np.testing.assert_array_equal(masked_paths if explicit_mask else paths, paths)
+    for row in range(batch):
+        n = lengths[row]
+        assert (paths[row, n:] == -1).all()
+        if n == 0:
+            continue
+        scores = crf_path_scores(emissions[row, :n], transitions)
+        values = np.array(list(scores.values()))
+        log_z = values.max() + np.log(np.exp(values - values.max()).sum())
+        np.testing.assert_allclose(sparse[row], log_z - scores[tuple(targets[row, :n])],
+                                   rtol=1e-4, atol=1e-4)
+        assert tuple(paths[row, :n]) == max(scores, key=scores.get)
+        if constrain:
+            allowed = crf_path_scores(emissions[row, :n], transitions, starts, ends)
+            if not allowed:  # e.g. one position whose label must be in starts and in ends
+                with rejected("starts"):
+                    viterbi_decode(emissions[row, :n], transitions, starts=starts, ends=ends)
+                continue
+            best = viterbi_decode(emissions[row, :n], transitions, starts=starts, ends=ends)
+            assert tuple(best) == max(allowed, key=allowed.get)
+
+
+@FAULTY
+@FUZZ
+@given(points=st.dictionaries(st.integers(0, 40), st.floats(-1.0, 2.0), min_size=1,
+                              max_size=4),
+       learning_rate=st.floats(0.0, 1.0), from_zero=st.booleans(), as_pairs=st.booleans(),
+       fault=faults("schedule:negative_step", "schedule:nan", "schedule:repeated",
+                    "schedule:empty", "schedule:bool_step", "schedule:float_step",
+                    "learning_rate:negative", "learning_rate:inf"))
+def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_pairs, fault):
+    """``learning_rate × np.interp(step, steps, multipliers)`` at steps 0..59 (a point
+    ``(0, 0)`` first with ``from_zero`` unless the schedule starts at 0; the first value
+    before the first point, the last after the last), also after a config round trip;
+    bad points and rates are refused naming ``schedule`` / ``learning_rate``."""
+    case("PiecewiseLinearSchedule")
+    fault = fault if faulty else None
+    pairs = sorted(points.items())
+    bad = {"schedule:negative_step": pairs + [(-1, 0.5)],
+           "schedule:nan": pairs + [(99, float("nan"))],
+           "schedule:repeated": pairs + [pairs[0]],
+           "schedule:empty": [],
+           "schedule:bool_step": pairs + [(True, 0.5)],
+           "schedule:float_step": pairs + [(45.5, 0.5)]}
+    schedule = bad.get(fault, pairs if as_pairs else dict(points))
+    rate = {"learning_rate:negative": -0.1, "learning_rate:inf": float("inf")}.get(
+        fault, learning_rate)
+    if fault:
+        with rejected(named(fault)):
+            PiecewiseLinearSchedule(rate, schedule, from_zero=from_zero)
+        return
+    steps = np.arange(60)
+    schedule = PiecewiseLinearSchedule(rate, schedule, from_zero=from_zero)
+    xp, fp = [step for step, _ in pairs], [value for _, value in pairs]
+    if from_zero and xp[0] != 0:
+        xp, fp = [0] + xp, [0.0] + fp
+    expected = rate * np.interp(steps, xp, fp)
+    for candidate in (schedule, PiecewiseLinearSchedule.from_config(schedule.get_config())):
+        got = np.array([float(candidate(keras.ops.convert_to_tensor(step, "int64")))
+                        for step in steps[::7]] + list(np.asarray(candidate(steps))))
+        np.testing.assert_allclose(got, np.concatenate([expected[::7], expected]),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_report_case_counts():

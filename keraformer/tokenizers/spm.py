@@ -9,6 +9,7 @@ has id ``pieces + extra_ids - 1 - i``. Sentinels written in the text are kept wh
 between them is encoded by SentencePiece on its own.
 """
 
+import numbers
 import os
 import re
 
@@ -42,8 +43,12 @@ class SpTokenizer(TokenizerBase):
         if not isinstance(model_path, (str, os.PathLike)) or not os.path.exists(model_path):
             raise FileNotFoundError(f"`model_path` must be an existing SentencePiece .model "
                                     f"file; received {model_path!r}")
-        if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
+        if isinstance(extra_ids, bool) or not isinstance(extra_ids, numbers.Integral):
+            raise TypeError(f"`extra_ids` must be an integer >= 0; received {extra_ids!r} of "
+                            f"type {type(extra_ids).__name__}")
+        if extra_ids < 0:
             raise ValueError(f"`extra_ids` must be an integer >= 0; received {extra_ids!r}")
+        extra_ids = int(extra_ids)
         self.model_path = os.fspath(model_path)
         self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
         self.pieces_count = self.processor.get_piece_size()
@@ -78,17 +83,30 @@ class SpTokenizer(TokenizerBase):
 
     # -- sentinels -------------------------------------------------------------------------
     def sentinel_id(self, index):
-        """Id of ``<extra_id_{index}>``."""
+        """Id of ``<extra_id_{index}>``; ``TypeError`` unless ``index`` is an integer (a
+        float or bool is not truncated), ``ValueError`` outside ``[0, extra_ids)``."""
+        index = integer_id(index, "index")
         if not 0 <= index < self.extra_ids:
-            raise ValueError(f"sentinel `index` must lie in [0, {self.extra_ids}); "
-                             f"received {index}")
+            raise ValueError(f"sentinel `index` must lie in [0, {self.extra_ids}) "
+                             f"(extra_ids); received {index}")
         return self.pieces_count + self.extra_ids - 1 - index
 
     def is_special(self, token_id):
+        """Whether ``token_id`` is the pad, end or unknown id or a sentinel; ``TypeError``
+        for a non-integer, ``ValueError`` outside ``[0, vocab_size)``."""
+        token_id = integer_id(token_id, "token_id")
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"`token_id` must lie in [0, {self.vocab_size}); "
+                             f"received {token_id}")
         return token_id in (self.pad_id, self.eos_id, self.unk_id) \
             or token_id >= self.pieces_count
 
     def token_to_id(self, token):
+        """Id of piece or sentinel ``token`` (the unknown id for a piece the model lacks,
+        as in bert4keras); ``TypeError`` unless ``token`` is a str."""
+        if not isinstance(token, str):
+            raise TypeError(f"`token` must be a str; received {token!r} of type "
+                            f"{type(token).__name__}")
         match = re.fullmatch(r"<extra_id_(\d+)>", token)
         if match:
             return self.sentinel_id(int(match.group(1)))

@@ -320,7 +320,11 @@ class Tokenizer(TokenizerBase):
     _do_lower_case = property(lambda self: self.do_lower_case)
 
     def token_to_id(self, token):
-        """Id of ``token``; the ``[UNK]`` id for a token outside the vocabulary."""
+        """Id of ``token``; the ``[UNK]`` id for a token outside the vocabulary; ``TypeError``
+        unless ``token`` is a str (an id or ``None`` is not a token)."""
+        if not isinstance(token, str):
+            raise TypeError(f"`token` must be a str; received {token!r} of type "
+                            f"{type(token).__name__}")
         return self.vocab.get(token, self.vocab["[UNK]"])
 
     def id_to_token(self, token_id):

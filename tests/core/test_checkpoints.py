@@ -4,6 +4,9 @@ memory maps, and the atomic writer's contract (commit order, cleanup, permission
 import json
 import mmap
 import os
+import subprocess
+import sys
+import time
 
 import ml_dtypes
 import numpy as np
@@ -155,3 +158,66 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "config.json").read_text()) == {}
+
+
+def test_a_save_removes_the_staging_folders_of_dead_saves_only(tmp_path):
+    """The rule of ``remove_stale_staging``: a staging folder of this host whose process is
+    gone is removed by the next successful save; one of a live process (this one, a running
+    child) is kept; one whose owner cannot be checked (another host, the old unnamed form) is
+    removed only when nothing in it changed for 24 hours; symlinks and files are left."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    prefix, host = checkpoints.STAGING_PREFIX, checkpoints.host_name()
+    old = time.time() - 25 * 3600
+    folders = {  # name: (removed?, age the folder and its file get: None = now)
+        f"{prefix}{host}+{dead.pid}+a1": (True, None),
+        f"{prefix}{host}+{live.pid}+a2": (False, old),
+        f"{prefix}{host}+{os.getpid()}+a3": (False, old),
+        f"{prefix}other-host+{dead.pid}+a4": (False, None),
+        f"{prefix}other-host+{live.pid}+a5": (True, old),
+        f"{prefix}x7k2m9qa": (False, None),  # the old, unnamed form
+        f"{prefix}p3v8n1zd": (True, old),
+    }
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    try:
+        for name, (_, age) in folders.items():
+            (directory / name).mkdir()
+            (directory / name / "model.safetensors").write_bytes(b"half a file")
+            if age is not None:
+                for path in (directory / name / "model.safetensors", directory / name):
+                    os.utime(path, (age, age))
+        recent = directory / f"{prefix}k4j5h6g7"  # old folder, one file still being written
+        recent.mkdir()
+        (recent / "a").write_text("")
+        os.utime(recent / "a", (old, old))
+        (recent / "b").write_text("")
+        os.utime(recent, (old, old))
+        os.symlink(outside, directory / f"{prefix}{host}+{dead.pid}+link")
+        os.utime(outside, (old, old))
+        (directory / f"{prefix}{host}+{dead.pid}+file").write_text("not a folder")
+        before = set(os.listdir(directory))
+        checkpoints.write_safetensors(str(directory / "model.safetensors"),
+                                      {"w": np.ones(2, "float32")})
+        removed = {name for name, (gone, _) in folders.items() if gone}
+        assert set(os.listdir(directory)) == before - removed | {"model.safetensors"}
+        assert (outside / "precious").read_text() == "keep"
+        assert live.poll() is None  # the live owner ran through the whole save
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_failed_save_removes_no_other_staging_folder(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{checkpoints.STAGING_PREFIX}{checkpoints.host_name()}+{dead.pid}+a1"
+    stale.mkdir()
+    with pytest.raises(RuntimeError, match="did not produce"):
+        with checkpoints.atomic_write(str(tmp_path), ["config.json"]):
+            pass
+    assert os.listdir(tmp_path) == [stale.name]

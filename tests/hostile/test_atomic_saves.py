@@ -6,6 +6,9 @@ child process over a directory that already holds a good checkpoint (model A); t
 model B and is SIGKILLed part way, then the parent loads the directory and must get A's weights
 exactly.
 
+The next save into the directory removes the killed save's staging folder, and never
+the staging folder of a save that is still running in another process.
+
 Two ways of choosing the moment:
 - paused: the child replaces ``os.replace`` (or h5py's ``create_dataset``) with a version that
   announces itself and sleeps at a chosen call, so the kill lands at a known point: in the
@@ -214,6 +217,34 @@ def test_save_killed_mid_write_keeps_the_previous_checkpoint(writer, pause, mode
         kill(child)
     assert_same_weights(load(), weights(old))
     assert not np.array_equal(weights(old)[0], weights(new)[0])  # B differs, so this can fail
+    # the next save removes the killed save's staging folder (its process is gone)
+    load = write_previous(writer, new, directory)
+    assert not staging_folders(directory)
+    assert_same_weights(load(), weights(new))
+
+
+def test_a_save_leaves_the_staging_folder_of_a_running_save_alone(models, tmp_path):
+    """A save while another process's save into the same directory is paused mid-write
+    keeps that save's staging folder intact; once that process is killed, the next save
+    removes it."""
+    old, new = models
+    directory = str(tmp_path / "checkpoint")
+    write_previous("safetensors", old, directory)
+    source = str(tmp_path / "new.npz")
+    np.savez(source, **new.hf_arrays())
+    child = spawn(PAUSED_CHILD, "safetensors", directory, source, "replace:1")
+    try:
+        assert read_line(child, CHILD_TIMEOUT).startswith("PAUSED")
+        staged = {name: snapshot(os.path.join(directory, name))
+                  for name in staging_folders(directory)}
+        assert staged and all(staged.values())
+        write_previous("safetensors", old, directory)
+        assert {name: snapshot(os.path.join(directory, name))
+                for name in staging_folders(directory)} == staged
+    finally:
+        kill(child)
+    write_previous("safetensors", new, directory)
+    assert not staging_folders(directory)
 
 
 @pytest.mark.parametrize("writer", ["safetensors", "hf"])

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from keraformer.models import build_transformer_model, load_pretrained
+from tests.references import config_for
 
 ENCODER = dict(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=24, attention_key_size=8)
@@ -107,7 +108,7 @@ BAD_T5_VALUES = [
 
 
 def config_of(model):
-    return T5 if model.startswith(("t5", "mt5")) else ENCODER
+    return T5 if model.startswith(("t5", "mt5")) else config_for(model, ENCODER)
 
 
 @pytest.mark.parametrize("model, bad, error, name", BAD_ENCODER_VALUES + BAD_T5_VALUES)

@@ -21,6 +21,7 @@ import pytest
 from keraformer.losses import EMOLoss
 from keraformer.models import build_transformer_model
 from keraformer.optimizers import AdamW
+from tests.references import config_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE_FOLDERS = ("keraformer", "attentions", "positions", "losses", "optimizers", "models")
@@ -65,7 +66,8 @@ def saved_models():
                                                       with_mlm="linear", **ENCODER),
         "roformer-lm": lambda: build_transformer_model(model="roformer", application="lm",
                                                        **ENCODER),
-        "gau_alpha": lambda: build_transformer_model(model="gau_alpha", **ENCODER),
+        "gau_alpha": lambda: build_transformer_model(model="gau_alpha",
+                                                     **config_for("gau_alpha", ENCODER)),
         "t5": lambda: build_transformer_model(model="t5", **T5),
         "compiled-adamw-emo": trained_with_keraformer_objects,
     }

@@ -142,3 +142,60 @@ def test_spm_sentinels_at_the_top_of_the_vocabulary_are_ids(spm):
     top = spm.vocab_size - 1  # <extra_id_0>
     assert spm.id_to_token(top) == "<extra_id_0>"
     assert "<extra_id_0>" in spm.decode([5, top], skip_special=False)
+
+
+# -- the other public methods that take an id, an index or a token --------------------------
+
+@pytest.mark.parametrize("index, error", [(1.5, TypeError), (1.0, TypeError), (True, TypeError),
+                                          (np.float32(1), TypeError), ("1", TypeError),
+                                          (None, TypeError), (-1, ValueError),
+                                          (EXTRA_IDS, ValueError), (10 ** 20, ValueError)],
+                         ids=["1.5", "1.0", "True", "float32", "'1'", "None", "-1",
+                              "extra_ids", "huge"])
+def test_spm_sentinel_id_refuses_what_is_not_a_sentinel_index(spm, index, error):
+    with pytest.raises(error, match="`index`"):
+        spm.sentinel_id(index)
+
+
+def test_spm_sentinel_id_takes_integers_of_any_kind(spm):
+    expected = [SPM_SIZE - 1 - i for i in range(EXTRA_IDS)]  # counted down from the top
+    assert [spm.sentinel_id(i) for i in range(EXTRA_IDS)] == expected
+    assert spm.sentinel_id(np.int64(1)) == spm.sentinel_id(keras.ops.convert_to_tensor(1)) \
+        == expected[1]
+
+
+@pytest.mark.parametrize("token_id, error", [(3.0, TypeError), (1.5, TypeError),
+                                              (False, TypeError), ("3", TypeError),
+                                              (-1, ValueError), (SPM_SIZE, ValueError)],
+                         ids=["3.0", "1.5", "False", "'3'", "-1", "vocab_size"])
+def test_spm_is_special_refuses_bad_ids(spm, token_id, error):
+    with pytest.raises(error, match="`token_id`"):
+        spm.is_special(token_id)
+
+
+def test_spm_is_special_on_valid_ids(spm):
+    assert [spm.is_special(i) for i in (0, 1, 2, 5, SPM_SIZE - 1)] == [True] * 3 + [False,
+                                                                                    True]
+    assert spm.is_special(np.int32(5)) is False
+
+
+@pytest.mark.parametrize("token", [5, 5.0, None, True, b"hello", ["hello"]],
+                         ids=["5", "5.0", "None", "True", "bytes", "list"])
+@pytest.mark.parametrize("which", ["wordpiece", "spm"])
+def test_token_to_id_refuses_what_is_not_a_token(which, token, request):
+    tokenizer = request.getfixturevalue(which)
+    with pytest.raises(TypeError, match="`token` must be a str"):
+        tokenizer.token_to_id(token)
+    with pytest.raises(TypeError, match="`token` must be a str"):
+        tokenizer.tokens_to_ids(["[CLS]" if which == "wordpiece" else "</s>", token])
+
+
+@pytest.mark.parametrize("extra_ids, error", [(1.5, TypeError), (2.0, TypeError),
+                                              (True, TypeError), ("3", TypeError),
+                                              (-1, ValueError)],
+                         ids=["1.5", "2.0", "True", "'3'", "-1"])
+def test_spm_extra_ids_must_be_a_count(spm, extra_ids, error):
+    with pytest.raises(error, match="`extra_ids`"):
+        SpTokenizer(spm.model_path, token_start=None, token_end="</s>", extra_ids=extra_ids)
+    assert SpTokenizer(spm.model_path, token_start=None, token_end="</s>",
+                       extra_ids=np.int64(2)).vocab_size == PIECES + 2

@@ -21,6 +21,7 @@ import pytest
 from keraformer.models import build_transformer_model
 from keraformer.models.blocks import TransformerBlock
 from keraformer.positions import RotaryEmbedding
+from tests.references import config_for
 
 CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
               intermediate_size=24, type_vocab_size=2, attention_key_size=8,
@@ -56,7 +57,8 @@ def test_token_order_changes_the_output(model, attention, application):
     causal = application == "lm"
     layers = {"num_hidden_layers": 1} if causal else {}
     network = build_transformer_model(model=model, application=application,
-                                      **{**CONFIG, **layers}, **options)
+                                      **config_for(model, {**CONFIG, **layers}, attention),
+                                      **options)
     tokens, order = permuted(causal=causal)
     watched = -1 if causal else 0
     a, b = (np.asarray(network([t, np.zeros_like(t)]))[0, watched] for t in (tokens, order))

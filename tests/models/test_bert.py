@@ -354,6 +354,31 @@ def test_save_pretrained_loads_in_transformers(checkpoint_dirs, hf_outputs, tmp_
     assert np.abs(out.prediction_logits.numpy() - logits)[real].max() < 1e-3
 
 
+@pytest.mark.parametrize("model, hf_class", [("bert", "BertForMaskedLM"),
+                                             ("roformer", "RoFormerForMaskedLM")])
+def test_save_pretrained_without_segment_embedding(model, hf_class, tmp_path):
+    """``segment_vocab_size=0``: transformers always has a token-type table, so the export
+    writes one zero row (``type_vocab_size=1``), which adds nothing: transformers' logits
+    equal ours (1e-3) and transformers reports no missing weight (a random table would be)."""
+    builder = build_transformer_model(model=model, segment_vocab_size=0, with_mlm="linear",
+                                      return_keras_model=False, **CONFIG)
+    rng = np.random.default_rng(12)
+    for variable in builder.model.weights:
+        variable.assign(rng.normal(0.0, 0.3, variable.shape).astype("float32"))
+    builder.save_pretrained(str(tmp_path))
+    hf, info = getattr(transformers, hf_class).from_pretrained(str(tmp_path),
+                                                               output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    assert hf.config.type_vocab_size == 1
+    ids, _ = batch()
+    with torch.no_grad():
+        theirs = hf.eval()(input_ids=torch.tensor(ids, dtype=torch.long),
+                           attention_mask=torch.tensor(ids != 0, dtype=torch.long)).logits
+    real = ids != 0
+    ours = np.asarray(builder.model(ids))
+    assert np.abs(ours - theirs.numpy())[real].max() < 1e-3
+
+
 @pytest.mark.parametrize("application, entropy", [("encoder", False), ("lm", True)])
 def test_traced_graph_with_unknown_length(application, entropy):
     """Compiled predict/evaluate trace with length None on TensorFlow (masks and attention

@@ -9,6 +9,7 @@ names.
 
 import ast
 import importlib.util
+import json
 import os
 
 import keras
@@ -72,9 +73,10 @@ def test_every_keyword_is_taken_or_refused_by_name(keyword):
 # -- the keywords that work, against NumPy --------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A random BERT (MLM head) saved as a Google checkpoint, and its arrays."""
+    """A random BERT (pooler, NSP and MLM heads) saved as a Google checkpoint, and its
+    arrays."""
     path = str(tmp_path_factory.mktemp("b4k") / "bert_model.ckpt")
-    builder = build_transformer_model(**CONFIG, with_pool=True, with_mlm=True,
+    builder = build_transformer_model(**CONFIG, with_nsp=True, with_mlm=True,
                                       return_keras_model=False)
     rng = np.random.default_rng(0)
     builder.model.set_weights([rng.normal(0, 0.5, w.shape) for w in builder.model.get_weights()])
@@ -125,14 +127,54 @@ def test_with_pool_takes_an_activation(checkpoint):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_segment_vocab_size_zero_drops_the_segment_embedding():
-    builder = build_transformer_model(**CONFIG, segment_vocab_size=0,
-                                      return_keras_model=False)
-    assert builder.segment_embedding is None
-    assert "bert/embeddings/token_type_embeddings" not in builder.variable_mapping()
-    ids = np.array([[5, 6, 7]])
-    np.testing.assert_array_equal(np.asarray(builder.model([ids, np.zeros_like(ids)])),
-                                  np.asarray(builder.model([ids, np.ones_like(ids)])))
+def test_segment_vocab_size_zero_takes_token_ids_alone():
+    """As bert4keras: no segment embedding and a single input; a config's
+    ``type_vocab_size=0`` means the same."""
+    for options in ({"segment_vocab_size": 0}, {"type_vocab_size": 0}):
+        builder = build_transformer_model(**CONFIG, **options, return_keras_model=False)
+        assert builder.segment_embedding is None
+        assert "bert/embeddings/token_type_embeddings" not in builder.variable_mapping()
+        assert [i.name for i in builder.model.inputs] == ["Input-Token"]
+        ids = np.array([[5, 6, 7, 0]])
+        assert np.asarray(builder.model(ids)).shape == (1, 4, CONFIG["hidden_size"])
+        with pytest.raises(ValueError):
+            builder.model([ids, np.zeros_like(ids)])  # a second input is not taken
+
+
+def test_segment_vocab_size_zero_unilm_keeps_the_segment_input():
+    """UniLM reads source and target from the segment ids (its mask), so it still takes
+    ``[token_ids, segment_ids]``; only the embedding goes (bert4keras fails to build it).
+    With the same weights, all-source segments give the encoder's output and segments
+    ``[0, 1, 1, 1]`` (every token a target) the causal ``lm``'s."""
+    models = {application: build_transformer_model(**CONFIG, segment_vocab_size=0,
+                                                   application=application, with_mlm=False)
+              for application in ("unilm", "encoder", "lm")}
+    assert len(models["unilm"].inputs) == 2
+    weights = models["unilm"].get_weights()
+    for application in ("encoder", "lm"):
+        models[application].set_weights(weights)
+    ids = np.array([[5, 6, 7, 8]])
+    unilm = lambda segments: np.asarray(models["unilm"]([ids, np.array([segments])]))  # noqa
+    np.testing.assert_allclose(unilm([0, 0, 0, 0]), np.asarray(models["encoder"](ids)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(unilm([0, 1, 1, 1]), np.asarray(models["lm"](ids)),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(unilm([0, 0, 0, 0]) - unilm([0, 1, 1, 1])).max() > 1e-3
+
+
+def test_segment_vocab_size_zero_refuses_a_segment_table_unless_not_strict(checkpoint):
+    """A checkpoint with ``token_type_embeddings`` loaded without a segment embedding is an
+    unused tensor: an error naming it, a warning with ``strict=False`` (then every other
+    weight is the checkpoint's)."""
+    path, arrays = checkpoint
+    name = "bert/embeddings/token_type_embeddings"
+    with pytest.raises(ValueError, match=name):
+        build_transformer_model(checkpoint_path=path, segment_vocab_size=0, **CONFIG)
+    with pytest.warns(UserWarning, match=name):
+        builder = build_transformer_model(checkpoint_path=path, segment_vocab_size=0,
+                                          strict=False, return_keras_model=False, **CONFIG)
+    for key, value in builder.checkpoint_arrays().items():
+        np.testing.assert_array_equal(value, arrays[key])
 
 
 def test_dropout_rates_sequence_length_alpha_and_max_position():
@@ -187,3 +229,60 @@ def test_t5_with_lm():
     states = np.asarray(hidden.model([enc, dec]))
     np.testing.assert_allclose(states @ builder.output_dense.kernel.numpy(), logits,
                                rtol=1e-4, atol=1e-5)
+
+
+# -- with_pool activations and segment_vocab_size=0 against bert4keras 0.11.5 itself ---------
+BERT4KERAS_HEADS = """
+import json, sys
+import numpy as np
+from bert4keras.models import build_transformer_model
+inputs = json.load(open(sys.argv[1]))
+ids = np.array(inputs["ids"])
+segments = np.array(inputs["segments"])
+out = {}
+for name, options in (("pool_linear", {"with_pool": "linear"}),
+                      ("pool_relu", {"with_pool": "relu"}),
+                      ("nsp_linear", {"with_pool": "linear", "with_nsp": True})):
+    model = build_transformer_model(inputs["config"], inputs["checkpoint"], **options)
+    out[name] = model.predict([ids, segments], verbose=0)
+model = build_transformer_model(inputs["config"], inputs["no_segments"], segment_vocab_size=0,
+                                with_mlm="linear")
+out["no_segments_inputs"] = np.array(len(model.inputs))
+out["no_segments"] = model.predict(ids, verbose=0)
+json.dump({}, open(sys.argv[2], "w"))
+np.savez(sys.argv[3], **out)
+"""
+
+
+def test_pool_activation_and_segment_vocab_size_zero_equal_bert4keras(checkpoint, tmp_path):
+    """bert4keras 0.11.5 (subprocess) on the same Google checkpoints: ``with_pool="linear"``
+    / ``"relu"`` (alone and under the NSP head) and ``segment_vocab_size=0`` (one input,
+    checkpoint without a segment table, MLM logits) give keraformer's outputs (1e-5)."""
+    from tests.references import run_bert4keras
+    path, _ = checkpoint
+    config = {**CONFIG, "hidden_act": "gelu", "max_position_embeddings": 512,
+              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config_path = tmp_path / "bert_config.json"
+    config_path.write_text(json.dumps(config))
+    source = build_transformer_model(str(config_path), segment_vocab_size=0, with_mlm=True,
+                                     return_keras_model=False)
+    rng = np.random.default_rng(4)
+    source.model.set_weights([rng.normal(0, 0.5, w.shape) for w in source.model.get_weights()])
+    no_segments = source.save_weights_as_checkpoint(str(tmp_path / "no_segments.ckpt"))
+    ids = np.array([[2, 5, 6, 7, 3], [2, 9, 3, 0, 0]])
+    segments = np.array([[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]])
+    _, theirs = run_bert4keras(BERT4KERAS_HEADS, {
+        "config": str(config_path), "checkpoint": path, "no_segments": no_segments,
+        "ids": ids.tolist(), "segments": segments.tolist()}, tmp_path)
+    for name, options in (("pool_linear", {"with_pool": "linear"}),
+                          ("pool_relu", {"with_pool": "relu"}),
+                          ("nsp_linear", {"with_pool": "linear", "with_nsp": True})):
+        ours = build_transformer_model(str(config_path), path, **options)
+        np.testing.assert_allclose(np.asarray(ours([ids, segments])), theirs[name],
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+    assert (theirs["pool_linear"] < 0).any() and np.abs(theirs["pool_linear"]).max() > 1
+    ours = build_transformer_model(str(config_path), no_segments, segment_vocab_size=0,
+                                   with_mlm="linear")
+    assert len(ours.inputs) == int(theirs["no_segments_inputs"]) == 1
+    np.testing.assert_allclose(np.asarray(ours(ids)), theirs["no_segments"], rtol=1e-5,
+                               atol=1e-5)

@@ -26,7 +26,7 @@ import pytest
 
 from keraformer.models import build_transformer_model
 from tests.references import (ENCODERS, SEQ2SEQ, assert_builder_no_leak,
-                              assert_builder_padding_invariant, tiny_configs)
+                              assert_builder_padding_invariant, config_for, tiny_configs)
 
 ENCODER_CONFIG, T5_CONFIG = tiny_configs(50, type_vocab_size=2, attention_key_size=8)
 APPLICATIONS = ("encoder", "lm", "unilm")
@@ -78,7 +78,7 @@ def build(spec, policy="float32"):
             return build_transformer_model(model=model, **T5_CONFIG)
         head = {"with_mlm": "linear"} if application == "unilm" else {}
         return build_transformer_model(model=model, application=application, **head,
-                                       **ENCODER_CONFIG)
+                                       **config_for(model, ENCODER_CONFIG))
 
 
 @functools.cache

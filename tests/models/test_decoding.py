@@ -149,6 +149,30 @@ def test_unilm_segments_are_used():
     assert not np.array_equal(builder.generate(ids, max_length=4), ours)
 
 
+@pytest.mark.parametrize("application", ["lm", "unilm"])
+def test_without_segment_embedding(application):
+    """``segment_vocab_size=0``: ``lm`` takes token ids alone, ``unilm`` still takes segments
+    for its mask; cached greedy decoding equals step-by-step argmax of the full model and
+    the uncached engine."""
+    builder = build_transformer_model(model="bert", application=application,
+                                      segment_vocab_size=0, return_keras_model=False,
+                                      **CONFIG)
+    random_weights(builder, seed=4)
+    ids = prompts()
+    ours = builder.generate(ids, max_length=MAX_LENGTH, end_id=END)
+    np.testing.assert_array_equal(
+        ours, builder.generate(ids, max_length=MAX_LENGTH, end_id=END, use_cache=False))
+    for row, generated in zip(ids, ours):
+        tokens = list(row[row != 0])
+        segments = [0] * len(tokens)
+        for token in generated[generated != 0]:
+            probs = builder.model(builder.model_inputs(np.array([tokens], "int32"),
+                                                       np.array([segments], "int32")))
+            assert int(np.argmax(np.asarray(probs)[0, -1])) == token
+            tokens.append(int(token))
+            segments.append(1 if application == "unilm" else 0)
+
+
 @pytest.mark.parametrize("options", [dict(model="bert", application="encoder"),
                                      dict(model="bert", application="lm", with_mlm=False),
                                      dict(model="roformer", application="lm",

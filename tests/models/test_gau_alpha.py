@@ -1,9 +1,11 @@
 """GAU-α against an independent NumPy forward pass, Google-format checkpoints, masks."""
 
 import numpy as np
+import pytest
 
-from tests.references import (NumpyReferenceChecks, application_allowed, numpy_rms_norm,
-                              numpy_rope)
+from keraformer.models import build_transformer_model, load_pretrained
+from tests.references import (NumpyReferenceChecks, application_allowed, google_directory,
+                              numpy_rms_norm, numpy_rope, segment_batch)
 
 CONFIG = dict(vocab_size=47, hidden_size=32, num_hidden_layers=2, intermediate_size=24,
               attention_key_size=16, type_vocab_size=2, hidden_act="swish")
@@ -52,3 +54,24 @@ class TestGAUAlpha(NumpyReferenceChecks):
     ROUND_TRIP, LONG = "unilm", "encoder"
     random_checkpoint = staticmethod(random_checkpoint)
     reference = staticmethod(numpy_gau_alpha)
+
+    def test_num_attention_heads_is_one_or_refused(self, loaded, tmp_path):
+        """GAU-α's unit has one head (the released config says 1, the Hugging Face and Paddle
+        ports leave the key out): another value is refused by name, not ignored, also from a
+        checkpoint's config, and ``num_attention_heads=1`` loads that checkpoint; with an
+        attention swap the value sets that attention's heads."""
+        arrays, builders = loaded
+        assert builders["encoder"].heads == 1  # the key is absent from CONFIG
+        with pytest.raises(ValueError, match=r"`num_attention_heads` must be 1 .* received 2"):
+            build_transformer_model(model="gau_alpha", **CONFIG, num_attention_heads=2)
+        google_directory(tmp_path, arrays, {**CONFIG, "num_attention_heads": 12})
+        with pytest.raises(ValueError, match=r"`num_attention_heads` must be 1 .* received 12"):
+            load_pretrained(str(tmp_path), model="gau_alpha")
+        again = load_pretrained(str(tmp_path), model="gau_alpha", num_attention_heads=1,
+                                with_mlm="linear", return_keras_model=False)
+        tokens, segments = segment_batch(2, 47)
+        np.testing.assert_array_equal(np.asarray(again.model([tokens, segments])),
+                                      np.asarray(builders["encoder"].model([tokens, segments])))
+        swapped = build_transformer_model(model="gau_alpha", **CONFIG, num_attention_heads=4,
+                                          attention="softmax", return_keras_model=False)
+        assert swapped.blocks[0].attention.heads == 4

@@ -8,8 +8,6 @@ absolute, and the ``-inf`` pattern exactly); a brute force over all label paths 
 loss and Viterbi (float64 NumPy, 1e-4); the formula in NumPy for the loss.
 """
 
-import itertools
-
 import keras
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from keraformer.generation import viterbi_decode
 from keraformer.losses import global_pointer_crossentropy, multilabel_categorical_crossentropy
 from keraformer.models import (ConditionalRandomField, EfficientGlobalPointer, GlobalPointer,
                                build_transformer_model)
-from tests.references import copy_layer, run_bert4keras
+from tests.references import copy_layer, crf_path_scores as brute_force, run_bert4keras
 
 RTOL = ATOL = 1e-5
 BATCH, LENGTH, HIDDEN, HEADS, HEAD_SIZE, LABELS = 2, 5, 6, 3, 4, 4
@@ -151,19 +149,6 @@ def test_crf_equals_bert4keras_with_its_weights(reference, name, multiplier):
         np.testing.assert_array_equal(constrained[row, :length],
                                       arrays[f"{name}_viterbi_se{row}"])
         assert (paths[row, length:] == -1).all()
-
-
-def brute_force(emissions, transitions, starts=None, ends=None):
-    """Every label path's score (float64): ``{path: score}``."""
-    labels = emissions.shape[-1]
-    scores = {}
-    for path in itertools.product(range(labels), repeat=len(emissions)):
-        if (starts is not None and path[0] not in starts) or \
-                (ends is not None and path[-1] not in ends):
-            continue
-        scores[path] = sum(emissions[t, y] for t, y in enumerate(path)) + sum(
-            transitions[a, b] for a, b in zip(path[:-1], path[1:]))
-    return scores
 
 
 def test_crf_loss_and_viterbi_equal_brute_force_over_all_paths():

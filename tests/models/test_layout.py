@@ -23,7 +23,7 @@ import keras
 import pytest
 
 from keraformer.models import build_transformer_model, layout_map
-from tests.references import ENCODERS, SEQ2SEQ, tiny_configs
+from tests.references import ENCODERS, SEQ2SEQ, config_for, tiny_configs
 
 ENCODER_CONFIG, T5_CONFIG = tiny_configs(64, layers=1, intermediate_size=32,
                                          max_position_embeddings=16)
@@ -52,7 +52,7 @@ def mesh(model_devices=2):
 
 @pytest.mark.parametrize("model_name", ENCODERS + SEQ2SEQ)
 def test_every_builder_is_covered(model_name):
-    config = T5_CONFIG if model_name in SEQ2SEQ else ENCODER_CONFIG
+    config = T5_CONFIG if model_name in SEQ2SEQ else config_for(model_name, ENCODER_CONFIG)
     options = {"with_pool": True, "with_mlm": True} if model_name == "bert" else {}
     model = build_transformer_model(model=model_name, **config, **options)
     layouts = layout_map(model, mesh())

@@ -21,6 +21,7 @@ from keraformer.models.bert import BERT
 from keraformer.models.loading import detect
 from keraformer.models.roformer import GAUAlpha
 from keraformer.models.t5 import T5
+from tests.references import config_for
 
 CONFIG = dict(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
               intermediate_size=24, attention_key_size=8)
@@ -34,7 +35,7 @@ def encoder_outputs(model):
 
 @pytest.mark.parametrize("cls", [BERT, GAUAlpha])
 def test_directly_constructed_encoder_saves_and_reloads(cls, tmp_path):
-    builder = cls(CONFIG, application="unilm", with_mlm="linear")
+    builder = cls(config_for(cls.model_name, CONFIG), application="unilm", with_mlm="linear")
     builder.build()
     builder.save(str(tmp_path))
     again = load_pretrained(str(tmp_path), return_keras_model=False)
@@ -120,7 +121,7 @@ def test_unknown_file_and_missing_path(tmp_path):
 def test_option_of_another_family_is_refused(cls, option):
     (name,) = option
     with pytest.raises(ValueError, match=name):
-        cls(CONFIG, **option)
+        cls(config_for(cls.model_name, CONFIG), **option)
 
 
 @pytest.mark.parametrize("model, cls", [("bert", "BERT"), ("roformer", "RoFormer"),
@@ -129,7 +130,7 @@ def test_option_of_another_family_is_refused(cls, option):
                                         ("t5.1.1", "T5v11"), ("mt5", "MT5")])
 def test_google_directory_model_is_told_from_variable_names(model, cls, tmp_path):
     t5 = model in ("t5", "t5.1.1", "mt5")
-    config = T5_CONFIG if t5 else CONFIG
+    config = T5_CONFIG if t5 else config_for(model, CONFIG)
     builder = build_transformer_model(model=model, **config, return_keras_model=False)
     builder.save_weights_as_checkpoint(str(tmp_path / "model.ckpt"))
     (tmp_path / "bert_config.json").write_text(json.dumps(config))

@@ -18,7 +18,7 @@ import transformers
 
 from keraformer.models import build_transformer_model, enable_lora
 from keraformer.models.lora import lora_weights
-from tests.references import ENCODERS, SEQ2SEQ, tiny_configs
+from tests.references import ENCODERS, SEQ2SEQ, config_for, tiny_configs
 
 ENCODER_CONFIG, T5_CONFIG = tiny_configs(60, max_position_embeddings=32)
 TARGETS = {"gau_alpha": ("i_dense",)}  # GAU-α has no query/value projections
@@ -50,7 +50,7 @@ def check_only_adapters_and_head_moved(model, before, adapters, head):
 def classifier(model_name, head_after):
     """A backbone with a mean-pooled 2-class head; LoRA before or after the head is added."""
     keras.utils.set_random_seed(0)
-    encoder = build_transformer_model(model=model_name, **ENCODER_CONFIG)
+    encoder = build_transformer_model(model=model_name, **config_for(model_name, ENCODER_CONFIG))
     targets = TARGETS.get(model_name, ("query", "value"))
     if head_after:
         enable_lora(encoder, rank=2, targets=targets)
@@ -191,7 +191,7 @@ def test_keras_file_reloads_in_safe_mode_with_the_adapted_outputs(model_name, tm
 
 def test_bad_arguments_are_named():
     keras.utils.set_random_seed(0)
-    gau = build_transformer_model(model="gau_alpha", **ENCODER_CONFIG)
+    gau = build_transformer_model(model="gau_alpha", **config_for("gau_alpha", ENCODER_CONFIG))
     with pytest.raises(ValueError, match=r"`targets` \['query', 'value'\] name no Dense layer "
                                          r"of the backbone; its Dense layers are named "
                                          r"\['i_dense', 'o_dense'\]"):

@@ -10,6 +10,7 @@ import pytest
 
 from keraformer import checkpoints
 from keraformer.models import build_transformer_model, load_pretrained
+from tests.references import config_for
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -304,6 +305,7 @@ def test_save_pretrained_refuses_what_transformers_cannot_express(options, argum
 
 @pytest.mark.parametrize("model", ["roformer_v2", "gau_alpha"])
 def test_roformer_v2_and_gau_alpha_have_no_hugging_face_export(model, tmp_path):
-    builder = build_transformer_model(model=model, return_keras_model=False, **SMALL)
+    builder = build_transformer_model(model=model, return_keras_model=False,
+                                      **config_for(model, SMALL))
     with pytest.raises(NotImplementedError, match="transformers has no port"):
         builder.save_pretrained(str(tmp_path))
