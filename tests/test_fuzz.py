@@ -1100,11 +1100,13 @@ def test_global_pointers(faulty, efficient, batch, length, hidden, heads, half, 
 @FUZZ
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), soft=st.booleans(),
        scale=st.sampled_from([1.0, 30.0]), left_out=st.sampled_from([0.0, 0.3, 1.0]),
-       dtype=DTYPES, fault=faults("y_true:rank"), seed=SEEDS)
+       dtype=DTYPES, fault=faults("y_true:rank", "y_true:above_one", "y_true:negative",
+                                  "y_true:broadcast"), seed=SEEDS)
 def test_multilabel_crossentropy(faulty, shape, soft, scale, left_out, dtype, fault, seed):
     """Equals the formula (float64 NumPy on the same rounded scores; 1e-4 relative) with
-    ``-inf`` scores left out, stays finite for large scores, is >= 0; a rank mismatch is
-    refused naming the argument."""
+    ``-inf`` scores left out, stays finite for large scores, is >= 0; targets of another
+    rank or shape (one that would broadcast) or outside [0, 1] are refused naming
+    ``y_true``."""
     case("multilabel_categorical_crossentropy")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
@@ -1113,7 +1115,9 @@ def test_multilabel_crossentropy(faulty, shape, soft, scale, left_out, dtype, fa
     y_pred = np.asarray(keras.ops.cast(y_pred.astype("float32"), dtype))
     y_true = (rng.rand(*shape) if soft else rng.rand(*shape) < 0.4).astype("float32")
     if fault:
-        y_true = y_true[..., None]
+        y_true = {"y_true:rank": y_true[..., None], "y_true:above_one": y_true + 1.5,
+                  "y_true:negative": y_true - 1.5, "y_true:broadcast": y_true[..., :1]
+                  if shape[-1] > 1 else np.repeat(y_true, 2, axis=-1)}[fault]
     out = outcome(lambda: multilabel_categorical_crossentropy(y_true, y_pred), fault,
                   tuple(shape[:-1]))
     if out is None:
