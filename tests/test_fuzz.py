@@ -1167,6 +1167,19 @@ def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain
     transitions = np.asarray(crf.trans, "float64")
     np.testing.assert_allclose(transitions, stored * lr_multiplier, rtol=1e-6)
     starts, ends = (subset(rng, labels), subset(rng, labels)) if constrain else (None, None)
+    if fault == "mask:broadcast":
+        with rejected("mask"):
+            crf(emissions, mask=mask[:, :1])
+        return
+    if fault in ("y_true:range", "y_true:one_hot"):
+        targets = np.zeros((batch, length), "int32")
+        targets[0, -1] = labels  # row 0 has no padding
+        with rejected("y_true"):
+            if fault == "y_true:range":
+                crf.sparse_loss(targets, y_pred)
+            else:
+                crf.dense_loss(np.ones((batch, length, labels)) * 0.5, y_pred)
+        return
     if fault == "y_pred:labels":
         with rejected("y_pred"):
             crf.sparse_loss(np.zeros((batch, length), "int32"),
@@ -1213,12 +1226,13 @@ def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain
 
 @FAULTY
 @FUZZ
-@given(points=st.dictionaries(st.integers(0, 40), st.floats(-1.0, 2.0), min_size=1,
+@given(points=st.dictionaries(st.integers(0, 40), st.floats(0.0, 2.0), min_size=1,
                               max_size=4),
        learning_rate=st.floats(0.0, 1.0), from_zero=st.booleans(), as_pairs=st.booleans(),
        fault=faults("schedule:negative_step", "schedule:nan", "schedule:repeated",
                     "schedule:empty", "schedule:bool_step", "schedule:float_step",
-                    "learning_rate:negative", "learning_rate:inf"))
+                    "schedule:negative_value", "learning_rate:negative",
+                    "learning_rate:inf"))
 def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_pairs, fault):
     """``learning_rate × np.interp(step, steps, multipliers)`` at steps 0..59 (a point
     ``(0, 0)`` first with ``from_zero`` unless the schedule starts at 0; the first value
