@@ -1140,14 +1140,17 @@ def subset(rng, labels):
        lr_multiplier=st.sampled_from([1, 3, 0.5]), constrain=st.booleans(),
        explicit_mask=st.booleans(),
        fault=faults("lr_multiplier:zero", "lr_multiplier:bool", "transitions:shape",
-                    "mask:shape", "starts:range", "ends:empty", "y_pred:labels"), seed=SEEDS)
+                    "mask:shape", "starts:range", "ends:empty", "y_pred:labels",
+                    "y_true:range", "y_true:one_hot", "mask:broadcast"), seed=SEEDS)
 def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain,
                          explicit_mask, fault, seed):
     """On right-padded rows (some empty): the CRF's sparse and dense losses equal the brute
     force ``log Z - score(path)`` over every label path of the real positions (1e-4);
     ``viterbi_decode`` gives the best path (with ``starts``/``ends``: the best allowed one,
     or an error naming them when none is), ``-1`` at padding, the same from ``-inf`` rows or
-    an explicit ``mask``; ``crf.trans`` is the stored weight times ``lr_multiplier``."""
+    an explicit ``mask``; ``crf.trans`` is the stored weight times ``lr_multiplier``. A
+    label out of range at a real position, a target row that is not one-hot and a mask that
+    would broadcast are refused by name."""
     case("ConditionalRandomField / viterbi_decode")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
@@ -1237,7 +1240,8 @@ def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_
     """``learning_rate × np.interp(step, steps, multipliers)`` at steps 0..59 (a point
     ``(0, 0)`` first with ``from_zero`` unless the schedule starts at 0; the first value
     before the first point, the last after the last), also after a config round trip;
-    bad points and rates are refused naming ``schedule`` / ``learning_rate``."""
+    bad points (negative multipliers too) and rates are refused naming ``schedule`` /
+    ``learning_rate``."""
     case("PiecewiseLinearSchedule")
     fault = fault if faulty else None
     pairs = sorted(points.items())
@@ -1246,7 +1250,8 @@ def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_
            "schedule:repeated": pairs + [pairs[0]],
            "schedule:empty": [],
            "schedule:bool_step": pairs + [(True, 0.5)],
-           "schedule:float_step": pairs + [(45.5, 0.5)]}
+           "schedule:float_step": pairs + [(45.5, 0.5)],
+           "schedule:negative_value": pairs + [(99, -0.5)]}
     schedule = bad.get(fault, pairs if as_pairs else dict(points))
     rate = {"learning_rate:negative": -0.1, "learning_rate:inf": float("inf")}.get(
         fault, learning_rate)
