@@ -74,9 +74,11 @@ def graph_assert(valid, values, message):
         return valid
     import tensorflow as tf
 
+    scalar = valid.shape.rank == 0  # boolean_mask takes no scalar mask
+    bad = tf.boolean_mask(values[None] if scalar else values,
+                          tf.logical_not(valid[None] if scalar else valid))
     check = tf.debugging.Assert(tf.reduce_all(valid), [
-        f"{message}; received invalid values", tf.boolean_mask(values, tf.logical_not(valid))],
-        summarize=8)
+        f"{message}; received invalid values", bad], summarize=8)
     with tf.control_dependencies([check]):
         return tf.identity(valid)
 
