@@ -56,19 +56,47 @@ def guard_ids(ids, size, name="token_ids", ignore_index=None):
         valid = ops.logical_and(valid, ops.equal(ids, ops.floor(ids)))
     if ignore_index is not None:
         valid = ops.logical_or(valid, ops.equal(ids, ignore_index))
-    if keras.backend.backend() == "tensorflow" and not is_concrete(ids):
-        import tensorflow as tf
-
-        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-        check = tf.debugging.Assert(tf.reduce_all(valid), [
-            f"`{name}` must be integers in [0, {size}){allowed}; received invalid values",
-            tf.boolean_mask(ids, tf.logical_not(valid))], summarize=8)
-        with tf.control_dependencies([check]):
-            valid = tf.identity(valid)
+    allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    valid = graph_assert(valid, ids, f"`{name}` must be integers in [0, {size}){allowed}")
     safe = ops.where(valid, ops.cast(ids, "int32"), 0)
     if ignore_index is not None:
         safe = ops.where(ops.equal(ids, ignore_index), 0, safe)
     return safe, valid
+
+
+def graph_assert(valid, values, message):
+    """``valid`` (boolean, ``True`` where ``values`` are acceptable; it may lack trailing axes
+    of ``values``), made to fail with ``message`` and the bad values in a TensorFlow graph
+    without XLA (``InvalidArgumentError``). Elsewhere it is returned as is: eager callers have
+    raised already, and compiled code (XLA, JAX ``jit``) cannot raise, so callers turn the
+    outputs that depend on an invalid entry into NaN with ``valid``."""
+    if keras.backend.backend() != "tensorflow" or is_concrete(valid):
+        return valid
+    import tensorflow as tf
+
+    scalar = valid.shape.rank == 0  # boolean_mask takes no scalar mask
+    bad = tf.boolean_mask(values[None] if scalar else values,
+                          tf.logical_not(valid[None] if scalar else valid))
+    check = tf.debugging.Assert(tf.reduce_all(valid), [
+        f"{message}; received invalid values", bad], summarize=8)
+    with tf.control_dependencies([check]):
+        return tf.identity(valid)
+
+
+def guard_values(values, valid, name, expected):
+    """``valid`` after the checks the backend can run on it, for values that are not ids
+    (targets in [0, 1], one-hot rows): like :func:`guard_ids`, eagerly a ``ValueError``
+    "`name` must be expected" showing a bad entry, in a TensorFlow graph without XLA an
+    assertion naming it, and in compiled code nothing: the caller makes the outputs that
+    depend on an invalid entry NaN with the returned ``valid``."""
+    if is_concrete(valid):
+        ok = np.asarray(ops.convert_to_numpy(valid), bool)
+        if not ok.all():
+            bad = np.asarray(ops.convert_to_numpy(values))[~ok]
+            raise ValueError(f"`{name}` must be {expected}; received {int((~ok).sum())} "
+                             f"invalid entries such as {bad[0]}")
+        return valid
+    return graph_assert(valid, values, f"`{name}` must be {expected}")
 
 
 def integer_id(value, name="token_id"):
@@ -170,32 +198,43 @@ def check_broadcastable(name, x, axes, exact=()):
         for got, (axis, size) in zip(shape, axes))
     if not ok:
         target = ", ".join(f"{axis}={size}" for axis, size in axes)
-        rule = "each axis of that length or 1"
-        if exact:
+        loose = [axis for axis, _ in axes if axis not in exact]
+        rule = ", each axis of that length or 1" if loose else ""
+        if exact and loose:
             rule += f" ({' and '.join(exact)} exactly)"
-        raise ValueError(f"`{name}` must have shape ({target}), {rule}; received shape "
+        raise ValueError(f"`{name}` must have shape ({target}){rule}; received shape "
                          f"{shape}")
 
 
-def check_sparse_labels(y_true, logits, ignore_index=None):
+def check_shape(name, x, axes):
+    """Raise ``ValueError`` unless ``x`` has exactly the shape of ``axes`` (``(axis_name,
+    size)`` pairs; no axis of length 1 stands for another length): a mask or target that
+    would broadcast is refused. Sizes unknown in a traced graph (``None``) are not compared."""
+    check_broadcastable(name, x, axes, exact=tuple(axis for axis, _ in axes))
+
+
+def check_sparse_labels(y_true, logits, ignore_index=None, scores="logits", counted=None):
     """Raise ``ValueError`` unless ``y_true`` has the shape of ``logits`` without its last
     (class) axis and, where values are available (eager), every label other than
-    ``ignore_index`` lies in ``[0, logits.shape[-1])``; an out-of-range label would otherwise
-    gather garbage (GPU) or fail inside the backend."""
+    ``ignore_index`` (and, given a boolean ``counted`` of ``y_true``'s shape, every label where
+    it is ``True``) lies in ``[0, logits.shape[-1])``; an out-of-range label would otherwise
+    gather garbage (GPU) or fail inside the backend. ``scores`` names ``logits`` in messages."""
     labels, classes = tuple(y_true.shape), logits.shape[-1]
     expected = tuple(logits.shape[:-1])
     if len(labels) != len(expected) or any(
             a is not None and b is not None and a != b for a, b in zip(labels, expected)):
-        raise ValueError(f"`y_true` must be sparse labels of shape logits.shape[:-1] = "
+        raise ValueError(f"`y_true` must be sparse labels of shape {scores}.shape[:-1] = "
                          f"{expected}; received shape {labels}")
     if classes is None or not is_concrete(y_true):
         return
     values = ops.convert_to_numpy(y_true)
+    if counted is not None:
+        values = values[np.asarray(ops.convert_to_numpy(counted), bool)]
     if ignore_index is not None:
         values = values[values != ignore_index]
     if values.size and (values.min() < 0 or values.max() >= classes):
         ignored = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-        raise ValueError(f"`y_true` labels must lie in [0, {classes}) (logits.shape[-1])"
+        raise ValueError(f"`y_true` labels must lie in [0, {classes}) ({scores}.shape[-1])"
                          f"{ignored}; received labels from {values.min()} to {values.max()}")
 
 

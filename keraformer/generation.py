@@ -34,6 +34,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keraformer.checks import integer_ids
+
 BLOCKED = -1e9  # log-probability given to tokens that may not be chosen (finite on purpose)
 METHODS = ("greedy", "beam", "sample")
 LOOPS = ("auto", "device", "host")
@@ -534,6 +536,27 @@ def generate(step, cache, log_probs, end_id=None, max_length=32, method="greedy"
                                       vocab_size, **options)
 
 
+def score_array(name, value):
+    """``value`` as a float64 NumPy array of real scores, each finite or ``-inf`` (a label or
+    transition that is ruled out); ``TypeError`` for non-numeric data (bools and strings
+    included), ``ValueError`` naming ``name`` for NaN or ``+inf``, which would decide a path."""
+    try:
+        array = np.asarray(ops.convert_to_numpy(value))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be an array of real scores; received "
+                        f"{type(value).__name__} ({error})") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must hold real scores (integers or floats); received dtype "
+                        f"{array.dtype}")
+    array = array.astype("float64")
+    bad = np.isnan(array) | np.isposinf(array)
+    if bad.any():
+        raise ValueError(f"`{name}` must be finite or -inf (ruled out); received "
+                         f"{int(bad.sum())} NaN or +inf entries, the first at "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+    return array
+
+
 def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
     """The highest-scoring label path of a linear-chain CRF (Viterbi 1967), in NumPy.
 
@@ -545,10 +568,11 @@ def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
     begin/end with, as bert4keras' ``ViterbiDecoder`` (None allows every label). A path
     maximises ``sum_t scores[t, y_t] + sum_t transitions[y_t, y_{t+1}]`` over the unmasked
     positions, taken in order. Returns int32 labels of ``scores``' leading shape, ``-1`` at
-    masked positions (first maximum on ties).
+    masked positions (first maximum on ties). Scores and transitions must be finite or
+    ``-inf``; ``mask`` holds booleans or 0/1; ``starts``/``ends`` are integer labels.
     """
-    scores = np.asarray(ops.convert_to_numpy(scores), dtype="float64")
-    transitions = np.asarray(ops.convert_to_numpy(transitions), dtype="float64")
+    scores = score_array("scores", scores)
+    transitions = score_array("transitions", transitions)
     if scores.ndim not in (2, 3):
         raise ValueError(f"`scores` must have shape (length, labels) or (batch, length, "
                          f"labels); received shape {scores.shape}")
@@ -561,20 +585,22 @@ def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
         scores = scores[None]
     keep = ~np.all(np.isneginf(scores), axis=-1)
     if mask is not None:
-        mask = np.asarray(ops.convert_to_numpy(mask)).astype(bool)
-        mask = mask[None] if single and mask.ndim == 1 else mask
-        if mask.shape != keep.shape:
-            raise ValueError(f"`mask` must have shape {keep.shape[1:] if single else keep.shape}"
-                             f"; received shape {mask.shape}")
-        keep &= mask
+        mask = np.asarray(ops.convert_to_numpy(mask))
+        if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"`mask` must hold booleans or 0/1; received dtype {mask.dtype} "
+                             f"with values {np.unique(mask)[:5].tolist()}")
+        expected = keep.shape[1:] if single else keep.shape
+        if mask.shape != expected:
+            raise ValueError(f"`mask` must have shape {expected}; received shape {mask.shape}")
+        keep &= mask.astype(bool).reshape(keep.shape)
     barred = {}
     for name, allowed in (("starts", starts), ("ends", ends)):
         barred[name] = np.ones(labels, bool)
         if allowed is not None:
-            allowed = np.asarray(allowed, dtype="int64").reshape(-1)
-            if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= labels:
+            allowed = integer_ids(allowed, name=name)
+            if not allowed or min(allowed) < 0 or max(allowed) >= labels:
                 raise ValueError(f"`{name}` must list labels in [0, {labels}); received "
-                                 f"{allowed.tolist()}")
+                                 f"{allowed}")
             barred[name][allowed] = False
         else:
             barred[name][:] = False

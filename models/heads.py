@@ -21,12 +21,9 @@ import math
 import keras
 from keras import ops
 
+from keraformer.checks import (check_bools, check_positive_ints, check_shape,
+                               check_sparse_labels, guard_ids, guard_values)
 from keraformer.positions import apply_rotary
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1; received {value!r}")
 
 
 def _feature_size(layer, input_shape, inputs, features, size):
@@ -39,12 +36,21 @@ def _feature_size(layer, input_shape, inputs, features, size):
     return input_shape[-1]
 
 
+def checked_mask(mask, batch, length):
+    """``mask`` as a boolean ``(batch, length)`` tensor, or a ValueError naming ``mask`` with
+    both shapes: a mask of another shape would be broadcast (a ``(batch, 1)`` mask keeps or
+    drops whole rows) or fail inside the backend."""
+    mask = ops.convert_to_tensor(mask)
+    check_shape("mask", mask, (("batch", batch), ("length", length)))
+    return ops.cast(mask, "bool")
+
+
 def mask_spans(logits, mask=None, tril_mask=True):
     """``logits (batch, heads, length, length)`` with ``-inf`` where the start or the end is
     outside ``mask (batch, length)`` and, if ``tril_mask``, where the end precedes the start."""
     keep = None
     if mask is not None:
-        mask = ops.cast(mask, "bool")
+        mask = checked_mask(mask, logits.shape[0], logits.shape[-1])
         keep = ops.logical_and(mask[:, None, :, None], mask[:, None, None, :])
     if tril_mask:
         positions = ops.arange(ops.shape(logits)[-1])
@@ -87,13 +93,13 @@ class GlobalPointer(keras.layers.Layer):
     def __init__(self, heads, head_size, RoPE=True, use_bias=True, tril_mask=True,
                  kernel_initializer="lecun_normal", **kwargs):
         super().__init__(**kwargs)
-        check_positive_int("heads", heads)
-        check_positive_int("head_size", head_size)
+        check_positive_ints(heads=heads, head_size=head_size)
+        check_bools(RoPE=RoPE, use_bias=use_bias, tril_mask=tril_mask)
         if RoPE and head_size % 2:
             raise ValueError(f"`head_size` must be even with RoPE=True (rotary pairs "
                              f"features); received {head_size}")
-        self.heads = heads
-        self.head_size = head_size
+        self.heads = int(heads)
+        self.head_size = int(head_size)
         self.RoPE = bool(RoPE)
         self.use_bias = bool(use_bias)
         self.tril_mask = bool(tril_mask)
@@ -101,7 +107,11 @@ class GlobalPointer(keras.layers.Layer):
         self.supports_masking = True
 
     def check_input_shape(self, input_shape):
-        return _feature_size(self, input_shape, "hidden states", "hidden", "hidden size")
+        """The hidden size; later calls must have it too (Keras names the layer and both
+        shapes otherwise)."""
+        hidden = _feature_size(self, input_shape, "hidden states", "hidden", "hidden size")
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: hidden})
+        return hidden
 
     def build(self, input_shape):
         hidden = self.check_input_shape(input_shape)
@@ -227,6 +237,7 @@ class ConditionalRandomField(keras.layers.Layer):
     def build(self, input_shape):
         labels = _feature_size(self, input_shape, "emission scores", "labels",
                                "number of labels")
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: labels})
         self._trans = self.add_weight(name="trans", shape=(labels, labels),
                                       initializer="glorot_uniform")
         if self.lr_multiplier != 1:
@@ -242,7 +253,7 @@ class ConditionalRandomField(keras.layers.Layer):
     def call(self, inputs, mask=None):
         if mask is None:
             return inputs
-        mask = ops.cast(mask, "bool")[..., None]
+        mask = checked_mask(mask, inputs.shape[0], inputs.shape[1])[..., None]
         return ops.where(mask, inputs, ops.cast(float("-inf"), inputs.dtype))
 
     def compute_mask(self, inputs, mask=None):
@@ -252,48 +263,92 @@ class ConditionalRandomField(keras.layers.Layer):
         return input_shape
 
     def checked_scores(self, y_pred):
+        """``y_pred`` (this CRF's output) as float32 ``(batch, length, labels)``, checked."""
+        if not self.built:
+            raise ValueError("ConditionalRandomField's losses and metrics use its transitions: "
+                             "call the layer on emission scores (batch, length, labels) first")
         y_pred = ops.convert_to_tensor(y_pred)
-        labels = ops.shape(self._trans)[0] if self.built else None
-        if len(y_pred.shape) != 3 or (labels is not None and y_pred.shape[-1] not in
-                                      (None, labels)):
+        labels = self._trans.shape[0]
+        if len(y_pred.shape) != 3 or y_pred.shape[-1] not in (None, labels):
             raise ValueError(f"`y_pred` must be this CRF's output (batch, length, {labels}); "
                              f"received shape {tuple(y_pred.shape)}")
         return ops.cast(y_pred, "float32")
 
-    def dense_loss(self, y_true, y_pred):
-        """Negative log-likelihood ``(batch,)`` of one-hot label paths ``y_true``."""
-        y_pred = self.checked_scores(y_pred)
-        mask = crf_mask(y_pred)
-        y_true = ops.where(mask[..., None], ops.cast(y_true, "float32"), 0.0)
+    def sparse_labels(self, y_true, y_pred, mask):
+        """``(labels, valid)``: int32 labels ``(batch, length)`` of ``y_true`` (``(batch,
+        length)`` or ``(batch, length, 1)``), 0 at positions outside ``mask``, and ``valid``,
+        False where an unmasked label is not an integer in ``[0, labels)`` (eagerly a
+        ValueError naming ``y_true``; see ``keraformer.checks.guard_ids``)."""
+        y_true = ops.convert_to_tensor(y_true)
+        if len(y_true.shape) == 3 and y_true.shape[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+        check_sparse_labels(y_true, y_pred, scores="y_pred", counted=mask)
+        return guard_ids(ops.where(mask, y_true, 0), self._trans.shape[0], "y_true")
+
+    def one_hot_labels(self, y_true, y_pred, mask):
+        """``(y_true, valid)``: float32 one-hot labels of ``y_pred``'s shape, zero outside
+        ``mask``, and ``valid (batch, length)``, False where an unmasked row is not one-hot
+        (eagerly a ValueError naming ``y_true``; see ``keraformer.checks.guard_values``)."""
+        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+        check_shape("y_true", y_true, tuple(zip(("batch", "length", "labels"), y_pred.shape)))
+        y_true = ops.where(mask[..., None], y_true, 0.0)
+        binary = ops.all(ops.logical_or(ops.equal(y_true, 0.0), ops.equal(y_true, 1.0)), -1)
+        one_hot = ops.logical_and(binary, ops.equal(ops.sum(y_true, axis=-1), 1.0))
+        valid = ops.logical_or(one_hot, ops.logical_not(mask))
+        return y_true, guard_values(y_true, valid, "y_true",
+                                    "one-hot label vectors (a single 1) at unmasked positions")
+
+    def path_loss(self, y_true, valid, y_pred, mask):
+        """Negative log-likelihood ``(batch,)`` of the one-hot paths ``y_true`` (zero outside
+        ``mask``); NaN for a row with an invalid label (``valid`` False)."""
         emissions = ops.where(mask[..., None], y_pred, 0.0)
         transitions = ops.cast(self.trans, "float32")
-        return crf_log_norm(emissions, transitions, mask) \
+        loss = crf_log_norm(emissions, transitions, mask) \
             - crf_path_score(y_true, emissions, transitions)
+        return ops.where(ops.all(valid, axis=1), loss, float("nan"))
 
-    def sparse_labels(self, y_true, y_pred):
-        y_true = ops.reshape(y_true, ops.shape(y_pred)[:-1])
-        return ops.cast(y_true, "int32")
+    def dense_loss(self, y_true, y_pred):
+        """Negative log-likelihood ``(batch,)`` of one-hot label paths ``y_true (batch,
+        length, labels)``; rows at masked positions are ignored, any other row must be
+        one-hot."""
+        y_pred = self.checked_scores(y_pred)
+        mask = crf_mask(y_pred)
+        y_true, valid = self.one_hot_labels(y_true, y_pred, mask)
+        return self.path_loss(y_true, valid, y_pred, mask)
 
     def sparse_loss(self, y_true, y_pred):
         """Negative log-likelihood ``(batch,)`` of integer label paths ``y_true (batch,
-        length)`` (or ``(batch, length, 1)``); labels at masked positions are ignored."""
+        length)`` (or ``(batch, length, 1)``); labels at masked positions are ignored, the
+        others must be integers in ``[0, labels)``."""
         y_pred = self.checked_scores(y_pred)
-        y_true = self.sparse_labels(y_true, y_pred)
-        return self.dense_loss(ops.one_hot(y_true, ops.shape(y_pred)[-1]), y_pred)
+        mask = crf_mask(y_pred)
+        labels, valid = self.sparse_labels(y_true, y_pred, mask)
+        y_true = ops.one_hot(labels, self._trans.shape[0]) * ops.cast(mask[..., None],
+                                                                      "float32")
+        return self.path_loss(y_true, valid, y_pred, mask)
+
+    def accuracy(self, labels, valid, y_pred, mask):
+        """Share of unmasked positions whose best label is ``labels``; NaN with an invalid
+        label anywhere."""
+        mask = ops.cast(mask, "float32")
+        hits = ops.cast(ops.equal(ops.cast(labels, "int32"),
+                                  ops.cast(ops.argmax(y_pred, axis=-1), "int32")), "float32")
+        return ops.where(ops.all(valid), ops.sum(hits * mask) / ops.sum(mask), float("nan"))
 
     def dense_accuracy(self, y_true, y_pred):
         """Per-position accuracy of the best label at each position, over unmasked ones."""
-        return self.sparse_accuracy(ops.argmax(y_true, axis=-1), y_pred)
+        y_pred = self.checked_scores(y_pred)
+        mask = crf_mask(y_pred)
+        y_true, valid = self.one_hot_labels(y_true, y_pred, mask)
+        return self.accuracy(ops.argmax(y_true, axis=-1), valid, y_pred, mask)
 
     def sparse_accuracy(self, y_true, y_pred):
         """Per-position accuracy of the best label at each position, over unmasked ones
         (a cheap training metric; ``viterbi_decode`` gives the best path)."""
         y_pred = self.checked_scores(y_pred)
-        mask = ops.cast(crf_mask(y_pred), "float32")
-        y_true = self.sparse_labels(y_true, y_pred)
-        hits = ops.cast(ops.equal(y_true, ops.cast(ops.argmax(y_pred, axis=-1), "int32")),
-                        "float32")
-        return ops.sum(hits * mask) / ops.sum(mask)
+        mask = crf_mask(y_pred)
+        labels, valid = self.sparse_labels(y_true, y_pred, mask)
+        return self.accuracy(labels, valid, y_pred, mask)
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,8 @@ it by step 2000, then constant. Between two points the multiplier is interpolate
 before the first point it is the first point's value (with ``from_zero=True``, the default, a
 point ``(0, 0.0)`` is added when the schedule does not start at 0); after the last, the last
 value. The step is the optimizer's ``iterations`` (0 for the first update), as in bert4keras.
+Multipliers are finite and >= 0 (a negative one would ascend the gradient); a negative step
+raises eagerly and gives a NaN rate in compiled code (``keraformer.checks.guard_values``).
 """
 
 import math
@@ -15,10 +17,13 @@ import numbers
 import keras
 from keras import ops
 
+from keraformer.checks import check_bools, guard_values
+
 
 def schedule_points(schedule, from_zero=True):
     """Sorted ``[(step, multiplier), ...]`` of a dict or pairs, checked, ``(0, 0.0)`` added
     first when ``from_zero`` and the schedule does not start at step 0."""
+    check_bools(from_zero=from_zero)
     items = list(schedule.items()) if isinstance(schedule, dict) else schedule
     try:
         points = [(step, value) for step, value in items]
@@ -28,11 +33,16 @@ def schedule_points(schedule, from_zero=True):
     if not points:
         raise ValueError("`schedule` must hold at least one (step, multiplier) point")
     for step, value in points:
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"`schedule` steps must be integers >= 0; received {step!r} of "
+                            f"type {type(step).__name__}")
+        if step < 0:
             raise ValueError(f"`schedule` steps must be integers >= 0; received {step!r}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                or not math.isfinite(value):
-            raise ValueError(f"`schedule` multipliers must be finite numbers; received "
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"`schedule` multipliers must be finite numbers >= 0; received "
+                            f"{value!r} of type {type(value).__name__} at step {step}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"`schedule` multipliers must be finite numbers >= 0; received "
                              f"{value!r} at step {step}")
     steps = [int(step) for step, _ in points]
     if len(set(steps)) != len(steps):
@@ -46,7 +56,17 @@ def schedule_points(schedule, from_zero=True):
 def piecewise_linear(step, schedule, from_zero=True):
     """The multiplier of ``schedule`` at ``step`` (a scalar tensor or number), float32."""
     points = schedule_points(schedule, from_zero)
+    try:
+        step = ops.convert_to_tensor(step)
+    except (TypeError, ValueError):
+        step = None
+    dtype = keras.backend.standardize_dtype(step.dtype) if step is not None else "none"
+    if "int" not in dtype and "float" not in dtype:
+        raise TypeError(f"`step` must be a number or a numeric tensor (an optimizer's "
+                        f"iterations); received dtype {dtype}")
     t = ops.cast(step, "float32")
+    counted = guard_values(t, ops.greater_equal(t, 0.0), "step",
+                           "a number >= 0 (an optimizer's iterations)")
     value = ops.cast(points[0][1], "float32") + 0.0 * t
     for i, (start, level) in enumerate(points):
         if i + 1 < len(points):
@@ -55,7 +75,7 @@ def piecewise_linear(step, schedule, from_zero=True):
         else:
             segment = level + 0.0 * t
         value = ops.where(ops.greater_equal(t, start), segment, value)
-    return value
+    return ops.where(counted, value, float("nan"))
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -68,11 +88,14 @@ class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, learning_rate, schedule, from_zero=True):
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) \
-                or not math.isfinite(learning_rate) or learning_rate < 0:
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+            raise TypeError(f"`learning_rate` must be a finite number >= 0; received "
+                            f"{learning_rate!r} of type {type(learning_rate).__name__}")
+        if not math.isfinite(learning_rate) or learning_rate < 0:
             raise ValueError(f"`learning_rate` must be a finite number >= 0; received "
                              f"{learning_rate!r}")
         self.learning_rate = float(learning_rate)
+        check_bools(from_zero=from_zero)
         self.points = schedule_points(schedule, from_zero=False)
         self.from_zero = bool(from_zero)
 

@@ -461,19 +461,40 @@ def application_allowed(tokens, segments, application):
     return np.broadcast_to(keys, (len(tokens), n, n))
 
 
+# -- execution modes (guarded values: an error where the backend can raise, else NaN) ---------
+
+def compiled(fn):
+    """``fn`` compiled the backend's way: XLA under TensorFlow, ``jax.jit`` under JAX."""
+    import keras
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.function(fn, jit_compile=True)
+    import jax
+    return jax.jit(fn)
+
+
+def graph_error():
+    """The error a TensorFlow graph without XLA raises from a failed assertion."""
+    import tensorflow as tf
+    return tf.errors.InvalidArgumentError
+
+
 # -- bad arguments ----------------------------------------------------------------------------
 
 def refusal_cases(target, cases, valid=None):
     """``pytest.param(target, kwargs, error, name)`` for each ``(bad kwargs, error, name)`` of
     ``cases``, the bad keyword arguments over the ``valid`` ones, for
-    :func:`assert_refused`. The id names ``target`` and the bad arguments and is the same in
-    every process (no object addresses: pytest-xdist workers must collect identical ids)."""
+    :func:`assert_refused`. The id names ``target`` and the bad arguments, or is ``target``
+    and a case's optional fourth item (a description, for arrays), and is the same in every
+    process (no object addresses: pytest-xdist workers must collect identical ids)."""
     def shown(value):
         return "<callable>" if callable(value) else repr(value)[:40]
+
+    def case_id(kwargs, description=None):
+        return description or ",".join(f"{k}={shown(v)}" for k, v in kwargs.items())
     return [pytest.param(target, {**(valid or {}), **kwargs}, error, name,
-                         id=f"{target.__name__}-" + ",".join(f"{k}={shown(v)}"
-                                                            for k, v in kwargs.items()))
-            for kwargs, error, name in cases]
+                         id=f"{target.__name__}-{case_id(kwargs, *described)}")
+            for kwargs, error, name, *described in cases]
 
 
 def assert_refused(target, kwargs, error, name):

@@ -1100,11 +1100,13 @@ def test_global_pointers(faulty, efficient, batch, length, hidden, heads, half, 
 @FUZZ
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), soft=st.booleans(),
        scale=st.sampled_from([1.0, 30.0]), left_out=st.sampled_from([0.0, 0.3, 1.0]),
-       dtype=DTYPES, fault=faults("y_true:rank"), seed=SEEDS)
+       dtype=DTYPES, fault=faults("y_true:rank", "y_true:above_one", "y_true:negative",
+                                  "y_true:broadcast"), seed=SEEDS)
 def test_multilabel_crossentropy(faulty, shape, soft, scale, left_out, dtype, fault, seed):
     """Equals the formula (float64 NumPy on the same rounded scores; 1e-4 relative) with
-    ``-inf`` scores left out, stays finite for large scores, is >= 0; a rank mismatch is
-    refused naming the argument."""
+    ``-inf`` scores left out, stays finite for large scores, is >= 0; targets of another
+    rank or shape (one that would broadcast) or outside [0, 1] are refused naming
+    ``y_true``."""
     case("multilabel_categorical_crossentropy")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
@@ -1113,7 +1115,9 @@ def test_multilabel_crossentropy(faulty, shape, soft, scale, left_out, dtype, fa
     y_pred = np.asarray(keras.ops.cast(y_pred.astype("float32"), dtype))
     y_true = (rng.rand(*shape) if soft else rng.rand(*shape) < 0.4).astype("float32")
     if fault:
-        y_true = y_true[..., None]
+        y_true = {"y_true:rank": y_true[..., None], "y_true:above_one": y_true + 1.5,
+                  "y_true:negative": y_true - 1.5, "y_true:broadcast": y_true[..., :1]
+                  if shape[-1] > 1 else np.repeat(y_true, 2, axis=-1)}[fault]
     out = outcome(lambda: multilabel_categorical_crossentropy(y_true, y_pred), fault,
                   tuple(shape[:-1]))
     if out is None:
@@ -1136,14 +1140,17 @@ def subset(rng, labels):
        lr_multiplier=st.sampled_from([1, 3, 0.5]), constrain=st.booleans(),
        explicit_mask=st.booleans(),
        fault=faults("lr_multiplier:zero", "lr_multiplier:bool", "transitions:shape",
-                    "mask:shape", "starts:range", "ends:empty", "y_pred:labels"), seed=SEEDS)
+                    "mask:shape", "starts:range", "ends:empty", "y_pred:labels",
+                    "y_true:range", "y_true:one_hot", "mask:broadcast"), seed=SEEDS)
 def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain,
                          explicit_mask, fault, seed):
     """On right-padded rows (some empty): the CRF's sparse and dense losses equal the brute
     force ``log Z - score(path)`` over every label path of the real positions (1e-4);
     ``viterbi_decode`` gives the best path (with ``starts``/``ends``: the best allowed one,
     or an error naming them when none is), ``-1`` at padding, the same from ``-inf`` rows or
-    an explicit ``mask``; ``crf.trans`` is the stored weight times ``lr_multiplier``."""
+    an explicit ``mask``; ``crf.trans`` is the stored weight times ``lr_multiplier``. A
+    label out of range at a real position, a target row that is not one-hot and a mask that
+    would broadcast are refused by name."""
     case("ConditionalRandomField / viterbi_decode")
     fault = fault if faulty else None
     rng = np.random.RandomState(seed)
@@ -1163,6 +1170,19 @@ def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain
     transitions = np.asarray(crf.trans, "float64")
     np.testing.assert_allclose(transitions, stored * lr_multiplier, rtol=1e-6)
     starts, ends = (subset(rng, labels), subset(rng, labels)) if constrain else (None, None)
+    if fault == "mask:broadcast":
+        with rejected("mask"):
+            crf(emissions, mask=mask[:, :1])
+        return
+    if fault in ("y_true:range", "y_true:one_hot"):
+        targets = np.zeros((batch, length), "int32")
+        targets[0, -1] = labels  # row 0 has no padding
+        with rejected("y_true"):
+            if fault == "y_true:range":
+                crf.sparse_loss(targets, y_pred)
+            else:
+                crf.dense_loss(np.ones((batch, length, labels)) * 0.5, y_pred)
+        return
     if fault == "y_pred:labels":
         with rejected("y_pred"):
             crf.sparse_loss(np.zeros((batch, length), "int32"),
@@ -1209,17 +1229,19 @@ def test_crf_and_viterbi(faulty, batch, length, labels, lr_multiplier, constrain
 
 @FAULTY
 @FUZZ
-@given(points=st.dictionaries(st.integers(0, 40), st.floats(-1.0, 2.0), min_size=1,
+@given(points=st.dictionaries(st.integers(0, 40), st.floats(0.0, 2.0), min_size=1,
                               max_size=4),
        learning_rate=st.floats(0.0, 1.0), from_zero=st.booleans(), as_pairs=st.booleans(),
        fault=faults("schedule:negative_step", "schedule:nan", "schedule:repeated",
                     "schedule:empty", "schedule:bool_step", "schedule:float_step",
-                    "learning_rate:negative", "learning_rate:inf"))
+                    "schedule:negative_value", "learning_rate:negative",
+                    "learning_rate:inf"))
 def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_pairs, fault):
     """``learning_rate × np.interp(step, steps, multipliers)`` at steps 0..59 (a point
     ``(0, 0)`` first with ``from_zero`` unless the schedule starts at 0; the first value
     before the first point, the last after the last), also after a config round trip;
-    bad points and rates are refused naming ``schedule`` / ``learning_rate``."""
+    bad points (negative multipliers too) and rates are refused naming ``schedule`` /
+    ``learning_rate``."""
     case("PiecewiseLinearSchedule")
     fault = fault if faulty else None
     pairs = sorted(points.items())
@@ -1228,7 +1250,8 @@ def test_piecewise_linear_schedule(faulty, points, learning_rate, from_zero, as_
            "schedule:repeated": pairs + [pairs[0]],
            "schedule:empty": [],
            "schedule:bool_step": pairs + [(True, 0.5)],
-           "schedule:float_step": pairs + [(45.5, 0.5)]}
+           "schedule:float_step": pairs + [(45.5, 0.5)],
+           "schedule:negative_value": pairs + [(99, -0.5)]}
     schedule = bad.get(fault, pairs if as_pairs else dict(points))
     rate = {"learning_rate:negative": -0.1, "learning_rate:inf": float("inf")}.get(
         fault, learning_rate)

@@ -13,6 +13,7 @@ from keras import ops
 
 from keraformer import generation
 from keraformer.models import build_transformer_model
+from tests.references import assert_refused, crf_path_scores, refusal_cases
 
 VOCAB = 5
 LOGITS = np.random.default_rng(0).normal(size=(VOCAB, VOCAB)).astype("float32")
@@ -164,3 +165,76 @@ def test_lm_generate_refuses(lm, arguments, error, name):
     arguments = {"token_ids": GOOD, "max_length": 3, **arguments}
     with pytest.raises(error, match=f"`{name}`"):
         lm.generate(**arguments)
+
+
+# -- viterbi_decode: (length, labels) scores, (labels, labels) transitions --------------------
+
+LABELS = 3
+EMISSIONS = np.random.default_rng(1).normal(size=(4, LABELS))
+TRANSITIONS = np.random.default_rng(2).normal(size=(LABELS, LABELS))
+
+
+def with_entry(array, index, value):
+    array = np.array(array, "float64")
+    array[index] = value
+    return array
+
+
+VITERBI_BAD = [
+    (dict(starts=[1.5]), TypeError, "starts"),
+    (dict(starts=[2.0]), TypeError, "starts"),  # whole, but a float: no silent truncation
+    (dict(starts=np.array([0.5, 1.0])), TypeError, "starts"),
+    (dict(starts=[True]), TypeError, "starts"),
+    (dict(starts=1), TypeError, "starts"),
+    (dict(starts="1"), TypeError, "starts"),
+    (dict(starts=[[0, 1]]), TypeError, "starts"),
+    (dict(starts=[LABELS]), ValueError, "starts"),
+    (dict(starts=[-1]), ValueError, "starts"),
+    (dict(ends=[0.5]), TypeError, "ends"),
+    (dict(ends=[]), ValueError, "ends"),
+    (dict(scores=with_entry(EMISSIONS, (2, 1), np.nan)), ValueError, "scores", "scores NaN"),
+    (dict(scores=with_entry(EMISSIONS, (0, 0), np.inf)), ValueError, "scores", "scores +inf"),
+    (dict(scores=EMISSIONS > 0), TypeError, "scores", "scores bool"),
+    (dict(scores=EMISSIONS.astype(str)), TypeError, "scores", "scores str"),
+    (dict(scores=[[0.0, 1.0, 2.0], [1.0]]), TypeError, "scores", "scores ragged"),
+    (dict(scores=EMISSIONS[0]), ValueError, "scores", "scores 1-D"),
+    (dict(transitions=with_entry(TRANSITIONS, (1, 2), np.nan)), ValueError, "transitions",
+     "transitions NaN"),
+    (dict(transitions=with_entry(TRANSITIONS, (0, 0), np.inf)), ValueError, "transitions",
+     "transitions +inf"),
+    (dict(transitions=TRANSITIONS[:, :2]), ValueError, "transitions", "transitions (3, 2)"),
+    (dict(transitions=TRANSITIONS[None]), ValueError, "transitions", "transitions 3-D"),
+    (dict(mask=np.full(4, 0.5)), ValueError, "mask", "mask 0.5"),
+    (dict(mask=np.full(4, 2)), ValueError, "mask", "mask 2"),
+    (dict(mask=np.ones(5, bool)), ValueError, "mask", "mask too long"),
+    (dict(mask=np.ones((1, 4), bool)), ValueError, "mask", "mask (1, length)"),
+]
+
+
+@pytest.mark.parametrize("target, kwargs, error, name", refusal_cases(
+    generation.viterbi_decode, VITERBI_BAD, {"scores": EMISSIONS, "transitions": TRANSITIONS}))
+def test_viterbi_decode_refuses_bad_arguments_by_name(target, kwargs, error, name):
+    assert_refused(target, kwargs, error, name)
+
+
+@pytest.mark.parametrize("starts", [[0, 2], np.array([0, 2], "int64"), (np.int32(0), 2),
+                                    ops.convert_to_tensor([0, 2])],
+                         ids=["list", "int64 array", "numpy ints", "tensor"])
+def test_viterbi_decode_takes_integer_labels_in_any_container(starts):
+    paths = crf_path_scores(EMISSIONS, TRANSITIONS, starts=[0, 2], ends=[1])
+    got = generation.viterbi_decode(EMISSIONS, TRANSITIONS, starts=starts, ends=[1])
+    assert tuple(got) == max(paths, key=paths.get)
+
+
+def test_viterbi_decode_never_takes_a_transition_of_minus_infinity():
+    """-inf rules a transition out (the path is the best of the others, brute force), as
+    -inf rules a label out at one position; integer scores are scores."""
+    forbidden = with_entry(TRANSITIONS, (slice(None), 0), -np.inf)  # nothing goes to label 0
+    scores = with_entry(EMISSIONS, (1, 2), -np.inf)  # label 2 ruled out at position 1
+    paths = {path: score for path, score in crf_path_scores(scores, forbidden).items()
+             if np.isfinite(score)}
+    got = generation.viterbi_decode(scores, forbidden)
+    assert tuple(got) == max(paths, key=paths.get) and got[1] != 2 and 0 not in got[1:]
+    whole = np.round(EMISSIONS * 10).astype("int64")
+    paths = crf_path_scores(whole, TRANSITIONS)
+    assert tuple(generation.viterbi_decode(whole, TRANSITIONS)) == max(paths, key=paths.get)

@@ -14,8 +14,11 @@ import pytest
 from keras import ops
 
 from keraformer.embedding import Embedding
-from keraformer.losses import EMOLoss, LogitAdjustedLoss, emo_loss, logit_adjusted_loss
-from keraformer.models import build_transformer_model
+from keraformer.losses import (EMOLoss, LogitAdjustedLoss, emo_loss,
+                               global_pointer_crossentropy, logit_adjusted_loss,
+                               multilabel_categorical_crossentropy)
+from keraformer.models import ConditionalRandomField, build_transformer_model
+from tests.references import compiled, graph_error
 
 BACKEND = keras.backend.backend()
 VOCAB, TYPES = 20, 2
@@ -75,12 +78,6 @@ def graph_bert(bert):
     model = tiny_bert()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=False)
     return model
-
-
-def graph_error():
-    """The error a TensorFlow graph without XLA raises from a failed assertion."""
-    import tensorflow as tf
-    return tf.errors.InvalidArgumentError
 
 
 def without_xla(graph_bert):
@@ -149,15 +146,6 @@ def embedding():
     layer = Embedding(VOCAB, 4)
     layer.build((None, None))
     return layer, ops.convert_to_numpy(layer.embeddings)
-
-
-def compiled(fn):
-    """``fn`` compiled the backend's way: XLA under TensorFlow, ``jax.jit`` under JAX."""
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-        return tf.function(fn, jit_compile=True)
-    import jax
-    return jax.jit(fn)
 
 
 IDS_CASES = [
@@ -338,3 +326,84 @@ def test_compiled_emo_loss_ignores_ignore_index_but_not_other_negatives():
                                rtol=1e-6)
     assert np.isnan(ops.convert_to_numpy(fn(np.array([[1, -99, 2], [0, 3, 4]], "int32"),
                                             logits)))
+
+
+# -- labels and targets of the task heads' losses -------------------------------------------
+
+CRF = ConditionalRandomField()
+HEAD_RNG = np.random.default_rng(3)
+CRF_SCORES = np.asarray(CRF(HEAD_RNG.normal(size=(3, 4, CLASSES)).astype("float32"),
+                            mask=np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)))
+CRF_LABELS = HEAD_RNG.integers(0, CLASSES, size=(3, 4)).astype("float32")
+CRF_LABELS[2, 2:] = -100  # padding: ignored, not bad
+CRF_ONE_HOT = np.eye(CLASSES)[np.maximum(CRF_LABELS, 0).astype(int)]
+SPANS = HEAD_RNG.normal(size=(3, 2, 3, 3)).astype("float32")
+SPANS[:, :, 1, 0] = -np.inf  # left out, as GlobalPointer's backward spans
+
+
+def with_entry(array, index, value):
+    array = np.array(array, "float32")
+    array[index] = value
+    return array
+
+
+# name: (loss, valid y_true, y_pred, ((bad y_true, its row), ...)); each loss gives one value
+# per row (example)
+HEAD_LOSSES = {
+    "crf.sparse_loss": (CRF.sparse_loss, CRF_LABELS, CRF_SCORES,
+                        [(with_entry(CRF_LABELS, (1, 1), value), 1)
+                         for value in (CLASSES, -1, 0.5)]),
+    "crf.dense_loss": (CRF.dense_loss, CRF_ONE_HOT, CRF_SCORES,  # a second 1, a 0.5
+                       [(with_entry(CRF_ONE_HOT, (0, 2, (CRF_ONE_HOT[0, 2].argmax() + 1)
+                                                  % CLASSES), 1.0), 0),
+                        (with_entry(CRF_ONE_HOT, (1, 0, CRF_ONE_HOT[1, 0].argmax()), 0.5), 1)]),
+    "multilabel_categorical_crossentropy": (
+        multilabel_categorical_crossentropy, (SPANS[:, 0, 0] > 0), SPANS[:, 0, 0],
+        [(with_entry(SPANS[:, 0, 0] > 0, (2, 1), value), 2) for value in (2.0, -0.5, np.nan)]),
+    "global_pointer_crossentropy": (
+        global_pointer_crossentropy, (SPANS > 0), SPANS,
+        [(with_entry(SPANS > 0, (1, 1, 0, 2), 3.0), 1)]),
+}
+HEAD_CASES = [(name, i) for name, case in HEAD_LOSSES.items() for i in range(len(case[3]))]
+
+
+@pytest.mark.parametrize("name, case", HEAD_CASES, ids=[f"{n}-{i}" for n, i in HEAD_CASES])
+def test_compiled_head_loss_is_nan_in_the_bad_row_only(name, case):
+    loss, y_true, y_pred, bad = HEAD_LOSSES[name]
+    bad_true, row = bad[case]
+    want = np.asarray(loss(y_true, y_pred))
+    assert want.shape == (len(y_pred),) and np.isfinite(want).all()
+    out = np.asarray(ops.convert_to_numpy(compiled(loss)(bad_true, y_pred)))
+    assert np.isnan(out[row]), f"a bad target gave the loss {out[row]}"
+    others = np.arange(len(out)) != row
+    np.testing.assert_allclose(out[others], want[others], rtol=1e-6)
+    with pytest.raises(ValueError, match="`y_true`"):  # eagerly: a named error
+        loss(bad_true, y_pred)
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_LOSSES))
+def test_head_loss_without_xla_raises_naming_y_true(name):
+    """TensorFlow graphs without XLA fail the assertion; JAX has no such mode (``jit`` gives
+    NaN, above; without it, arrays are concrete and the check is the eager one)."""
+    loss, _, y_pred, bad = HEAD_LOSSES[name]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+        with pytest.raises(graph_error(), match="`y_true` must be"):
+            tf.function(loss, jit_compile=False)(bad[0][0], y_pred)
+    else:
+        import jax
+        with jax.disable_jit(), pytest.raises(ValueError, match="`y_true`"):
+            jax.jit(loss)(bad[0][0], y_pred)
+
+
+def test_fit_without_xla_with_the_crf_loss_and_a_bad_label_raises_naming_y_true():
+    """``model.fit`` with ``crf.sparse_loss`` (compiled, the loss is NaN: see above)."""
+    crf = ConditionalRandomField()
+    model = keras.Sequential([keras.Input((4, 2)), keras.layers.Dense(CLASSES), crf])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=crf.sparse_loss, jit_compile=False)
+    x = np.random.default_rng(4).normal(size=(3, 4, 2)).astype("float32")
+    assert np.isfinite(model.fit(x, np.zeros((3, 4)), verbose=0).history["loss"][0])
+    error, message = ((graph_error(), "`y_true` must be integers in") if BACKEND == "tensorflow"
+                      else (ValueError, "`y_true` labels must lie in"))
+    with pytest.raises(error, match=message):
+        model.fit(x, with_entry(np.zeros((3, 4)), (1, 2), CLASSES), verbose=0)

@@ -13,7 +13,8 @@ import pytest
 from keras import ops
 
 from keraformer.losses import (EMOLoss, LogitAdjustedLoss, adjust_logits, emo_loss,
-                               logit_adjusted_loss)
+                               global_pointer_crossentropy, logit_adjusted_loss,
+                               multilabel_categorical_crossentropy)
 from tests.references import assert_refused, refusal_cases
 
 V = 4
@@ -117,6 +118,31 @@ LOGIT_ADJUSTED_FUNCTION_BAD = [
     (dict(y_true=LABELS + 0.25), ValueError, "y_true"),
 ]
 
+SCORES = np.random.default_rng(0).normal(size=(2, 3, 3, 3)).astype("float32")  # GlobalPointer's
+TARGETS = (SCORES > 0).astype("float32")  # (batch, heads, length, length)
+
+
+def targets_with(value, targets=TARGETS[:, 0, 0]):
+    return np.where(np.arange(targets.shape[-1]) == 1, value, targets)
+
+
+# multi-label targets: y_pred's shape exactly (no broadcasting), values in [0, 1]
+MULTILABEL_BAD = [
+    (dict(y_true=targets_with(value)), ValueError, "y_true", f"target {value}")
+    for value in (2.0, -1.0, 1.5, np.nan, np.inf)] + [
+    (dict(y_true=TARGETS[:1, 0, 0]), ValueError, "y_true", "targets (1, classes)"),
+    (dict(y_true=TARGETS[:, 0, 0, :1]), ValueError, "y_true", "targets (batch, 1)"),
+    (dict(y_true=TARGETS[:, 0]), ValueError, "y_true", "targets of another rank"),
+]
+GLOBAL_POINTER_BAD = [
+    (dict(y_true=TARGETS[..., :2]), ValueError, "y_true", "targets (..., length - 1)"),
+    (dict(y_true=TARGETS[:1]), ValueError, "y_true", "targets (1, heads, length, length)"),
+    (dict(y_true=TARGETS[:, :1]), ValueError, "y_true", "targets (batch, 1, length, length)"),
+    (dict(y_true=TARGETS.reshape(2, 3, 9)), ValueError, "y_true", "targets flattened"),
+    (dict(y_true=TARGETS * 2), ValueError, "y_true", "targets 0 or 2"),
+    (dict(y_pred=SCORES[0]), ValueError, "y_pred", "scores of one example"),
+]
+
 # each class and function with its valid arguments; adjust_logits takes no labels
 REFUSALS = (
     refusal_cases(EMOLoss, EMO_CLASS_BAD, {"cost_embeddings": COST})
@@ -126,7 +152,11 @@ REFUSALS = (
     + refusal_cases(logit_adjusted_loss, LOGIT_ADJUSTED_FUNCTION_BAD,
                     {"y_true": LABELS, "logits": LOGITS, "class_priors": PRIORS, "tau": 1.0})
     + refusal_cases(adjust_logits, [c for c in LOGIT_ADJUSTED_FUNCTION_BAD if c[2] != "y_true"],
-                    {"logits": LOGITS, "class_priors": PRIORS, "tau": 1.0}))
+                    {"logits": LOGITS, "class_priors": PRIORS, "tau": 1.0})
+    + refusal_cases(multilabel_categorical_crossentropy, MULTILABEL_BAD,
+                    {"y_true": TARGETS[:, 0, 0], "y_pred": SCORES[:, 0, 0]})
+    + refusal_cases(global_pointer_crossentropy, GLOBAL_POINTER_BAD,
+                    {"y_true": TARGETS, "y_pred": SCORES}))
 
 
 @pytest.mark.parametrize("loss, kwargs, error, name", REFUSALS)
@@ -141,3 +171,18 @@ def test_logit_adjusted_loss_equals_the_formula_for_numeric_taus(tau):
     # uniform logits: softmax(τ·log π)[y] = π_y^τ / Σ π^τ
     want = -np.log(priors[LABELS] ** float(tau) / np.sum(priors ** float(tau)))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int32", "float16"])
+def test_multilabel_targets_of_any_numeric_dtype_equal_float32_targets(dtype):
+    """0/1 targets as bools or integers, and soft targets in [0, 1], give the loss of the
+    float32 targets (the formula; NumPy in float64, 1e-6)."""
+    want = multilabel_categorical_crossentropy(TARGETS[:, 0, 0], SCORES[:, 0, 0])
+    got = multilabel_categorical_crossentropy(TARGETS[:, 0, 0].astype(dtype), SCORES[:, 0, 0])
+    np.testing.assert_allclose(ops.convert_to_numpy(got), ops.convert_to_numpy(want),
+                               rtol=1e-6)
+    soft = np.array([[0.0, 0.25, 1.0]]), np.array([[0.5, -1.0, 2.0]])
+    formula = (np.log1p(np.sum((1 - soft[0]) * np.exp(soft[1])))
+               + np.log1p(np.sum(soft[0] * np.exp(-soft[1]))))
+    np.testing.assert_allclose(ops.convert_to_numpy(multilabel_categorical_crossentropy(
+        *soft)), [formula], rtol=1e-6)

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from keraformer.optimizers import SGD, AdamW
-from tests.references import assert_refused, refusal_cases
+from keraformer.optimizers import SGD, AdamW, PiecewiseLinearSchedule, piecewise_linear
+from tests.references import assert_refused, compiled, refusal_cases
 
 NAN, INF = float("nan"), float("inf")
 
@@ -87,8 +87,35 @@ SGD_BAD = [
 ]
 
 
+SCHEDULE_BAD = [
+    (dict(schedule={10: -0.5}), ValueError, "schedule"),  # a negative rate ascends
+    (dict(schedule=[(10, 1.0), (20, -1e-9)]), ValueError, "schedule"),
+    (dict(schedule={"10": 1.0}), TypeError, "schedule"),  # keys of a JSON object
+    (dict(schedule={10.0: 1.0}), TypeError, "schedule"),
+    (dict(schedule={10: "1"}), TypeError, "schedule"),
+    (dict(schedule={10: None}), TypeError, "schedule"),
+    (dict(learning_rate="0.1"), TypeError, "learning_rate"),
+    (dict(learning_rate=None), TypeError, "learning_rate"),
+    (dict(from_zero="no"), TypeError, "from_zero"),
+    (dict(from_zero=None), TypeError, "from_zero"),
+]
+STEP_BAD = [
+    (dict(step=-1), ValueError, "step"),
+    (dict(step=np.array([3, -2])), ValueError, "step"),
+    (dict(step=NAN), ValueError, "step"),
+    (dict(step=True), TypeError, "step"),
+    (dict(step="3"), TypeError, "step"),
+    (dict(step=None), TypeError, "step"),
+    (dict(from_zero=1), TypeError, "from_zero"),
+]
+
+
 @pytest.mark.parametrize("optimizer, kwargs, error, name",
-                         refusal_cases(AdamW, ADAMW_BAD) + refusal_cases(SGD, SGD_BAD))
+                         refusal_cases(AdamW, ADAMW_BAD) + refusal_cases(SGD, SGD_BAD)
+                         + refusal_cases(PiecewiseLinearSchedule, SCHEDULE_BAD,
+                                         {"learning_rate": 0.1, "schedule": {10: 1.0}})
+                         + refusal_cases(piecewise_linear, STEP_BAD,
+                                         {"step": 5, "schedule": {10: 1.0}}))
 def test_bad_arguments_are_refused_by_name(optimizer, kwargs, error, name):
     assert_refused(optimizer, kwargs, error, name)
 
@@ -141,3 +168,19 @@ def test_configs_round_trip_through_the_checks(optimizer):
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(original))
     assert type(restored) is type(original)
     assert restored.get_config() == original.get_config()
+
+
+def test_compiled_schedule_at_a_negative_step_is_nan():
+    """A step cannot raise inside compiled code: a negative one gives a NaN rate (which
+    makes the update NaN), valid steps the eager value."""
+    schedule = PiecewiseLinearSchedule(0.1, {10: 1.0, 20: 0.5})
+    rates = keras.ops.convert_to_numpy(compiled(schedule)(np.array([-3, 0, 5, 15, 30])))
+    assert np.isnan(rates[0])
+    np.testing.assert_allclose(rates[1:], [0.0, 0.05, 0.075, 0.05], rtol=1e-6)
+
+
+def test_schedule_pairs_in_any_order_mean_the_same_points():
+    """Each pair says where one point is, so their order does not matter (as a dict's)."""
+    ordered = PiecewiseLinearSchedule(0.1, {10: 1.0, 20: 0.5})
+    shuffled = PiecewiseLinearSchedule(0.1, [(20, 0.5), (10, 1.0)])
+    assert shuffled.get_config() == ordered.get_config()

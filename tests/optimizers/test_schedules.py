@@ -85,3 +85,19 @@ def test_bad_schedules_name_the_argument():
         PiecewiseLinearSchedule(1e-3, 5)
     with pytest.raises(ValueError, match="learning_rate"):
         PiecewiseLinearSchedule(-1.0, {10: 1.0})
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_follows_the_schedule_compiled_or_not(jit_compile):
+    """In ``model.fit`` (a TensorFlow graph with or without XLA, JAX with or without ``jit``)
+    the loss ``mean(x·w)`` with x = 1 has gradient 1, so SGD moves ``w`` by ``lr(t)`` at step
+    t: after six steps by 0 + 0.25 + 0.5 + 0.3125 + 0.125 + 0.125 (np.interp, float32)."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(
+        1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(PiecewiseLinearSchedule(0.5, {2: 1.0,
+                                                                              4: 0.25})),
+                  loss=lambda y_true, y_pred: keras.ops.mean(y_pred), jit_compile=jit_compile)
+    model.fit(np.ones((6, 1), "float32"), np.zeros((6, 1), "float32"), batch_size=1,
+              shuffle=False, verbose=0)
+    rates = 0.5 * np.interp(np.arange(6), [0, 2, 4], [0.0, 1.0, 0.25])
+    np.testing.assert_allclose(model.get_weights()[0], [[-rates.sum()]], rtol=1e-6)
