@@ -265,6 +265,17 @@ def check_positive_numbers(**values):
             raise ValueError(f"`{name}` must be finite and > 0; received {value}")
 
 
+def check_non_negative_number(value, name, where=""):
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is a finite real number ``>= 0``
+    (a learning rate, a schedule's multiplier). ``name`` is the message's subject, ``where``
+    is appended to it (e.g. ``" at step 10"``)."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a finite number >= 0; received {value!r} of type "
+                        f"{type(value).__name__}{where}")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; received {value!r}{where}")
+
+
 def check_ids_in_vocabulary(vocab_size, **ids):
     """Raise ``TypeError``/``ValueError`` unless every keyword value is an integer id in
     ``[0, vocab_size)`` (a special token id of a config)."""

@@ -11,13 +11,12 @@ Multipliers are finite and >= 0 (a negative one would ascend the gradient); a ne
 raises eagerly and gives a NaN rate in compiled code (``keraformer.checks.guard_values``).
 """
 
-import math
 import numbers
 
 import keras
 from keras import ops
 
-from keraformer.checks import check_bools, guard_values
+from keraformer.checks import check_bools, check_non_negative_number, guard_values
 
 
 def schedule_points(schedule, from_zero=True):
@@ -38,12 +37,7 @@ def schedule_points(schedule, from_zero=True):
                             f"type {type(step).__name__}")
         if step < 0:
             raise ValueError(f"`schedule` steps must be integers >= 0; received {step!r}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"`schedule` multipliers must be finite numbers >= 0; received "
-                            f"{value!r} of type {type(value).__name__} at step {step}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"`schedule` multipliers must be finite numbers >= 0; received "
-                             f"{value!r} at step {step}")
+        check_non_negative_number(value, "a `schedule` multiplier", f" at step {step}")
     steps = [int(step) for step, _ in points]
     if len(set(steps)) != len(steps):
         raise ValueError(f"`schedule` must not repeat a step; received steps {steps}")
@@ -88,12 +82,7 @@ class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, learning_rate, schedule, from_zero=True):
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
-            raise TypeError(f"`learning_rate` must be a finite number >= 0; received "
-                            f"{learning_rate!r} of type {type(learning_rate).__name__}")
-        if not math.isfinite(learning_rate) or learning_rate < 0:
-            raise ValueError(f"`learning_rate` must be a finite number >= 0; received "
-                             f"{learning_rate!r}")
+        check_non_negative_number(learning_rate, "`learning_rate`")
         self.learning_rate = float(learning_rate)
         check_bools(from_zero=from_zero)
         self.points = schedule_points(schedule, from_zero=False)
