@@ -199,7 +199,16 @@ def crf_log_norm(emissions, transitions, mask):
     # one scanned tensor, the mask as a last channel: keras' TF scan fails on several
     # sequences of unknown length
     xs = ops.concatenate([emissions[:, 1:], ops.cast(mask[:, 1:, None], emissions.dtype)], -1)
-    alpha, _ = ops.scan(step, emissions[:, 0], ops.transpose(xs, (1, 0, 2)))
+    xs = ops.transpose(xs, (1, 0, 2))
+    if keras.backend.backend() == "tensorflow":
+        # TF's scan is a while loop with no iteration bound, whose gradient XLA cannot
+        # compile (jit_compile=True); a bounded while loop compiles and differentiates
+        steps = ops.shape(xs)[0]
+        _, alpha = ops.while_loop(lambda t, alpha: t < steps,
+                                  lambda t, alpha: (t + 1, step(alpha, xs[t])[0]),
+                                  (0, emissions[:, 0]), maximum_iterations=steps)
+    else:
+        alpha, _ = ops.scan(step, emissions[:, 0], xs)
     return ops.logsumexp(alpha, axis=1)
 
 
