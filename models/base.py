@@ -149,7 +149,13 @@ class Vocabulary:
         self.keep_tokens = kept_rows(keep_tokens, vocab_size)
         kept = vocab_size if self.keep_tokens is None else len(self.keep_tokens)
         self.compounds = []
-        for item in compound_tokens or ():
+        if compound_tokens is not None and (isinstance(compound_tokens, (str, bytes, dict))
+                                            or not isinstance(compound_tokens,
+                                                              (list, tuple, np.ndarray))):
+            raise TypeError(f"`compound_tokens` must be None or a list of compound tokens "
+                            f"(lists of ids or (ids, weights) pairs); received "
+                            f"{type(compound_tokens).__name__} {compound_tokens!r}")
+        for item in compound_tokens if compound_tokens is not None else ():
             if (isinstance(item, (list, tuple)) and len(item) == 2
                     and isinstance(item[0], (list, tuple, np.ndarray))):
                 ids, weights = item  # (ids, weights); a list after a JSON round trip

@@ -73,6 +73,11 @@ def read_config(config_path=None, **overrides):
     if config_path is not None:
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"`config_path` {config_path!r} does not exist")
+        if os.path.isdir(config_path):
+            raise IsADirectoryError(f"`config_path` must be a config JSON file; "
+                                    f"{config_path!r} is a directory (pass its config.json "
+                                    f"or bert_config.json, or load the whole directory with "
+                                    f"load_pretrained)")
         with open(config_path) as f:
             config = json.load(f)
         if not isinstance(config, dict):
@@ -192,6 +197,10 @@ def load_pretrained(path, model=None, return_keras_model=True, strict=True, revi
     elif revision is not None:
         raise ValueError(f"`revision` applies to hf:// names only; received revision="
                          f"{revision!r} for the local path {path!r}")
+    if os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be a checkpoint directory; {path!r} is a file "
+                                f"(pass the directory that holds it and its config: "
+                                f"{os.path.dirname(path) or '.'!r})")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"`path` {path!r} is not a directory")
     source = loading.detect(path)

@@ -234,9 +234,10 @@ class ContextDecoder(keras.Model):
     The source padding mask comes from ``encoder_token_ids`` (positions whose id is
     ``pad_id``) when given. With two inputs it comes from the Keras mask that
     ``encoder_output`` carries (``builder.encoder``'s output has one inside a Keras graph and
-    in eager TensorFlow); an output with no mask (a NumPy array, JAX) has every source position
-    attended to, as ``transformers`` does without ``encoder_attention_mask``. The mask is never
-    read from the values of the states, so a real state that is exactly zero still counts.
+    in eager calls, on TensorFlow and JAX); an output with no mask (a NumPy array from
+    ``encoder.predict``) has every source position attended to, as ``transformers`` does
+    without ``encoder_attention_mask``. The mask is never read from the values of the
+    states, so a real state that is exactly zero still counts.
 
     Args:
         graph: the functional decoder ``[encoder_output, decoder_token_ids, source_real]``

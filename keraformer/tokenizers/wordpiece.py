@@ -18,7 +18,7 @@ import os
 import re
 import unicodedata
 
-from keraformer.checks import integer_id, integer_ids
+from keraformer.checks import check_bools, integer_id, integer_ids
 from keraformer.tokenizers.base import TokenizerBase
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -154,15 +154,21 @@ def checked_vocab(vocab, name="vocab_path", encoding="utf-8"):
                                      f"{os.fspath(vocab)!r} does not exist or is not a file")
     tokens = {}
     with open(vocab, encoding=encoding) as f:
-        for line_number, line in enumerate(f):
-            fields = line.split()
-            token = fields[0] if fields else line.strip()
-            if not token:
-                continue
-            if token in tokens:
-                raise ValueError(f"`{name}` {os.fspath(vocab)!r} lists the token {token!r} "
-                                 f"twice (lines {tokens[token] + 1} and {line_number + 1})")
-            tokens[token] = line_number
+        try:
+            lines = f.read().split("\n")  # the lines Python's text mode yields
+        except UnicodeDecodeError as error:  # model weights, a zip... passed as the vocab
+            raise ValueError(f"`{name}` must be a vocab.txt file (one token a line, "
+                             f"{encoding}); {os.fspath(vocab)!r} is not {encoding} text: "
+                             f"{error}") from None
+    for line_number, line in enumerate(lines):
+        fields = line.split()
+        token = fields[0] if fields else line.strip()
+        if not token:
+            continue
+        if token in tokens:
+            raise ValueError(f"`{name}` {os.fspath(vocab)!r} lists the token {token!r} "
+                             f"twice (lines {tokens[token] + 1} and {line_number + 1})")
+        tokens[token] = line_number
     return tokens
 
 
@@ -262,6 +268,7 @@ class Tokenizer(TokenizerBase):
                  token_end="[SEP]", pre_tokenize=None, token_translate=None):
         self.vocab = checked_vocab(vocab_path)
         self.inverse = {i: token for token, i in self.vocab.items()}
+        check_bools(do_lower_case=do_lower_case)  # "false" would be truthy: lower-casing
         self.do_lower_case = bool(do_lower_case)
         if isinstance(word_maxlen, bool) or not isinstance(word_maxlen, numbers.Integral) \
                 or word_maxlen < 1:

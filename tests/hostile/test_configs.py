@@ -3,6 +3,7 @@ naming the config key or option, what was expected and what came; a misspelt key
 the closest valid name. No case builds a model that silently ignores or casts the value.
 """
 
+import json
 import math
 
 import pytest
@@ -69,6 +70,8 @@ BAD_ENCODER_VALUES = [
     ("roformer", {"keep_tokens": [[1, 2]]}, ValueError, "keep_tokens"),
     ("roformer", {"keep_tokens": []}, ValueError, "keep_tokens"),
     ("bert", {"keep_tokens": [1.5, 2.0]}, ValueError, "keep_tokens"),
+    ("bert", {"compound_tokens": 1}, TypeError, "compound_tokens"),
+    ("bert", {"compound_tokens": "[1, 2]"}, TypeError, "compound_tokens"),
     ("bert", {"max_position": 0}, ValueError, "max_position"),
     ("roformer", {"rotary_base": 0}, ValueError, "rotary_base"),
     ("roformer", {"rotary_base": "1e4"}, TypeError, "rotary_base"),
@@ -169,3 +172,13 @@ def test_config_file_that_is_not_an_object(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="config_path.*JSON object"):
         build_transformer_model(str(path))
+
+
+def test_config_path_that_is_a_directory_is_named(tmp_path):
+    """A checkpoint folder passed as ``config_path`` (load_pretrained takes folders; the
+    bert4keras front door takes the JSON file): the error names the argument and the fix."""
+    (tmp_path / "config.json").write_text(json.dumps(ENCODER))
+    with pytest.raises(IsADirectoryError, match=r"`config_path` must be a config JSON file; "
+                                                r"'.*' is a directory"):
+        build_transformer_model(str(tmp_path))
+    assert build_transformer_model(str(tmp_path / "config.json")).output.shape[-1] == 16

@@ -203,3 +203,18 @@ def test_state_file_without_a_latest_checkpoint(full, tmp_path):
     with pytest.raises(ValueError, match="model_checkpoint_path"):
         build(str(tmp_path))
     assert os.path.exists(tmp_path / "model.ckpt-1.index")
+
+
+def test_load_pretrained_of_a_file_names_its_directory(tmp_path):
+    """``load_pretrained`` on the weights file (or config.json) itself: the error says a
+    directory is expected and which one to pass."""
+    builder = build_transformer_model(**CONFIG, return_keras_model=False)
+    builder.save_pretrained(str(tmp_path))
+    for name in ("model.safetensors", "config.json"):
+        with pytest.raises(FileNotFoundError,
+                           match=rf"`path` must be a checkpoint directory; '.*{name}' is a "
+                                 rf"file \(pass the directory that holds it"):
+            load_pretrained(str(tmp_path / name))
+    np.testing.assert_array_equal(load_pretrained(str(tmp_path)).predict(
+        [IDS, np.zeros_like(IDS)], verbose=0), builder.model.predict([IDS, np.zeros_like(IDS)],
+                                                                     verbose=0))

@@ -199,3 +199,29 @@ def test_spm_extra_ids_must_be_a_count(spm, extra_ids, error):
         SpTokenizer(spm.model_path, token_start=None, token_end="</s>", extra_ids=extra_ids)
     assert SpTokenizer(spm.model_path, token_start=None, token_end="</s>",
                        extra_ids=np.int64(2)).vocab_size == PIECES + 2
+
+
+# -- WordPiece construction ----------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["false", "True", 1, 0, None],
+                         ids=["'false'", "'True'", "1", "0", "None"])
+def test_wordpiece_do_lower_case_must_be_a_bool(flag):
+    """``"false"`` is truthy: taken as is it would lower-case a cased vocabulary."""
+    vocab = {token: i for i, token in enumerate(VOCAB)}
+    with pytest.raises(TypeError, match=r"`do_lower_case` must be True or False; received "):
+        Tokenizer(vocab, do_lower_case=flag)
+    assert Tokenizer(vocab, do_lower_case=np.bool_(True)).tokenize("HELLO") \
+        == ["[CLS]", "hello", "[SEP]"]
+
+
+def test_wordpiece_vocab_that_is_not_text_is_named(tmp_path):
+    """Weights passed where the vocab.txt goes: a ValueError naming the argument and file,
+    not a bare UnicodeDecodeError."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x90\x00\xff\xfe" * 64)
+    with pytest.raises(ValueError, match=r"`vocab_path` must be a vocab.txt file .* "
+                                         r"'.*model.safetensors' is not utf-8 text"):
+        Tokenizer(str(weights))
+    vocab = tmp_path / "vocab.txt"  # the same reader still takes a real vocab, \r\n included
+    vocab.write_bytes("\r\n".join(VOCAB).encode())
+    assert Tokenizer(str(vocab)).vocab == {token: i for i, token in enumerate(VOCAB)}
