@@ -40,6 +40,7 @@ class Transformer:
         self.application = application
         self.options = {"application": application, **options}
         self.model = None
+        self.carried_heads = {}  # set by loading: checkpoint heads the model does not use
 
     def require(self, *keys):
         """Config values for ``keys``; a ``ValueError`` names any that are missing."""
@@ -91,9 +92,12 @@ class Transformer:
 
     # -- writing --------------------------------------------------------------------------
     def checkpoint_arrays(self):
-        """``{checkpoint_name: array}`` of the current weights, in checkpoint layout."""
-        return {name: self.to_checkpoint(name, keras.ops.convert_to_numpy(variable))
-                for name, variable in self.variable_mapping().items()}
+        """``{checkpoint_name: array}`` of the current weights, in checkpoint layout, plus the
+        heads of the loaded checkpoint that the model was built without (``carried_heads``,
+        set by ``loading.assign``), so that a load-then-save round trip keeps them."""
+        weights = {name: self.to_checkpoint(name, keras.ops.convert_to_numpy(variable))
+                   for name, variable in self.variable_mapping().items()}
+        return {**self.carried_heads, **weights}
 
     def save(self, directory):
         """Save config, options and weights to ``directory`` (reload with ``load_pretrained``),

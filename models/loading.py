@@ -236,3 +236,14 @@ def assign(builder, arrays, strict=True):
         values[name] = value
     for name, variable in mapping.items():
         variable.assign(values[name].astype(variable.dtype))
+    builder.carried_heads = carried_heads(builder, arrays, mapping)
+
+
+def carried_heads(builder, arrays, mapping):
+    """The checkpoint's heads the model was built without (a pooler, MLM or NSP head, T5's
+    output projection), in checkpoint layout and the model's vocabulary: the builder's
+    checkpoint writers put them back, so loading then saving loses nothing."""
+    return {name: builder.to_checkpoint(name, builder.to_keras(name, np.asarray(array)))
+            for name, array in arrays.items()
+            if name not in mapping and not TRAINING_STATE.search(name)
+            and builder.unused_allowed(name)}

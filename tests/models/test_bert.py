@@ -354,6 +354,29 @@ def test_save_pretrained_loads_in_transformers(checkpoint_dirs, hf_outputs, tmp_
     assert np.abs(out.prediction_logits.numpy() - logits)[real].max() < 1e-3
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "google"])
+def test_heads_not_built_survive_load_then_save(fmt, checkpoint_dirs, hf_bert, tmp_path):
+    """An encoder loaded without pooler, MLM and NSP heads writes the checkpoint's heads back
+    (``save_pretrained`` and ``save_weights_as_checkpoint``): transformers reads every
+    weight of the original exactly, instead of initialising the missing heads at random."""
+    builder = load_pretrained(checkpoint_dirs[fmt], return_keras_model=False)
+    assert builder.model.output.shape[-1] == CONFIG["hidden_size"]  # no head was built
+    builder.save_pretrained(str(tmp_path / "hf"))
+    exported = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"))
+    original = hf_bert.state_dict()
+    for name, value in exported.state_dict().items():
+        if not name.endswith("position_ids"):
+            np.testing.assert_array_equal(value.numpy(), original[name].numpy(), err_msg=name)
+    builder.save_weights_as_checkpoint(str(tmp_path / "google" / "model.ckpt"))
+    again = build_transformer_model(checkpoint_path=str(tmp_path / "google" / "model.ckpt"),
+                                    with_pool=True, with_mlm="linear", with_nsp=True,
+                                    return_keras_model=False, **CONFIG)
+    reference = load_pretrained(checkpoint_dirs[fmt], with_pool=True, with_mlm="linear",
+                                with_nsp=True, return_keras_model=False)
+    for name, value in reference.checkpoint_arrays().items():
+        np.testing.assert_array_equal(again.checkpoint_arrays()[name], value, err_msg=name)
+
+
 @pytest.mark.parametrize("model, hf_class", [("bert", "BertForMaskedLM"),
                                              ("roformer", "RoFormerForMaskedLM")])
 def test_save_pretrained_without_segment_embedding(model, hf_class, tmp_path):
