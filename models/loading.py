@@ -198,6 +198,7 @@ def load_weights(builder, source, strict=True, arrays=None):
         raise ValueError(f"{type(builder).__name__}: build() the model before loading weights")
     if source.kind == "keraformer":  # Keras' own weights file; Keras checks the shapes
         builder.model.load_weights(source.weights)
+        builder.carried_heads = {}  # its heads are the model's: none from an earlier load
         return
     arrays = builder.rename(read_arrays(source) if arrays is None else arrays, source.naming)
     builder.check_checkpoint(arrays)
