@@ -24,7 +24,7 @@ from keraformer.optimizers import AdamW
 from tests.references import config_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PACKAGE_FOLDERS = ("keraformer", "attentions", "positions", "losses", "optimizers", "models")
+PACKAGE_FOLDERS = ("src/keraformer", "attentions", "positions", "losses", "optimizers", "models")
 REGISTERED = re.compile(r"@keras\.saving\.register_keras_serializable\(package=\"keraformer\"\)"
                         r"\s*\n(?:@[^\n]*\n)*\s*(?:class|def)\s+(\w+)")
 ENCODER = dict(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -169,7 +169,7 @@ def test_source_scan_finds_the_known_registrations():
 def test_every_registered_class_is_registered_by_import_keraformer(child, name):
     assert f"keraformer>{name}" in child[0]["registry"], (
         f"{name} ({SOURCE_NAMES[name]}) is registered only when its module is imported; "
-        f"import that module in keraformer/__init__.py")
+        f"import that module in src/keraformer/__init__.py")
 
 
 def test_import_keraformer_adds_no_heavy_package_to_import_keras(child):
