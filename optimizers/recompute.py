@@ -54,23 +54,48 @@ def owner_layers(fn):
 
 
 def rematerialized_call(fn, layers, args, kwargs):
-    """``fn(*args, **kwargs)`` under ``keras.remat``, replaying the layers' random state."""
+    """``fn(*args, **kwargs)`` under ``keras.remat``, replaying the layers' random state
+    (their non-trainable variables, e.g. dropout seeds) in the recomputation."""
     positions = [i for i, a in enumerate(args) if is_floating(a)]
     state = [v for layer in layers for v in layer.non_trainable_variables]
-    saved = []
 
-    def forward(*floats):
-        if not saved:  # the forward pass: remember the state the random ops start from
-            saved.extend(keras.ops.copy(v.value) for v in state)
-        else:  # the recomputation: start the random ops from the same state
-            for variable, value in zip(state, saved):
-                variable.assign(value)
+    def with_floats(floats):
         full = list(args)
         for i, value in zip(positions, floats):
             full[i] = value
         return fn(*full, **kwargs)
 
+    if keras.backend.backend() == "jax":
+        return state_passing_remat(with_floats, state, [args[i] for i in positions])
+    saved = []
+
+    def forward(*floats):
+        if not saved:  # the forward pass: remember the state the random ops start from
+            saved.extend(keras.ops.copy(v.value) for v in state)
+        else:  # TensorFlow's recomputation: start the random ops from the same state
+            for variable, value in zip(state, saved):
+                variable.assign(value)
+        return with_floats(floats)
+
     return keras.remat(forward)(*(args[i] for i in positions))
+
+
+def state_passing_remat(function, state, floats):
+    """``function(floats)`` under ``jax.checkpoint`` with the random state passed in and
+    returned as values: JAX replays the traced function with the same inputs, so the
+    recomputation draws the same random numbers, and no value traced inside the checkpoint
+    is left in a variable (which JAX refuses as an "unexpected tracer", e.g. a dropout seed
+    under ``fit``)."""
+
+    def forward(floats, start):
+        for variable, value in zip(state, start):
+            variable.assign(value)
+        return function(floats), [v.value for v in state]
+
+    outputs, end = keras.remat(forward)(floats, [v.value for v in state])
+    for variable, value in zip(state, end):
+        variable.assign(value)
+    return outputs
 
 
 def layers_between(inputs, outputs):
