@@ -302,7 +302,7 @@ def bert_outputs_check(sizes):
 
 
 def correctness(record, sizes, tiny):
-    seconds = 30.0 if tiny else max(60.0, min(170.0, record.seconds_left() * 0.35))
+    seconds = 30.0 if tiny else max(60.0, min(120.0, record.seconds_left() * 0.3))
     return {"tests": run_tests(tiny, seconds), "bert_outputs": bert_outputs_check(sizes)}
 
 
