@@ -187,7 +187,10 @@ def run_tests(tiny, seconds):
                "-p", "no:xdist", f"--junitxml={report}", *TEST_FILES]
     if tiny:
         command.append("--collect-only")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+    # float32 means float32: JAX would otherwise multiply float32 on TF32 tensor cores on
+    # NVIDIA GPUs (about 1e-3 relative), and the references are exact float32
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_DEFAULT_MATMUL_PRECISION="highest",
+               PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     start = time.time()
     try:
@@ -803,9 +806,17 @@ def main(argv=None):
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--budget", type=float, default=450.0,
                         help="seconds for the whole run; later rows are skipped past it")
+    parser.add_argument("--merge", help="an earlier run's gpu.json: its sections are kept "
+                                        "unless this run measures them again")
     args = parser.parse_args(argv)
     record = Record(args.out, "tiny" if args.tiny else "full", args.budget)
     record.data["environment"] = environment()
+    if args.merge:
+        with open(args.merge) as handle:
+            earlier = json.load(handle)
+        for name, section in earlier["sections"].items():
+            if name not in args.sections:
+                record.data["sections"][name] = dict(section, run=earlier["started"])
     sizes = SIZES["tiny" if args.tiny else "full"]
     functions = {"correctness": correctness, "bert": bert_training, "t5": t5_generation,
                  "attention": long_sequences, "memory": largest_batch}
