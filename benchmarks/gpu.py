@@ -91,10 +91,10 @@ SIZES = {
         t5=dict(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                 feed_forward_proj="relu"),
         t5_batches=[1, 2], t5_new_tokens=6, t5_source=8, repeats=1,
-        attention_lengths=[64, 128], window=16,
-        large=dict(vocab_size=128, hidden_size=32, num_hidden_layers=2,
-                   num_attention_heads=2, intermediate_size=64),
-        large_length=32, probe_batches=(2, 4), matmul=256),
+        attention_lengths=[32, 64], window=16,
+        large=dict(vocab_size=128, hidden_size=16, num_hidden_layers=1,
+                   num_attention_heads=2, intermediate_size=32),
+        large_length=16, probe_batches=(2, 4), matmul=256),
 }
 
 
@@ -305,7 +305,7 @@ def bert_outputs_check(sizes):
 
 
 def correctness(record, sizes, tiny):
-    seconds = 30.0 if tiny else max(60.0, min(120.0, record.seconds_left() * 0.3))
+    seconds = 300.0 if tiny else max(60.0, min(120.0, record.seconds_left() * 0.3))
     return {"tests": run_tests(tiny, seconds), "bert_outputs": bert_outputs_check(sizes)}
 
 
@@ -560,7 +560,8 @@ def gradient_step(attend):
         with tf.GradientTape() as tape:
             tape.watch([q, k, v])
             value = tf.reduce_sum(tf.cast(attend(q, k, v, c), "float32"))
-        return tape.gradient(value, [q, k, v])
+        return tape.gradient(value, [q, k, v],  # VQ's keys get none through the argmin
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     return step
 
@@ -706,6 +707,11 @@ def largest_batch(record, sizes, tiny):
                "per_example_bytes": per_example, "fixed_bytes": fixed,
                "predicted_largest_batch": predicted}
         if record.seconds_left() > 90 and predicted > 0:
+            peak = train_step_memory(config, length, predicted, recompute)[0]
+            if peak > capacity:  # the cost per example grew: predict again from the far point
+                per_example = (peak - high) / (predicted - big)
+                predicted = int(big + (capacity - high) // per_example)
+                row.update(first_prediction_peak_bytes=peak, predicted_largest_batch=predicted)
             peak, ran = train_step_memory(config, length, predicted, recompute, run=True)
             row.update(confirmed_peak_bytes=peak, confirmed_ran=ran)
         rows.append(row)
@@ -804,12 +810,14 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="toy sizes: seconds on a CPU")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--budget", type=float, default=450.0,
-                        help="seconds for the whole run; later rows are skipped past it")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for the whole run, later rows skipped past it (default "
+                             "450; no limit with --tiny)")
     parser.add_argument("--merge", help="an earlier run's gpu.json: its sections are kept "
                                         "unless this run measures them again")
     args = parser.parse_args(argv)
-    record = Record(args.out, "tiny" if args.tiny else "full", args.budget)
+    budget = args.budget if args.budget is not None else (float("inf") if args.tiny else 450.0)
+    record = Record(args.out, "tiny" if args.tiny else "full", budget)
     record.data["environment"] = environment()
     if args.merge:
         with open(args.merge) as handle:
