@@ -143,10 +143,11 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
     returns ``(batch, q_len, output_dim)``.
 
     Args:
-        heads, head_size, key_size, output_dim, use_bias: the heads and projections, as for
-            :class:`MultiHeadAttention`: ``heads`` heads of ``head_size`` value features and
-            ``key_size`` (default ``head_size``) query/key features, an output of width
-            ``output_dim`` (default: the query width), biases if ``use_bias``.
+        heads: number of heads (the projections are those of :class:`MultiHeadAttention`).
+        head_size: value size per head.
+        key_size: query/key size per head (default ``head_size``).
+        output_dim: width of the output projection (default: the query width).
+        use_bias: whether the projections have biases.
         feature_map: ``"elu"`` (``elu + 1``) or ``"softmax"`` (Efficient Attention).
         chunk_size: positions per chunk of the causal prefix sums.
         rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config; ``"elu"`` only)
