@@ -142,8 +142,8 @@ def describe(path, model=None):
     >>> folder = tempfile.mkdtemp()
     >>> builder.save(folder)
     >>> info = describe(folder)
-    >>> info["format"], info["family"], info["layers"], info["parameters"]
-    ('keraformer', 'bert', (2, None), 1784)
+    >>> info["format"], info["family"], info["layers"], info["parameters"]  # 512 positions
+    ('keraformer', 'bert', (2, None), 5568)
     """
     from keraformer.models import loading
 
@@ -332,7 +332,7 @@ def convert(src, dst, to, model=None, overwrite=False, out=None, progress=None,
     >>> dst = os.path.join(tempfile.mkdtemp(), "hf")
     >>> info = convert(src, dst, "hf", out=io.StringIO())
     >>> sorted(info["files"]), info["parameters"]
-    (['config.json', 'model.safetensors'], 1786)
+    (['config.json', 'model.safetensors'], 5568)
     """
     out = sys.stdout if out is None else out
     if to not in TARGETS:
@@ -415,7 +415,15 @@ def parser():
 
 
 def main(argv=None):
-    """The ``keraformer`` console script; returns the exit status (2 for a refused input)."""
+    """The ``keraformer`` console script; returns the exit status (2 for a refused input).
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keraformer.convert import main
+    >>> main(["inspect", os.path.join(tempfile.mkdtemp(), "missing")])   # error on stderr
+    2
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] not in ("convert", "inspect", "-h", "--help"):
         argv = ["convert", *argv]  # `python -m keraformer.convert SRC DST --to ...`
