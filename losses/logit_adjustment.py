@@ -53,11 +53,12 @@ def adjust_logits(logits, class_priors, tau=1.0):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.losses import adjust_logits
-    >>> logits = np.zeros((1, 2), "float32")
-    >>> np.round(np.asarray(adjust_logits(logits, class_priors=[900, 100])), 4)  # -log(0.9), -log(0.1)
-    array([[0.1054, 2.3026]], dtype=float32)
+        >>> import numpy as np
+        >>> from keraformer.losses import adjust_logits
+        >>> logits = np.zeros((1, 2), "float32")
+        >>> # -log(0.9), -log(0.1)
+        >>> np.round(np.asarray(adjust_logits(logits, class_priors=[900, 100])), 4)
+        array([[0.1054, 2.3026]], dtype=float32)
     """
     log_priors = class_log_priors(class_priors, logits.shape[-1])
     return ops.cast(logits, "float32") - check_tau(tau) * log_priors
@@ -72,12 +73,12 @@ def logit_adjusted_loss(y_true, logits, class_priors, tau=1.0):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.losses import logit_adjusted_loss
-    >>> logits = np.zeros((2, 2), "float32")
-    >>> loss = logit_adjusted_loss(np.array([0, 1]), logits, class_priors=[0.9, 0.1])
-    >>> np.round(np.asarray(loss), 4)                   # -log(0.9), -log(0.1)
-    array([0.1054, 2.3026], dtype=float32)
+        >>> import numpy as np
+        >>> from keraformer.losses import logit_adjusted_loss
+        >>> logits = np.zeros((2, 2), "float32")
+        >>> loss = logit_adjusted_loss(np.array([0, 1]), logits, class_priors=[0.9, 0.1])
+        >>> np.round(np.asarray(loss), 4)                   # -log(0.9), -log(0.1)
+        array([0.1054, 2.3026], dtype=float32)
     """
     logits = ops.convert_to_tensor(logits)
     log_priors = class_log_priors(class_priors, logits.shape[-1])
@@ -99,14 +100,14 @@ class LogitAdjustedLoss(keras.losses.Loss):
 
     Example:
 
-    >>> import keras, numpy as np
-    >>> from keraformer.losses import LogitAdjustedLoss
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    >>> model.compile(optimizer="sgd", loss=LogitAdjustedLoss(class_priors=[900, 100]))
-    >>> x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
-    >>> history = model.fit(x, (x[:, 0] > 1).astype("int32"), epochs=1, verbose=0)
-    >>> len(history.history["loss"])
-    1
+        >>> import keras, numpy as np
+        >>> from keraformer.losses import LogitAdjustedLoss
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> model.compile(optimizer="sgd", loss=LogitAdjustedLoss(class_priors=[900, 100]))
+        >>> x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+        >>> history = model.fit(x, (x[:, 0] > 1).astype("int32"), epochs=1, verbose=0)
+        >>> len(history.history["loss"])
+        1
     """
 
     def __init__(self, class_priors, tau=1.0, name="logit_adjusted_loss",

@@ -44,12 +44,13 @@ def multilabel_categorical_crossentropy(y_true, y_pred):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.losses import multilabel_categorical_crossentropy
-    >>> y_true = np.array([[1.0, 0.0, 0.0]])
-    >>> y_pred = np.array([[0.0, 0.0, 0.0]], "float32")
-    >>> np.round(np.asarray(multilabel_categorical_crossentropy(y_true, y_pred)), 4)  # log 3 + log 2
-    array([1.7918], dtype=float32)
+        >>> import numpy as np
+        >>> from keraformer.losses import multilabel_categorical_crossentropy
+        >>> y_true = np.array([[1.0, 0.0, 0.0]])
+        >>> y_pred = np.array([[0.0, 0.0, 0.0]], "float32")
+        >>> # log 3 + log 2
+        >>> np.round(np.asarray(multilabel_categorical_crossentropy(y_true, y_pred)), 4)
+        array([1.7918], dtype=float32)
     """
     y_pred = ops.cast(y_pred, "float32")
     y_true, rows = checked_targets(y_true, y_pred)
@@ -73,13 +74,13 @@ def global_pointer_crossentropy(y_true, y_pred):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.losses import global_pointer_crossentropy
-    >>> scores = np.zeros((1, 2, 3, 3), "float32")      # (batch, heads, length, length)
-    >>> targets = np.zeros((1, 2, 3, 3), "float32")
-    >>> targets[0, 0, 0, 1] = 1.0                       # type 0 has the span 0..1
-    >>> tuple(global_pointer_crossentropy(targets, scores).shape)
-    (1,)
+        >>> import numpy as np
+        >>> from keraformer.losses import global_pointer_crossentropy
+        >>> scores = np.zeros((1, 2, 3, 3), "float32")      # (batch, heads, length, length)
+        >>> targets = np.zeros((1, 2, 3, 3), "float32")
+        >>> targets[0, 0, 0, 1] = 1.0                       # type 0 has the span 0..1
+        >>> tuple(global_pointer_crossentropy(targets, scores).shape)
+        (1,)
     """
     y_pred = ops.convert_to_tensor(y_pred)
     if len(y_pred.shape) != 4:

@@ -26,14 +26,14 @@ def recompute_grad(fn):
 
     Example:
 
-    >>> import keras, numpy as np
-    >>> from keraformer.optimizers import recompute_grad
-    >>> dense = keras.layers.Dense(4, activation="gelu")
-    >>> inputs = keras.Input((8,))
-    >>> outputs = recompute_grad(dense)(inputs)       # recomputed in the backward pass
-    >>> model = keras.Model(inputs, outputs)
-    >>> tuple(model(np.ones((2, 8), "float32")).shape)
-    (2, 4)
+        >>> import keras, numpy as np
+        >>> from keraformer.optimizers import recompute_grad
+        >>> dense = keras.layers.Dense(4, activation="gelu")
+        >>> inputs = keras.Input((8,))
+        >>> outputs = recompute_grad(dense)(inputs)       # recomputed in the backward pass
+        >>> model = keras.Model(inputs, outputs)
+        >>> tuple(model(np.ones((2, 8), "float32")).shape)
+        (2, 4)
     """
 
     @functools.wraps(fn)

@@ -52,10 +52,10 @@ def piecewise_linear(step, schedule, from_zero=True):
 
     Example:
 
-    >>> from keraformer.optimizers import piecewise_linear
-    >>> schedule = {1000: 1.0, 2000: 0.1}               # warm up to 1, decay to 0.1, then hold
-    >>> [round(float(piecewise_linear(step, schedule)), 4) for step in (0, 500, 1500, 5000)]
-    [0.0, 0.5, 0.55, 0.1]
+        >>> from keraformer.optimizers import piecewise_linear
+        >>> schedule = {1000: 1.0, 2000: 0.1}               # warm up to 1, decay to 0.1, then hold
+        >>> [round(float(piecewise_linear(step, schedule)), 4) for step in (0, 500, 1500, 5000)]
+        [0.0, 0.5, 0.55, 0.1]
     """
     points = schedule_points(schedule, from_zero)
     try:
@@ -90,12 +90,12 @@ class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
 
-    >>> import keras
-    >>> from keraformer.optimizers import PiecewiseLinearSchedule
-    >>> schedule = PiecewiseLinearSchedule(2e-5, {1000: 1, 2000: 0.1})
-    >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
-    >>> round(float(schedule(500)), 8)
-    1e-05
+        >>> import keras
+        >>> from keraformer.optimizers import PiecewiseLinearSchedule
+        >>> schedule = PiecewiseLinearSchedule(2e-5, {1000: 1, 2000: 0.1})
+        >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
+        >>> round(float(schedule(500)), 8)
+        1e-05
     """
 
     def __init__(self, learning_rate, schedule, from_zero=True):

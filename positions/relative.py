@@ -19,11 +19,11 @@ def relative_position_bucket(relative_position, bidirectional=True, num_buckets=
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.positions import relative_position_bucket
-    >>> distances = np.array([-20, -3, 0, 3, 20])
-    >>> np.asarray(relative_position_bucket(distances, num_buckets=8, max_distance=16)).tolist()
-    [3, 2, 0, 6, 7]
+        >>> import numpy as np
+        >>> from keraformer.positions import relative_position_bucket
+        >>> distances = np.array([-20, -3, 0, 3, 20])
+        >>> np.asarray(relative_position_bucket(distances, num_buckets=8, max_distance=16)).tolist()
+        [3, 2, 0, 6, 7]
     """
     relative_position = ops.cast(relative_position, "int32")
     buckets = ops.zeros_like(relative_position)
@@ -51,12 +51,12 @@ class RelativePositionBias(keras.layers.Layer):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.positions import RelativePositionBias
-    >>> layer = RelativePositionBias(heads=2, num_buckets=8, max_distance=16)
-    >>> query = key = np.zeros((1, 5, 4), "float32")
-    >>> tuple(layer(query, key).shape)                  # (1, heads, q_len, k_len)
-    (1, 2, 5, 5)
+        >>> import numpy as np
+        >>> from keraformer.positions import RelativePositionBias
+        >>> layer = RelativePositionBias(heads=2, num_buckets=8, max_distance=16)
+        >>> query = key = np.zeros((1, 5, 4), "float32")
+        >>> tuple(layer(query, key).shape)                  # (1, heads, q_len, k_len)
+        (1, 2, 5, 5)
     """
 
     def __init__(self, heads, num_buckets=32, max_distance=128, bidirectional=True,

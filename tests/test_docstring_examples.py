@@ -62,15 +62,7 @@ PUBLIC = {
     "keraformer.convert": ["convert", "describe", "main"],
 }
 # public names still without an example (see the module docstring)
-WITHOUT_EXAMPLE = {
-    "keraformer.attentions.attention_probabilities", "keraformer.attentions.quantize",
-    "keraformer.attentions.GatedAttentionUnit", "keraformer.attentions.ScaleOffset",
-    "keraformer.attentions.VQAttention", "keraformer.attentions.LinearAttention",
-    "keraformer.models.GlobalPointer", "keraformer.models.EfficientGlobalPointer",
-    "keraformer.models.ConditionalRandomField", "keraformer.models.enable_lora",
-    "keraformer.models.layout_map",
-    "keraformer.tokenizers.SpTokenizer",
-}
+WITHOUT_EXAMPLE = set()
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 

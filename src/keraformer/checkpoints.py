@@ -365,14 +365,14 @@ def read_safetensors(path):
 
     Example:
 
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import read_safetensors, write_safetensors
-    >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
-    ...                          {"dense.weight": np.eye(2, dtype="float32")})
-    >>> arrays = read_safetensors(path)
-    >>> arrays["dense.weight"].tolist(), arrays["dense.weight"].flags.writeable
-    ([[1.0, 0.0], [0.0, 1.0]], False)
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_safetensors, write_safetensors
+        >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
+        ...                          {"dense.weight": np.eye(2, dtype="float32")})
+        >>> arrays = read_safetensors(path)
+        >>> arrays["dense.weight"].tolist(), arrays["dense.weight"].flags.writeable
+        ([[1.0, 0.0], [0.0, 1.0]], False)
     """
     path = os.fspath(path)
     fd, size = open_regular_file(path, "safetensors file")
@@ -403,14 +403,14 @@ def write_safetensors(path, arrays, metadata=None):
 
     Example:
 
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import read_safetensors_metadata, write_safetensors
-    >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
-    ...                          {"b": np.zeros(3, "float16"), "a": np.ones((2, 2))},
-    ...                          metadata={"format": "pt"})
-    >>> read_safetensors_metadata(path)
-    {'format': 'pt'}
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_safetensors_metadata, write_safetensors
+        >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
+        ...                          {"b": np.zeros(3, "float16"), "a": np.ones((2, 2))},
+        ...                          metadata={"format": "pt"})
+        >>> read_safetensors_metadata(path)
+        {'format': 'pt'}
     """
     write = safetensors_writer(arrays, metadata)
     with atomic_file(path) as f:
@@ -461,13 +461,13 @@ def write_hf_directory(directory, arrays, config):
 
     Example:
 
-    >>> import json, os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import write_hf_directory
-    >>> folder = write_hf_directory(tempfile.mkdtemp(), {"w": np.zeros(2, "float32")},
-    ...                             {"model_type": "bert"})
-    >>> sorted(os.listdir(folder)), json.load(open(os.path.join(folder, "config.json")))
-    (['config.json', 'model.safetensors'], {'model_type': 'bert'})
+        >>> import json, os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import write_hf_directory
+        >>> folder = write_hf_directory(tempfile.mkdtemp(), {"w": np.zeros(2, "float32")},
+        ...                             {"model_type": "bert"})
+        >>> sorted(os.listdir(folder)), json.load(open(os.path.join(folder, "config.json")))
+        (['config.json', 'model.safetensors'], {'model_type': 'bert'})
     """
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     write = safetensors_writer(arrays, metadata={"format": "pt"})
@@ -519,17 +519,17 @@ def read_sharded_safetensors(index_path):
 
     Example:
 
-    >>> import json, os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import read_sharded_safetensors, write_safetensors
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = write_safetensors(os.path.join(folder, "a.safetensors"), {"x": np.zeros(2, "float32")})
-    >>> _ = write_safetensors(os.path.join(folder, "b.safetensors"), {"y": np.ones(3, "float32")})
-    >>> index = os.path.join(folder, "model.safetensors.index.json")
-    >>> with open(index, "w") as f:
-    ...     json.dump({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}, f)
-    >>> {name: a.shape for name, a in sorted(read_sharded_safetensors(index).items())}
-    {'x': (2,), 'y': (3,)}
+        >>> import json, os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_sharded_safetensors, write_safetensors
+        >>> folder = tempfile.mkdtemp()
+        >>> for name, shard in (("x", "a.safetensors"), ("y", "b.safetensors")):
+        ...     _ = write_safetensors(os.path.join(folder, shard), {name: np.zeros(2, "float32")})
+        >>> index = os.path.join(folder, "model.safetensors.index.json")
+        >>> with open(index, "w") as f:
+        ...     json.dump({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}, f)
+        >>> {name: a.shape for name, a in sorted(read_sharded_safetensors(index).items())}
+        {'x': (2,), 'y': (2,)}
     """
     index_path = os.fspath(index_path)
     fd, size = open_regular_file(index_path, "sharded index")
@@ -627,14 +627,14 @@ def read_tf_checkpoint(path):
 
     Example:
 
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import read_tf_checkpoint, write_tf_checkpoint
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = write_tf_checkpoint({"bert/pooler/dense/bias": np.arange(3, dtype="float32")},
-    ...                         os.path.join(folder, "bert_model.ckpt"))
-    >>> read_tf_checkpoint(folder)["bert/pooler/dense/bias"].tolist()   # a folder or a prefix
-    [0.0, 1.0, 2.0]
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_tf_checkpoint, write_tf_checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_tf_checkpoint({"bert/pooler/dense/bias": np.arange(3, dtype="float32")},
+        ...                         os.path.join(folder, "bert_model.ckpt"))
+        >>> read_tf_checkpoint(folder)["bert/pooler/dense/bias"].tolist()   # a folder or a prefix
+        [0.0, 1.0, 2.0]
     """
     prefix = find_tf_checkpoint(path)
     for file in [prefix + ".index"] + sorted(glob.glob(glob.escape(prefix) + ".data-*")):
@@ -666,13 +666,14 @@ def write_tf_checkpoint(arrays, path):
 
     Example:
 
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> from keraformer.checkpoints import write_tf_checkpoint
-    >>> folder = tempfile.mkdtemp()
-    >>> _ = write_tf_checkpoint({"w": np.zeros((2, 3), "float32")}, os.path.join(folder, "m.ckpt"))
-    >>> sorted(os.listdir(folder))
-    ['checkpoint', 'm.ckpt.data-00000-of-00001', 'm.ckpt.index']
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import write_tf_checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> prefix = os.path.join(folder, "m.ckpt")
+        >>> _ = write_tf_checkpoint({"w": np.zeros((2, 3), "float32")}, prefix)
+        >>> sorted(os.listdir(folder))
+        ['checkpoint', 'm.ckpt.data-00000-of-00001', 'm.ckpt.index']
     """
     import tensorflow as tf
 
@@ -699,14 +700,14 @@ def read_h5_weights(path):
 
     Example:
 
-    >>> import os, tempfile
-    >>> import h5py, numpy as np
-    >>> from keraformer.checkpoints import read_h5_weights
-    >>> path = os.path.join(tempfile.mkdtemp(), "tf_model.h5")
-    >>> with h5py.File(path, "w") as f:
-    ...     _ = f.create_dataset("bert/embeddings/weight:0", data=np.ones((2, 2), "float32"))
-    >>> list(read_h5_weights(path))                     # TF's ":0" suffix dropped
-    ['bert/embeddings/weight']
+        >>> import os, tempfile
+        >>> import h5py, numpy as np
+        >>> from keraformer.checkpoints import read_h5_weights
+        >>> path = os.path.join(tempfile.mkdtemp(), "tf_model.h5")
+        >>> with h5py.File(path, "w") as f:
+        ...     _ = f.create_dataset("bert/embeddings/weight:0", data=np.ones((2, 2), "float32"))
+        >>> list(read_h5_weights(path))                     # TF's ":0" suffix dropped
+        ['bert/embeddings/weight']
     """
     import h5py
 

@@ -134,16 +134,16 @@ def describe(path, model=None):
 
     Example:
 
-    >>> import tempfile, keras
-    >>> from keraformer.models import build_transformer_model
-    >>> builder = build_transformer_model(
-    ...     vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-    ...     intermediate_size=16, return_keras_model=False)
-    >>> folder = tempfile.mkdtemp()
-    >>> builder.save(folder)
-    >>> info = describe(folder)
-    >>> info["format"], info["family"], info["layers"], info["parameters"]  # 512 positions
-    ('keraformer', 'bert', (2, None), 5568)
+        >>> import tempfile, keras
+        >>> from keraformer.models import build_transformer_model
+        >>> builder = build_transformer_model(
+        ...     vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        ...     intermediate_size=16, return_keras_model=False)
+        >>> folder = tempfile.mkdtemp()
+        >>> builder.save(folder)
+        >>> info = describe(folder)
+        >>> info["format"], info["family"], info["layers"], info["parameters"]  # 512 positions
+        ('keraformer', 'bert', (2, None), 5568)
     """
     from keraformer.models import loading
 
@@ -322,17 +322,17 @@ def convert(src, dst, to, model=None, overwrite=False, out=None, progress=None,
 
     Example:
 
-    >>> import io, os, tempfile
-    >>> from keraformer.models import build_transformer_model
-    >>> builder = build_transformer_model(
-    ...     vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-    ...     intermediate_size=16, return_keras_model=False)
-    >>> src = tempfile.mkdtemp()
-    >>> builder.save(src)
-    >>> dst = os.path.join(tempfile.mkdtemp(), "hf")
-    >>> info = convert(src, dst, "hf", out=io.StringIO())
-    >>> sorted(info["files"]), info["parameters"]
-    (['config.json', 'model.safetensors'], 5568)
+        >>> import io, os, tempfile
+        >>> from keraformer.models import build_transformer_model
+        >>> builder = build_transformer_model(
+        ...     vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        ...     intermediate_size=16, return_keras_model=False)
+        >>> src = tempfile.mkdtemp()
+        >>> builder.save(src)
+        >>> dst = os.path.join(tempfile.mkdtemp(), "hf")
+        >>> info = convert(src, dst, "hf", out=io.StringIO())
+        >>> sorted(info["files"]), info["parameters"]
+        (['config.json', 'model.safetensors'], 5568)
     """
     out = sys.stdout if out is None else out
     if to not in TARGETS:
@@ -419,10 +419,10 @@ def main(argv=None):
 
     Example:
 
-    >>> import os, tempfile
-    >>> from keraformer.convert import main
-    >>> main(["inspect", os.path.join(tempfile.mkdtemp(), "missing")])   # error on stderr
-    2
+        >>> import os, tempfile
+        >>> from keraformer.convert import main
+        >>> main(["inspect", os.path.join(tempfile.mkdtemp(), "missing")])   # error on stderr
+        2
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] not in ("convert", "inspect", "-h", "--help"):

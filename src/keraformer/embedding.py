@@ -21,16 +21,16 @@ class Embedding(keras.layers.Embedding):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.embedding import Embedding
-    >>> layer = Embedding(10, 4)
-    >>> hidden = layer(np.array([[1, 2, 3]]))
-    >>> tuple(hidden.shape), tuple(layer(hidden, reverse=True).shape)   # tied logits
-    ((1, 3, 4), (1, 3, 10))
-    >>> layer(np.array([[12]]))
-    Traceback (most recent call last):
-    ...
-    ValueError: ...token_ids...
+        >>> import numpy as np
+        >>> from keraformer.embedding import Embedding
+        >>> layer = Embedding(10, 4)
+        >>> hidden = layer(np.array([[1, 2, 3]]))
+        >>> tuple(hidden.shape), tuple(layer(hidden, reverse=True).shape)   # tied logits
+        ((1, 3, 4), (1, 3, 10))
+        >>> layer(np.array([[12]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: ...token_ids...
     """
 
     def __init__(self, *args, ids_name="token_ids", **kwargs):

@@ -37,13 +37,13 @@ class FeedForward(keras.layers.Layer):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.feedforward import FeedForward
-    >>> layer = FeedForward(32, activation="gelu_new", glu=True)   # T5.1.1's gated GELU
-    >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
-    (2, 5, 8)
-    >>> sorted(w.path.split("/")[-2] for w in layer.weights if w.path.endswith("kernel"))
-    ['gate_dense', 'input_dense', 'output_dense']
+        >>> import numpy as np
+        >>> from keraformer.feedforward import FeedForward
+        >>> layer = FeedForward(32, activation="gelu_new", glu=True)   # T5.1.1's gated GELU
+        >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
+        (2, 5, 8)
+        >>> sorted(w.path.split("/")[-2] for w in layer.weights if w.path.endswith("kernel"))
+        ['gate_dense', 'input_dense', 'output_dense']
     """
 
     def __init__(self, units, activation="gelu", glu=False, use_bias=True,

@@ -534,16 +534,18 @@ def generate(step, cache, log_probs, end_id=None, max_length=32, method="greedy"
 
     Example:
 
-    >>> import numpy as np
-    >>> from keras import ops
-    >>> from keraformer.generation import generate
-    >>> table = np.log(np.full((5, 5), 0.01) + np.eye(5)[[1, 2, 3, 4, 0]])  # t is followed by t+1
-    >>> def step(token_ids, index, cache, parents):
-    ...     return ops.take(ops.convert_to_tensor(table, "float32"), token_ids[:, 0], axis=0), cache
-    >>> first = ops.convert_to_tensor(table[[0, 2]], "float32")  # prompts that ended in 0 and 2
-    >>> cache = {"unused": ops.zeros((2,))}
-    >>> np.asarray(generate(step, cache, first, end_id=4, max_length=6)).tolist()
-    [[1, 2, 3, 4], [3, 4, 0, 0]]
+        >>> import numpy as np
+        >>> from keras import ops
+        >>> from keraformer.generation import generate
+        >>> # t is followed by t+1
+        >>> table = np.log(np.full((5, 5), 0.01) + np.eye(5)[[1, 2, 3, 4, 0]])
+        >>> def step(token_ids, index, cache, parents):
+        ...     log_probs = ops.take(ops.convert_to_tensor(table, "float32"), token_ids[:, 0], axis=0)
+        ...     return log_probs, cache
+        >>> first = ops.convert_to_tensor(table[[0, 2]], "float32")  # prompts that ended in 0 and 2
+        >>> cache = {"unused": ops.zeros((2,))}
+        >>> np.asarray(generate(step, cache, first, end_id=4, max_length=6)).tolist()
+        [[1, 2, 3, 4], [3, 4, 0, 0]]
     """
     return Generator(step, variables)(cache, log_probs, end_id, max_length, method,
                                       vocab_size, **options)
@@ -586,14 +588,14 @@ def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.generation import viterbi_decode
-    >>> scores = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])   # (length, labels)
-    >>> transitions = np.array([[0.0, -5.0], [0.0, 0.0]])         # 0 -> 1 is expensive
-    >>> viterbi_decode(scores, transitions).tolist()
-    [0, 0, 0]
-    >>> viterbi_decode(scores, np.zeros((2, 2))).tolist()
-    [0, 1, 1]
+        >>> import numpy as np
+        >>> from keraformer.generation import viterbi_decode
+        >>> scores = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])   # (length, labels)
+        >>> transitions = np.array([[0.0, -5.0], [0.0, 0.0]])         # 0 -> 1 is expensive
+        >>> viterbi_decode(scores, transitions).tolist()
+        [0, 0, 0]
+        >>> viterbi_decode(scores, np.zeros((2, 2))).tolist()
+        [0, 1, 1]
     """
     scores = score_array("scores", scores)
     transitions = score_array("transitions", transitions)

@@ -17,9 +17,9 @@ def mask_value(dtype="float32"):
 
     Example:
 
-    >>> from keraformer.masks import mask_value
-    >>> mask_value("float32"), mask_value("float16")
-    (-1000000000.0, -30000.0)
+        >>> from keraformer.masks import mask_value
+        >>> mask_value("float32"), mask_value("float16")
+        (-1000000000.0, -30000.0)
     """
     return -3e4 if str(getattr(dtype, "name", dtype)) == "float16" else -1e9
 
@@ -29,10 +29,10 @@ def padding_mask(token_ids, pad_id=0):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import padding_mask
-    >>> np.asarray(padding_mask(np.array([[5, 7, 0]]))).tolist()   # (batch, 1, 1, length)
-    [[[[True, True, False]]]]
+        >>> import numpy as np
+        >>> from keraformer.masks import padding_mask
+        >>> np.asarray(padding_mask(np.array([[5, 7, 0]]))).tolist()   # (batch, 1, 1, length)
+        [[[[True, True, False]]]]
     """
     keep = ops.not_equal(token_ids, pad_id)
     return keep[:, None, None, :]
@@ -54,12 +54,13 @@ def causal_mask(q_len, k_len=None, offset=0):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import causal_mask
-    >>> np.asarray(causal_mask(3))[0, 0].astype(int).tolist()
-    [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    >>> np.asarray(causal_mask(1, 4, offset=2))[0, 0].astype(int).tolist()   # 3rd step of a cache
-    [[1, 1, 1, 0]]
+        >>> import numpy as np
+        >>> from keraformer.masks import causal_mask
+        >>> np.asarray(causal_mask(3))[0, 0].astype(int).tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+        >>> # 3rd step of a cache
+        >>> np.asarray(causal_mask(1, 4, offset=2))[0, 0].astype(int).tolist()
+        [[1, 1, 1, 0]]
     """
     k_len = q_len if k_len is None else k_len
     rows = ops.arange(q_len)[:, None] + offset
@@ -76,11 +77,11 @@ def unilm_mask(segment_ids):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import unilm_mask
-    >>> segments = np.array([[0, 0, 1, 1]])            # two source tokens, two target tokens
-    >>> np.asarray(unilm_mask(segments))[0, 0].astype(int).tolist()
-    [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+        >>> import numpy as np
+        >>> from keraformer.masks import unilm_mask
+        >>> segments = np.array([[0, 0, 1, 1]])            # two source tokens, two target tokens
+        >>> np.asarray(unilm_mask(segments))[0, 0].astype(int).tolist()
+        [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     """
     position = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
     keep = ops.less_equal(position[:, None, :], position[:, :, None])
@@ -92,11 +93,11 @@ def combine_masks(*masks):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import causal_mask, combine_masks, padding_mask
-    >>> mask = combine_masks(padding_mask(np.array([[4, 9, 0]])), causal_mask(3), None)
-    >>> np.asarray(mask)[0, 0].astype(int).tolist()
-    [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
+        >>> import numpy as np
+        >>> from keraformer.masks import causal_mask, combine_masks, padding_mask
+        >>> mask = combine_masks(padding_mask(np.array([[4, 9, 0]])), causal_mask(3), None)
+        >>> np.asarray(mask)[0, 0].astype(int).tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
     """
     result = None
     for mask in masks:
@@ -112,11 +113,11 @@ def apply_mask(logits, mask):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import apply_mask
-    >>> logits = np.zeros((1, 3), "float32")
-    >>> np.asarray(apply_mask(logits, np.array([[True, False, True]]))).tolist()
-    [[0.0, -1000000000.0, 0.0]]
+        >>> import numpy as np
+        >>> from keraformer.masks import apply_mask
+        >>> logits = np.zeros((1, 3), "float32")
+        >>> np.asarray(apply_mask(logits, np.array([[True, False, True]]))).tolist()
+        [[0.0, -1000000000.0, 0.0]]
     """
     if mask is None:
         return logits
@@ -145,12 +146,12 @@ class AttentionMask(keras.layers.Layer):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.masks import AttentionMask
-    >>> token_ids, segment_ids = np.array([[2, 5, 6, 0]]), np.array([[0, 1, 1, 0]])
-    >>> mask = AttentionMask("unilm")([token_ids, segment_ids])
-    >>> np.asarray(mask)[0, 0].astype(int).tolist()
-    [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
+        >>> import numpy as np
+        >>> from keraformer.masks import AttentionMask
+        >>> token_ids, segment_ids = np.array([[2, 5, 6, 0]]), np.array([[0, 1, 1, 0]])
+        >>> mask = AttentionMask("unilm")([token_ids, segment_ids])
+        >>> np.asarray(mask)[0, 0].astype(int).tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
     """
 
     MODES = ("padding", "causal", "unilm")

@@ -16,12 +16,12 @@ def normalize(x, rms=False, epsilon=1e-12):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.normalization import normalize
-    >>> np.round(np.asarray(normalize(np.array([[1.0, 3.0]]))), 4)
-    array([[-1.,  1.]], dtype=float32)
-    >>> np.round(np.asarray(normalize(np.array([[3.0, 4.0]]), rms=True)), 4)   # / sqrt(12.5)
-    array([[0.8485, 1.1314]], dtype=float32)
+        >>> import numpy as np
+        >>> from keraformer.normalization import normalize
+        >>> np.round(np.asarray(normalize(np.array([[1.0, 3.0]]))), 4)
+        array([[-1.,  1.]], dtype=float32)
+        >>> np.round(np.asarray(normalize(np.array([[3.0, 4.0]]), rms=True)), 4)   # / sqrt(12.5)
+        array([[0.8485, 1.1314]], dtype=float32)
     """
     x = ops.cast(x, "float32")
     if not rms:
@@ -39,11 +39,11 @@ class LayerNormalization(keras.layers.Layer):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.normalization import LayerNormalization
-    >>> layer = LayerNormalization(epsilon=1e-12)
-    >>> np.round(np.asarray(layer(np.array([[1.0, 2.0, 3.0]]))), 4)
-    array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
+        >>> import numpy as np
+        >>> from keraformer.normalization import LayerNormalization
+        >>> layer = LayerNormalization(epsilon=1e-12)
+        >>> np.round(np.asarray(layer(np.array([[1.0, 2.0, 3.0]]))), 4)
+        array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
 
     def __init__(self, center=True, scale=True, rms=False, epsilon=1e-12, **kwargs):
@@ -81,10 +81,10 @@ def rms_norm(epsilon=1e-6, scale=True, **kwargs):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keraformer.normalization import rms_norm
-    >>> layer = rms_norm(scale=False)                  # RoFormerV2's parameter-free norm
-    >>> np.round(np.asarray(layer(np.array([[2.0, 2.0]]))), 4), len(layer.weights)
-    (array([[1., 1.]], dtype=float32), 0)
+        >>> import numpy as np
+        >>> from keraformer.normalization import rms_norm
+        >>> layer = rms_norm(scale=False)                  # RoFormerV2's parameter-free norm
+        >>> np.round(np.asarray(layer(np.array([[2.0, 2.0]]))), 4), len(layer.weights)
+        (array([[1., 1.]], dtype=float32), 0)
     """
     return LayerNormalization(rms=True, center=False, scale=scale, epsilon=epsilon, **kwargs)
