@@ -5,7 +5,7 @@ family through every target format it can hold, and each bad input refused by na
 import importlib.metadata
 import json
 import os
-import subprocess
+import runpy
 import sys
 
 import numpy as np
@@ -277,16 +277,19 @@ def test_progress_is_reported_for_large_writes_only(tmp_path):
         assert ("writing: 100%" in stream.getvalue()) == shown, stream.getvalue()
 
 
-def test_console_script_and_module_entry_point(tmp_path):
+@pytest.mark.filterwarnings("ignore:'keraformer.convert' found in sys.modules")
+def test_console_script_and_module_entry_point(tmp_path, monkeypatch, capsys):
     """``keraformer`` is declared as a console script, and ``python -m keraformer.convert SRC
-    DST --to ...`` converts and prints what it wrote."""
+    DST --to ...`` (run here as ``__main__`` in process) converts and prints what it wrote."""
     scripts = importlib.metadata.entry_points(group="console_scripts")
     assert any(s.name == "keraformer" and s.value == "keraformer.convert:main"
                for s in scripts)
     random_builder("bert").save(str(tmp_path / "src"))
-    done = subprocess.run([sys.executable, "-m", "keraformer.convert", str(tmp_path / "src"),
-                           str(tmp_path / "dst"), "--to", "google"], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "family:     bert" in done.stdout and "reading" in done.stderr
+    monkeypatch.setattr(sys, "argv", ["keraformer.convert", str(tmp_path / "src"),
+                                      str(tmp_path / "dst"), "--to", "google"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("keraformer.convert", run_name="__main__", alter_sys=True)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0, err
+    assert "family:     bert" in out and "reading" in err
     assert os.path.exists(tmp_path / "dst" / "bert_model.ckpt.index")
