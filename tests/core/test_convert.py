@@ -154,6 +154,33 @@ def test_hf_t5_to_google_loads_equal_in_keraformer_and_back_in_transformers(tmp_
     np.testing.assert_allclose(ours, probabilities, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("fmt", ["sharded", "h5"])
+def test_sharded_and_tf_h5_hugging_face_sources_convert(fmt, tmp_path, capsys):
+    """Sharded safetensors (``max_shard_size``) and ``tf_model.h5`` directories are read by
+    ``inspect`` (their format named) and converted --to google; the result loads with
+    ``transformers``' hidden states (1e-5)."""
+    from tests.models.test_bert import write_tf_model_h5  # the Keras 2 layout of TFBert
+    original = hf_bert(tmp_path / "hf")
+    source = tmp_path / fmt
+    if fmt == "sharded":
+        original.save_pretrained(str(source), max_shard_size="20KB")
+    else:
+        source.mkdir()
+        write_tf_model_h5(original.state_dict(), str(source / "tf_model.h5"))
+        (source / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    status, out, _ = run(capsys, "inspect", source)
+    assert status == 0 and f"format:     {fmt} " in out and "family:     bert" in out
+    status, _, err = run(capsys, "convert", source, tmp_path / "google", "--to", "google")
+    assert status == 0, err
+    tokens, segments = segment_batch(6, VOCAB)
+    with torch.no_grad():
+        expected = original.bert(input_ids=torch_ids(tokens), token_type_ids=torch_ids(segments),
+                                 attention_mask=torch_ids(tokens != 0)).last_hidden_state
+    hidden = np.asarray(load_pretrained(str(tmp_path / "google"))([tokens, segments]))
+    real = tokens != 0
+    np.testing.assert_allclose(hidden[real], expected.numpy()[real], atol=1e-5, rtol=0)
+
+
 # -- every family through every format it can hold -------------------------------------------
 
 def random_builder(model):
