@@ -59,8 +59,9 @@ def tensor_headers(source):
             if not isinstance(weight_map, dict):
                 raise ValueError(f"sharded index {source.weights!r} has no 'weight_map' object")
             folder = os.path.dirname(source.weights)
-            files = [os.path.join(folder, os.path.basename(name))
-                     for name in sorted(set(weight_map.values()))]
+            roots = checkpoints.shard_roots(folder)
+            files = [checkpoints.shard_path(source.weights, folder, shard, roots)
+                     for shard in sorted(set(weight_map.values()), key=str)]
         headers = {}
         for path in files:
             fd, size = checkpoints.open_regular_file(path, "safetensors file")
@@ -415,7 +416,8 @@ def parser():
 
 
 def main(argv=None):
-    """The ``keraformer`` console script; returns the exit status (2 for a refused input).
+    """The ``keraformer`` console script; returns the exit status (2 for a refused input, 1
+    when the system fails a read or write, e.g. a full disk).
 
     Example:
 
@@ -431,13 +433,16 @@ def main(argv=None):
     try:
         if args.command == "convert":
             convert(args.src, args.dst, args.to, model=args.model, overwrite=args.overwrite,
-                    progress=None if args.quiet else sys.stderr)  # noqa: E501
+                    progress=None if args.quiet else sys.stderr)
         else:
             info = describe(args.dir, args.model)
             print(json.dumps(info, indent=2) if args.json else "\n".join(summary(info)))
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"keraformer {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine's refusal (disk full, permission), not the input's
+        print(f"keraformer {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
