@@ -10,6 +10,8 @@ the files of ``src/keraformer`` plus one link per mapped subpackage, read from
 import os
 import shutil
 
+from mkdocs.plugins import event_priority
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11
@@ -18,6 +20,7 @@ except ImportError:  # Python < 3.11
 TREE = os.path.join("build", "docs-package")
 
 
+@event_priority(100)  # before mkdocstrings reads its `paths`, which must exist by then
 def on_config(config):
     root = os.path.dirname(config.config_file_path)
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
