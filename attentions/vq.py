@@ -173,7 +173,7 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
         >>> codebook = rng.normal(size=(2, 3, 4)).astype("float32")  # (heads, codes, head_dim)
         >>> k_hat, _ = quantize(k, codebook)
         >>> reference = dot_product_attention(q, k_hat, v, causal=True)     # softmax over k̂
-        >>> bool(np.allclose(vq_attention(q, k, v, codebook, causal=True, block_size=2), reference,
+        >>> bool(np.allclose(vq_attention(q, k, v, codebook, causal=True, block_size=3), reference,
         ...                  atol=1e-5))
         True
     """
