@@ -17,7 +17,15 @@ from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
 
 
 def entropy_scale(length, base=512):
-    """``log(length) / log(base)``; ``length`` may be a number or a tensor (clipped at 1)."""
+    """``log(length) / log(base)``; ``length`` may be a number or a tensor (clipped at 1).
+
+    Example:
+
+        >>> from keraformer.attentions import entropy_scale
+        >>> # log n / log 512
+        >>> round(float(entropy_scale(512)), 4), round(float(entropy_scale(4096)), 4)
+        (1.0, 1.3333)
+    """
     if isinstance(length, (int, float)):
         return math.log(max(length, 1)) / math.log(base)
     length = ops.maximum(ops.cast(length, "float32"), 1.0)
@@ -66,6 +74,16 @@ def attention_probabilities(q, k, mask=None, bias=None, causal=False, scale=None
     ``mask`` is boolean and broadcasts to ``(batch, heads, q_len, k_len)`` (``True`` attends;
     its key axis has length ``k_len``); ``bias`` is added to the logits (relative positions,
     ALiBi...).
+
+    Example:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.normal(size=(2, 6, 2, 4)).astype("float32") for _ in range(3))
+        >>> from keraformer.attentions import attention_probabilities
+        >>> probs = np.asarray(attention_probabilities(q, k, causal=True))
+        >>> probs.shape, bool(np.allclose(probs.sum(-1), 1)), float(probs[0, 0, 0, 1])
+        ((2, 2, 6, 6), True, 0.0)
     """
     check_mask_and_bias(q, k, mask, bias)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -93,6 +111,23 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
     the logits by ``log(n)/log(scaling_base)``. Without entropy scaling this is
     ``keras.ops.dot_product_attention``, which uses fused kernels where the backend has them
     (those need equal query and value head sizes; otherwise the product is written out).
+
+    Example:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.normal(size=(2, 6, 2, 4)).astype("float32") for _ in range(3))
+        >>> from keraformer.attentions import dot_product_attention
+        >>> keep = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)   # row 2: 2 padded keys
+        >>> out = dot_product_attention(q, k, v, mask=keep[:, None, None, :])
+        >>> logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0        # scale 1/sqrt(4)
+        >>> logits += np.where(keep, 0, -1e9)[:, None, None]
+        >>> weights = np.exp(logits - logits.max(-1, keepdims=True))
+        >>> weights /= weights.sum(-1, keepdims=True)
+        >>> bool(np.allclose(out, np.einsum("bhqk,bkhd->bqhd", weights, v), atol=1e-5))
+        True
+        >>> tuple(dot_product_attention(q, k, v, causal=True, entropy_scaling=True).shape)
+        (2, 6, 2, 4)
     """
     check_attention_inputs(q, k, v)
     check_mask_and_bias(q, k, mask, bias)
@@ -131,6 +166,17 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
         rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config) that rotates
             queries and keys before the product.
         kernel_initializer: initializer of the projection kernels.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import MultiHeadAttention
+        >>> from keraformer.positions import RotaryEmbedding
+        >>> layer = MultiHeadAttention(heads=2, head_size=8, rotary=RotaryEmbedding())
+        >>> x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+        >>> keep = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+        >>> tuple(layer(x, mask=keep[:, None, None, :], causal=True).shape)
+        (2, 5, 16)
     """
 
     def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,

@@ -101,6 +101,14 @@ class ScaleOffset(keras.layers.Layer):
 
     Input and output ``(..., dim)``; weights ``gamma`` (ones) and, with ``offset=True``,
     ``beta`` (zeros).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import ScaleOffset
+        >>> layer = ScaleOffset()
+        >>> np.asarray(layer(np.array([[1.0, 2.0]], "float32"))).tolist()  # gamma = 1, beta = 0
+        [[1.0, 2.0]]
     """
 
     def __init__(self, offset=True, **kwargs):
@@ -151,6 +159,16 @@ class GatedAttentionUnit(keras.layers.Layer):
         output_dim: width of ``o_dense`` (default: the input width).
         dropout_rate: dropout on the quadratic attention weights.
         kernel_initializer: initializer of the Dense kernels.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import GatedAttentionUnit
+        >>> from keraformer.positions import RotaryEmbedding
+        >>> gau = GatedAttentionUnit(units=32, key_size=8, rotary=RotaryEmbedding())
+        >>> x = np.random.default_rng(0).normal(size=(2, 6, 16)).astype("float32")
+        >>> tuple(gau(x, mask=np.array([[1] * 6, [1] * 4 + [0] * 2], bool), causal=True).shape)
+        (2, 6, 16)
     """
 
     def __init__(self, units, key_size=128, activation="swish", normalization="softmax_plus",

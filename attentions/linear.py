@@ -116,6 +116,20 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
     (a ``keraformer.positions.RotaryEmbedding``), applied to ``φ(q)`` and ``φ(k)`` in the
     numerator only (``"elu"`` only; see the module docstring). Returns
     ``(batch, q_len, heads, d_v)`` in ``v``'s dtype.
+
+    Example:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.normal(size=(2, 6, 2, 4)).astype("float32") for _ in range(3))
+        >>> from keraformer.attentions import linear_attention
+        >>> phi = lambda x: np.where(x > 0, x + 1, np.exp(x))                 # elu + 1
+        >>> numerator = np.einsum("bqhd,bkhd,bkhe->bqhe", phi(q), phi(k), v)
+        >>> denominator = np.einsum("bqhd,bkhd->bqh", phi(q), phi(k))[..., None]
+        >>> bool(np.allclose(linear_attention(q, k, v), numerator / denominator, atol=1e-5))
+        True
+        >>> tuple(linear_attention(q, k, v, causal=True, chunk_size=4).shape)   # O(n) prefix sums
+        (2, 6, 2, 4)
     """
     check_choice("feature_map", feature_map, FEATURE_MAPS)
     check_rotary_feature_map(feature_map, rotary)
@@ -143,16 +157,26 @@ class LinearAttention(ProjectedHeads, keras.layers.Layer):
     returns ``(batch, q_len, output_dim)``.
 
     Args:
-        heads, head_size, key_size, output_dim, use_bias: the heads and projections, as for
-            :class:`MultiHeadAttention`: ``heads`` heads of ``head_size`` value features and
-            ``key_size`` (default ``head_size``) query/key features, an output of width
-            ``output_dim`` (default: the query width), biases if ``use_bias``.
+        heads: number of heads (the projections are those of :class:`MultiHeadAttention`).
+        head_size: value size per head.
+        key_size: query/key size per head (default ``head_size``).
+        output_dim: width of the output projection (default: the query width).
+        use_bias: whether the projections have biases.
         feature_map: ``"elu"`` (``elu + 1``) or ``"softmax"`` (Efficient Attention).
         chunk_size: positions per chunk of the causal prefix sums.
         rotary: a ``keraformer.positions.RotaryEmbedding`` (or its config; ``"elu"`` only)
             that rotates the feature-mapped queries and keys of the numerator, as in
             RoFormer's linear attention.
         kernel_initializer: initializer of the projection kernels.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import LinearAttention
+        >>> layer = LinearAttention(heads=2, head_size=8, feature_map="softmax")
+        >>> x = np.random.default_rng(0).normal(size=(2, 7, 16)).astype("float32")
+        >>> tuple(layer(x, mask=np.array([[1] * 7, [1] * 5 + [0] * 2], bool)).shape)
+        (2, 7, 16)
     """
 
     def __init__(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,

@@ -41,6 +41,16 @@ def quantize(k, codebook):
 
     ``k`` ``(batch, length, heads, d)``, ``codebook`` ``(heads, codes, d)``; returns ``k̂``
     ``(batch, length, heads, d)`` and the float32 one-hot codes ``(batch, length, heads, codes)``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import quantize
+        >>> codebook = np.array([[[0.0, 0.0], [1.0, 1.0]]], "float32")   # (heads, codes, d)
+        >>> k = np.array([[[[0.9, 0.8]], [[0.1, -0.2]]]], "float32")    # (batch, length, heads, d)
+        >>> k_hat, codes = quantize(k, codebook)
+        >>> np.asarray(k_hat)[0, :, 0].tolist(), np.asarray(codes)[0, :, 0].tolist()
+        ([[1.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]])
     """
     k = ops.cast(k, "float32")
     codebook = ops.cast(codebook, "float32")
@@ -153,6 +163,19 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
     ``k̂``), at an extra ``O(n·codes·d·d_v)`` cost, for training. ``entropy_scaling``
     multiplies the logits by ``log(n_i)/log(scaling_base)`` as in
     :func:`dot_product_attention`.
+
+    Example:
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> q, k, v = (rng.normal(size=(2, 6, 2, 4)).astype("float32") for _ in range(3))
+        >>> from keraformer.attentions import dot_product_attention, quantize, vq_attention
+        >>> codebook = rng.normal(size=(2, 3, 4)).astype("float32")  # (heads, codes, head_dim)
+        >>> k_hat, _ = quantize(k, codebook)
+        >>> reference = dot_product_attention(q, k_hat, v, causal=True)     # softmax over k̂
+        >>> bool(np.allclose(vq_attention(q, k, v, codebook, causal=True, block_size=3), reference,
+        ...                  atol=1e-5))
+        True
     """
     check_vq_inputs(q, k, v, codebook)
     block_size = 64 if block_size is None else block_size
@@ -206,6 +229,16 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
         entropy_scaling: multiply the logits by ``log(n)/log(scaling_base)``.
         scaling_base: see ``entropy_scaling``.
         kernel_initializer: initializer of the projection kernels.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.attentions import VQAttention
+        >>> layer = VQAttention(heads=2, head_size=8, codes=16, block_size=4)
+        >>> x = np.random.default_rng(0).normal(size=(2, 8, 16)).astype("float32")
+        >>> # (heads, codes, key_size)
+        >>> tuple(layer(x, causal=True).shape), tuple(layer.codebook.shape)
+        ((2, 8, 16), (2, 16, 8))
     """
 
     def __init__(self, heads, head_size, codes=64, key_size=None, output_dim=None,

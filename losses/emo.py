@@ -72,6 +72,15 @@ def emo_distance(labels, probs, cost):
     """``1 − ⟨cost[y], probs·cost⟩`` per token, shape ``labels.shape``.
 
     ``labels (...)`` int, ``probs (..., vocab)`` float32, ``cost (vocab, dim)`` unit rows.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import emo_distance
+        >>> cost = np.eye(3, dtype="float32")                # orthogonal unit rows
+        >>> probs = np.array([[0.5, 0.5, 0.0]], "float32")
+        >>> np.round(np.asarray(emo_distance(np.array([0]), probs, cost)), 4)   # 1 - 0.5
+        array([0.5], dtype=float32)
     """
     expected_embedding = ops.matmul(probs, cost)
     target_embedding = ops.take(cost, labels, axis=0)
@@ -108,6 +117,15 @@ def emo_token_losses(y_true, logits, cost_embeddings, mode="combined", ignore_in
     ``mode="combined"`` gives ``0.5·(CE + stop_gradient(CE/emo)·emo)``, ``"emo"`` the pure
     transport cost ``emo``. Ignored labels are replaced by 0 (their loss is later weighted 0).
     A label outside ``[0, vocab)`` raises eagerly and gives a NaN loss in a compiled graph.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import emo_token_losses
+        >>> logits = np.log(np.array([[0.5, 0.5, 0.0001]], "float32"))
+        >>> cost = np.eye(3, dtype="float32")
+        >>> np.round(np.asarray(emo_token_losses(np.array([0]), logits, cost, mode="emo")), 3)
+        array([0.5], dtype=float32)
     """
     check_mode(mode)
     classes = logits.shape[-1] if logits.shape[-1] is not None else ops.shape(logits)[-1]
@@ -132,6 +150,18 @@ def emo_loss(y_true, logits, cost_embeddings, mask=None, ignore_index=None,
     ``mask (...)`` (``True``/1 = counted) and ``ignore_index`` exclude tokens; ``sample_weight``
     scales each token's term. ``mode="combined"`` (default) is ``0.5·(CE + sg(CE/emo)·emo)``,
     ``"emo"`` the pure ``emo = 1 − ⟨E[y], softmax(logits)·E⟩``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import emo_loss
+        >>> rng = np.random.default_rng(0)
+        >>> logits = rng.normal(size=(2, 4, 10)).astype("float32")   # (batch, length, vocab)
+        >>> labels = rng.integers(0, 10, (2, 4))
+        >>> embeddings = rng.normal(size=(10, 8)).astype("float32")  # the output embeddings
+        >>> loss = emo_loss(labels, logits, embeddings, mask=np.array([[1, 1, 1, 0], [1, 1, 0, 0]]))
+        >>> tuple(loss.shape), bool(np.asarray(loss) > 0)
+        ((), True)
     """
     check_mode(mode)
     ignore_index = check_ignore_index(ignore_index)
@@ -162,6 +192,19 @@ class EMOLoss(keras.losses.Loss):
     ``ignore_index`` (use it for padding), each scaled by ``sample_weight``, cast to ``dtype``.
     That mean is the only reduction: ``reduction`` must be ``"sum_over_batch_size"`` (the
     Keras default, kept for compatibility); any other value is refused.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.losses import EMOLoss
+        >>> embeddings = np.random.default_rng(0).normal(size=(10, 8)).astype("float32")
+        >>> model = keras.Sequential([keras.Input((4,), dtype="int32"),
+        ...                           keras.layers.Embedding(10, 8), keras.layers.Dense(10)])
+        >>> model.compile(optimizer="adam", loss=EMOLoss(embeddings, ignore_index=0))
+        >>> ids = np.random.default_rng(1).integers(1, 10, (8, 4))
+        >>> history = model.fit(ids, ids, epochs=1, verbose=0)
+        >>> sorted(history.history)
+        ['loss']
     """
 
     def __init__(self, cost_embeddings, mode="combined", ignore_index=None,

@@ -50,6 +50,15 @@ def adjust_logits(logits, class_priors, tau=1.0):
     """Post-hoc correction ``logits − τ·log π`` for balanced prediction, shape unchanged.
 
     ``logits (..., num_classes)``; ``class_priors (num_classes,)`` counts or probabilities.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import adjust_logits
+        >>> logits = np.zeros((1, 2), "float32")
+        >>> # -log(0.9), -log(0.1)
+        >>> np.round(np.asarray(adjust_logits(logits, class_priors=[900, 100])), 4)
+        array([[0.1054, 2.3026]], dtype=float32)
     """
     log_priors = class_log_priors(class_priors, logits.shape[-1])
     return ops.cast(logits, "float32") - check_tau(tau) * log_priors
@@ -61,6 +70,15 @@ def logit_adjusted_loss(y_true, logits, class_priors, tau=1.0):
     ``y_true (...)`` sparse integer labels, ``logits (..., num_classes)``, ``class_priors
     (num_classes,)`` counts or probabilities. With uniform priors this is plain sparse CE.
     A label outside ``[0, num_classes)`` raises eagerly and gives NaN in a compiled graph.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import logit_adjusted_loss
+        >>> logits = np.zeros((2, 2), "float32")
+        >>> loss = logit_adjusted_loss(np.array([0, 1]), logits, class_priors=[0.9, 0.1])
+        >>> np.round(np.asarray(loss), 4)                   # -log(0.9), -log(0.1)
+        array([0.1054, 2.3026], dtype=float32)
     """
     logits = ops.convert_to_tensor(logits)
     log_priors = class_log_priors(class_priors, logits.shape[-1])
@@ -79,6 +97,17 @@ class LogitAdjustedLoss(keras.losses.Loss):
 
     ``class_priors`` (counts or probabilities) are validated here and stored in the config;
     the usual Keras ``reduction`` and ``sample_weight`` apply to the per-example losses.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.losses import LogitAdjustedLoss
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> model.compile(optimizer="sgd", loss=LogitAdjustedLoss(class_priors=[900, 100]))
+        >>> x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+        >>> history = model.fit(x, (x[:, 0] > 1).astype("int32"), epochs=1, verbose=0)
+        >>> len(history.history["loss"])
+        1
     """
 
     def __init__(self, class_priors, tau=1.0, name="logit_adjusted_loss",

@@ -40,7 +40,18 @@ def checked_targets(y_true, y_pred):
 def multilabel_categorical_crossentropy(y_true, y_pred):
     """Loss ``(...)`` of scores ``y_pred (..., classes)`` against targets ``y_true`` of the same
     shape (1 for target classes, 0 otherwise, or probabilities), computed in float32. A
-    target outside ``[0, 1]`` raises eagerly and makes its row's loss NaN in compiled code."""
+    target outside ``[0, 1]`` raises eagerly and makes its row's loss NaN in compiled code.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import multilabel_categorical_crossentropy
+        >>> y_true = np.array([[1.0, 0.0, 0.0]])
+        >>> y_pred = np.array([[0.0, 0.0, 0.0]], "float32")
+        >>> # log 3 + log 2
+        >>> np.round(np.asarray(multilabel_categorical_crossentropy(y_true, y_pred)), 4)
+        array([1.7918], dtype=float32)
+    """
     y_pred = ops.cast(y_pred, "float32")
     y_true, rows = checked_targets(y_true, y_pred)
     valid = ops.not_equal(y_pred, float("-inf"))
@@ -59,7 +70,18 @@ def global_pointer_crossentropy(y_true, y_pred):
     the multi-label cross-entropy of each type's ``length²`` spans, averaged over types (its
     batch mean is bert4keras' scalar ``global_pointer_crossentropy``). ``y_true`` has the
     shape of ``y_pred``; an example with a target outside ``[0, 1]`` raises eagerly and has
-    a NaN loss in compiled code."""
+    a NaN loss in compiled code.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import global_pointer_crossentropy
+        >>> scores = np.zeros((1, 2, 3, 3), "float32")      # (batch, heads, length, length)
+        >>> targets = np.zeros((1, 2, 3, 3), "float32")
+        >>> targets[0, 0, 0, 1] = 1.0                       # type 0 has the span 0..1
+        >>> tuple(global_pointer_crossentropy(targets, scores).shape)
+        (1,)
+    """
     y_pred = ops.convert_to_tensor(y_pred)
     if len(y_pred.shape) != 4:
         raise ValueError(f"`y_pred` must be GlobalPointer scores (batch, heads, length, "

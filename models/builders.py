@@ -143,6 +143,26 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     arguments. ``checkpoint_path``: any format ``keraformer.models.loading.detect`` knows;
     ``strict=False`` warns about unused checkpoint tensors instead of raising. Returns the
     ``keras.Model``, or the builder (with ``.model``) when ``return_keras_model=False``.
+
+    Example:
+
+        >>> config = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        ...               intermediate_size=16)
+        >>> import numpy as np
+        >>> from keraformer.models import build_transformer_model
+        >>> bert = build_transformer_model(model="bert", **config)        # random weights
+        >>> token_ids, segment_ids = np.array([[2, 7, 9, 3, 0]]), np.zeros((1, 5), "int32")
+        >>> tuple(bert([token_ids, segment_ids]).shape)                   # last hidden state
+        (1, 5, 8)
+        >>> lm = build_transformer_model(model="roformer", application="lm", with_mlm=True,
+        ...                              **config)
+        >>> probs = np.asarray(lm([token_ids, segment_ids]))  # next-token probabilities
+        >>> probs.shape, bool(np.allclose(probs.sum(-1), 1, atol=1e-5))
+        ((1, 5, 30), True)
+        >>> build_transformer_model(model="bert", with_pol=True, **config)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown keyword `with_pol` for BERT; did you mean `with_pool`?
     """
     builder = make_builder(model, read_config(config_path), application, kwargs)
     builder.build()
@@ -191,6 +211,25 @@ def load_pretrained(path, model=None, return_keras_model=True, strict=True, revi
     ``"hf://org/model"`` (at ``revision``), fetched through ``huggingface_hub`` and its cache
     (``HF_HUB_OFFLINE=1``: the cache only; see ``loading.hub_snapshot``). ``kwargs`` go to
     :func:`build_transformer_model`.
+
+    Example:
+
+        >>> config = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        ...               intermediate_size=16)
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from keraformer.models import build_transformer_model, load_pretrained
+        >>> builder = build_transformer_model(model="roformer", return_keras_model=False, **config)
+        >>> folder = tempfile.mkdtemp()
+        >>> builder.save_weights_as_checkpoint(folder + "/bert_model.ckpt")   # Google TF format
+        '...bert_model.ckpt'
+        >>> import json
+        >>> with open(folder + "/bert_config.json", "w") as f:
+        ...     json.dump(config, f)
+        >>> model = load_pretrained(folder)             # the family is read from the variable names
+        >>> ids = np.array([[2, 7, 9, 3]])
+        >>> bool(np.allclose(model([ids, 0 * ids]), builder.model([ids, 0 * ids]), atol=1e-6))
+        True
     """
     if isinstance(path, str) and path.startswith(loading.HUB_PREFIX):
         path = loading.hub_snapshot(path, revision)

@@ -88,6 +88,16 @@ class GlobalPointer(keras.layers.Layer):
         use_bias: a bias in the projection.
         tril_mask: mask spans whose end precedes their start.
         kernel_initializer: initializer of the projection.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.models import GlobalPointer
+        >>> layer = GlobalPointer(heads=3, head_size=8)                    # 3 entity types
+        >>> hidden = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+        >>> scores = np.asarray(layer(hidden))
+        >>> scores.shape, bool(np.isinf(scores[0, 0, 1, 0]))              # end before start: -inf
+        ((2, 3, 5, 5), True)
     """
 
     def __init__(self, heads, head_size, RoPE=True, use_bias=True, tril_mask=True,
@@ -157,6 +167,15 @@ class EfficientGlobalPointer(GlobalPointer):
     span ``(m, n)``: ``<s_m, e_n>/sqrt(head_size) + (q[n, 2h] + q[m, 2h+1]) / 2``. Weights:
     ``p_kernel, p_bias, q_kernel, q_bias``, bert4keras' order. Same arguments as
     :class:`GlobalPointer`.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.models import EfficientGlobalPointer
+        >>> layer = EfficientGlobalPointer(heads=3, head_size=8)
+        >>> hidden = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+        >>> tuple(layer(hidden).shape), [w.path.split("/")[-1] for w in layer.weights]
+        ((2, 3, 5, 5), ['p_kernel', 'p_bias', 'q_kernel', 'q_bias'])
     """
 
     def build(self, input_shape):
@@ -232,6 +251,23 @@ class ConditionalRandomField(keras.layers.Layer):
     bert4keras. Compile with ``loss=crf.sparse_loss`` (integer labels) or ``crf.dense_loss``
     (one-hot), and ``metrics=[crf.sparse_accuracy]``; decode with
     ``keraformer.generation.viterbi_decode(scores, crf.trans)``.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.generation import viterbi_decode
+        >>> from keraformer.models import ConditionalRandomField
+        >>> crf = ConditionalRandomField()
+        >>> inputs = keras.Input((None,), dtype="int32")
+        >>> hidden = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)   # 0 is padding
+        >>> model = keras.Model(inputs, crf(keras.layers.Dense(4)(hidden)))
+        >>> model.compile(optimizer="adam", loss=crf.sparse_loss, metrics=[crf.sparse_accuracy])
+        >>> ids = np.array([[3, 5, 7, 0], [2, 4, 0, 0]])
+        >>> tags = np.array([[1, 2, 2, 0], [1, 3, 0, 0]])
+        >>> _ = model.fit(ids, tags, epochs=1, verbose=0)
+        >>> scores = model.predict(ids, verbose=0)                       # -inf at padding
+        >>> viterbi_decode(scores, np.asarray(crf.trans)).shape           # -1 at padding
+        (2, 4)
     """
 
     def __init__(self, lr_multiplier=1, **kwargs):

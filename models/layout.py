@@ -50,6 +50,19 @@ def layout_map(model, device_mesh, model_parallel_dim_name="model",
             layout_map=layout_map(model, mesh), batch_dim_name="batch")
         with distribution.scope():
             model = build_transformer_model(...)  # same arguments
+
+    Example:
+
+        >>> import keras
+        >>> from keraformer.models import build_transformer_model, layout_map
+        >>> bert = build_transformer_model(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=16)
+        >>> mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"),
+        ...                                      keras.distribution.list_devices()[:1])
+        >>> layouts = layout_map(bert, mesh)
+        >>> query = next(w for w in bert.weights if w.path.endswith("query/kernel"))
+        >>> layouts[query.path].axes                       # Megatron's column split
+        (None, 'model')
     """
     model = getattr(model, "model", model)  # a builder
     if not isinstance(model, keras.Model):

@@ -65,6 +65,18 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS, backbone=None)
     weights, never updated, then need no float32 copy (half the memory of
     ``"mixed_bfloat16"``, the same bfloat16 products), while the adapters' updates keep
     float32 precision.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.models import build_transformer_model, enable_lora
+        >>> bert = build_transformer_model(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                                num_attention_heads=2, intermediate_size=16)
+        >>> enable_lora(bert, rank=2)  # adapters on query and value, rest frozen
+        <Functional ...>
+        >>> classifier = keras.Model(bert.inputs, keras.layers.Dense(2)(bert.output[:, 0]))
+        >>> sorted({w.path.split("/")[-1] for w in classifier.trainable_weights})
+        ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_b']
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model; received {type(model).__name__}")

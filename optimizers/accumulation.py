@@ -189,6 +189,17 @@ class AdamW(FoldedAccumulation, keras.optimizers.AdamW):
     ``learning_rate`` a finite number >= 0, a ``LearningRateSchedule`` or a callable;
     ``beta_1``, ``beta_2`` in [0, 1); ``epsilon`` > 0; ``weight_decay`` >= 0 (or None);
     ``accumulation_steps`` an integer >= 1; Keras' clipping and EMA options in range.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.optimizers import AdamW
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer=AdamW(1e-3, accumulation_steps=4), loss="mse")
+        >>> x = np.ones((16, 3), "float32")
+        >>> history = model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0)  # 8 micro-steps
+        >>> int(model.optimizer.iterations)                # micro-steps; the weights moved twice
+        8
     """
 
     def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
@@ -243,6 +254,19 @@ class SGD(FoldedAccumulation, keras.optimizers.SGD):
     ``learning_rate`` a finite number >= 0, a ``LearningRateSchedule`` or a callable;
     ``momentum`` in [0, 1); ``nesterov`` a bool; ``weight_decay`` >= 0 (or None);
     ``accumulation_steps`` an integer >= 1; Keras' clipping and EMA options in range.
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.optimizers import SGD
+        >>> variable = keras.Variable(np.zeros(2, "float32"))
+        >>> optimizer = SGD(learning_rate=0.1, momentum=0.9, accumulation_steps=2)
+        >>> _ = optimizer.apply_gradients([(np.array([1.0, 1.0], "float32"), variable)])
+        >>> np.asarray(variable).tolist()                  # mid-cycle: the weights wait
+        [0.0, 0.0]
+        >>> _ = optimizer.apply_gradients([(np.array([3.0, 3.0], "float32"), variable)])
+        >>> [round(float(v), 4) for v in np.asarray(variable)]   # one step, mean gradient 2
+        [-0.2, -0.2]
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, accumulation_steps=1,

@@ -23,6 +23,17 @@ def recompute_grad(fn):
     constants. Called on symbolic ``KerasTensor`` inputs (building a functional model), it
     calls ``fn`` and makes every weighted layer that ``fn`` applied between those inputs and
     its outputs recompute its own call when the model runs (a per-layer checkpoint).
+
+    Example:
+
+        >>> import keras, numpy as np
+        >>> from keraformer.optimizers import recompute_grad
+        >>> dense = keras.layers.Dense(4, activation="gelu")
+        >>> inputs = keras.Input((8,))
+        >>> outputs = recompute_grad(dense)(inputs)       # recomputed in the backward pass
+        >>> model = keras.Model(inputs, outputs)
+        >>> tuple(model(np.ones((2, 8), "float32")).shape)
+        (2, 4)
     """
 
     @functools.wraps(fn)

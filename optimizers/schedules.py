@@ -48,7 +48,15 @@ def schedule_points(schedule, from_zero=True):
 
 
 def piecewise_linear(step, schedule, from_zero=True):
-    """The multiplier of ``schedule`` at ``step`` (a scalar tensor or number), float32."""
+    """The multiplier of ``schedule`` at ``step`` (a scalar tensor or number), float32.
+
+    Example:
+
+        >>> from keraformer.optimizers import piecewise_linear
+        >>> schedule = {1000: 1.0, 2000: 0.1}               # warm up to 1, decay to 0.1, then hold
+        >>> [round(float(piecewise_linear(step, schedule)), 4) for step in (0, 500, 1500, 5000)]
+        [0.0, 0.5, 0.55, 0.1]
+    """
     points = schedule_points(schedule, from_zero)
     try:
         step = ops.convert_to_tensor(step)
@@ -79,6 +87,15 @@ class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
     ``keras.optimizers.AdamW(learning_rate=PiecewiseLinearSchedule(2e-5, {1000: 1, 2000:
     0.1}))`` is bert4keras' ``extend_with_piecewise_linear_lr(AdamW)(learning_rate=2e-5,
     lr_schedule={1000: 1, 2000: 0.1})``.
+
+    Example:
+
+        >>> import keras
+        >>> from keraformer.optimizers import PiecewiseLinearSchedule
+        >>> schedule = PiecewiseLinearSchedule(2e-5, {1000: 1, 2000: 0.1})
+        >>> optimizer = keras.optimizers.AdamW(learning_rate=schedule)
+        >>> round(float(schedule(500)), 8)
+        1e-05
     """
 
     def __init__(self, learning_rate, schedule, from_zero=True):

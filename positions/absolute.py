@@ -30,6 +30,15 @@ class PositionEmbedding(keras.layers.Layer):
     Input ``(batch, length, dim)``; output the same shape (``"add"``) or ``(1, length, dim)``
     (``"zero"``: the position vectors alone). Inputs longer than ``input_dim`` need
     ``hierarchical=True`` and raise a ``ValueError`` otherwise.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import PositionEmbedding
+        >>> layer = PositionEmbedding(input_dim=4, output_dim=3, hierarchical=True)
+        >>> x = np.zeros((2, 10, 3), "float32")            # longer than the 4 trained rows
+        >>> tuple(layer(x).shape)
+        (2, 10, 3)
     """
 
     def __init__(self, input_dim, output_dim, merge_mode="add", hierarchical=False, alpha=0.4,

@@ -15,7 +15,16 @@ from keras import ops
 
 def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
                              max_distance=128):
-    """Bucket ids (int32, same shape) of ``relative_position = key_pos − query_pos``."""
+    """Bucket ids (int32, same shape) of ``relative_position = key_pos − query_pos``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import relative_position_bucket
+        >>> distances = np.array([-20, -3, 0, 3, 20])
+        >>> np.asarray(relative_position_bucket(distances, num_buckets=8, max_distance=16)).tolist()
+        [3, 2, 0, 6, 7]
+    """
     relative_position = ops.cast(relative_position, "int32")
     buckets = ops.zeros_like(relative_position)
     if bidirectional:
@@ -39,6 +48,15 @@ class RelativePositionBias(keras.layers.Layer):
     Call ``layer(query, key, offset=0)``: only the lengths of ``query (batch, q_len, ...)`` and
     ``key (batch, k_len, ...)`` are used; query ``i`` sits at position ``offset + i`` (cached
     decoding), keys at ``0..k_len−1``. Weight ``embeddings`` of shape ``(num_buckets, heads)``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import RelativePositionBias
+        >>> layer = RelativePositionBias(heads=2, num_buckets=8, max_distance=16)
+        >>> query = key = np.zeros((1, 5, 4), "float32")
+        >>> tuple(layer(query, key).shape)                  # (1, heads, q_len, k_len)
+        (1, 2, 5, 5)
     """
 
     def __init__(self, heads, num_buckets=32, max_distance=128, bidirectional=True,

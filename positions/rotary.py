@@ -59,6 +59,17 @@ def apply_rotary(x, positions=None, base=10000, interleaved=True, scaling=None, 
     ``positions``: ``(length,)`` or ``(batch, length)`` position ids (default ``0..length-1``),
     for decoding with a cache or packed sequences. ``dim`` must be even. Angles are computed in
     float32 and the result cast back to ``x``'s dtype.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import apply_rotary
+        >>> x = np.ones((1, 3, 2, 4), "float32")          # (batch, length, heads, dim)
+        >>> y = apply_rotary(x)
+        >>> tuple(y.shape)
+        (1, 3, 2, 4)
+        >>> np.round(np.asarray(y)[0, 1, 0, :2], 4)  # position 1 turns the first pair by 1 rad
+        array([-0.3012,  1.3818], dtype=float32)
     """
     check_rotary_options(scaling, factor)
     rank, dim = len(x.shape), x.shape[-1]
@@ -97,7 +108,17 @@ def apply_rotary(x, positions=None, base=10000, interleaved=True, scaling=None, 
 @keras.saving.register_keras_serializable(package="keraformer")
 class RotaryEmbedding(keras.layers.Layer):
     """Layer shell of :func:`apply_rotary` (no weights); attention layers take it as
-    ``rotary=``. Call ``layer(x, positions=None)``; the output has ``x``'s shape."""
+    ``rotary=``. Call ``layer(x, positions=None)``; the output has ``x``'s shape.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import RotaryEmbedding, apply_rotary
+        >>> x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+        >>> layer = RotaryEmbedding(scaling="ntk", factor=4.0)
+        >>> bool(np.allclose(layer(x), apply_rotary(x, scaling="ntk", factor=4.0)))
+        True
+    """
 
     def __init__(self, base=10000, interleaved=True, scaling=None, factor=1.0, **kwargs):
         super().__init__(**kwargs)

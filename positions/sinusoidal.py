@@ -28,6 +28,14 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
     ``merge_mode``: ``"add"`` (x + pe), ``"mul"`` (x · (1 + pe)) or ``"zero"`` (pe alone,
     ``(1, length, output_dim)``). ``output_dim`` must be even and, unless ``"zero"``, equal
     the input's last axis.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import SinusoidalPositionEmbedding
+        >>> pe = SinusoidalPositionEmbedding(4, merge_mode="zero")(np.zeros((1, 3, 4), "float32"))
+        >>> np.round(np.asarray(pe)[0, 1], 4)               # sin(1), cos(1), sin(0.01), cos(0.01)
+        array([0.8415, 0.5403, 0.01  , 1.    ], dtype=float32)
     """
 
     def __init__(self, output_dim, merge_mode="add", **kwargs):

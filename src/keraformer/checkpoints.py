@@ -361,7 +361,19 @@ def map_tensors(path, fd, size, layout, names=None):
 def read_safetensors(path):
     """Tensors of one ``.safetensors`` file as read-only memory-mapped arrays (bfloat16 and
     float8 become float32 copies). The whole header is validated first; see
-    :func:`safetensors_layout`."""
+    :func:`safetensors_layout`.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_safetensors, write_safetensors
+        >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
+        ...                          {"dense.weight": np.eye(2, dtype="float32")})
+        >>> arrays = read_safetensors(path)
+        >>> arrays["dense.weight"].tolist(), arrays["dense.weight"].flags.writeable
+        ([[1.0, 0.0], [0.0, 1.0]], False)
+    """
     path = os.fspath(path)
     fd, size = open_regular_file(path, "safetensors file")
     try:
@@ -388,6 +400,17 @@ def write_safetensors(path, arrays, metadata=None):
     "shape", "data_offsets"}}`` (plus ``"__metadata__"``, string to string) padded with
     spaces to a multiple of 8 bytes, then each tensor's little-endian bytes in C order, back
     to back in header order. Names are sorted so the same arrays always give the same file.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_safetensors_metadata, write_safetensors
+        >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"),
+        ...                          {"b": np.zeros(3, "float16"), "a": np.ones((2, 2))},
+        ...                          metadata={"format": "pt"})
+        >>> read_safetensors_metadata(path)
+        {'format': 'pt'}
     """
     write = safetensors_writer(arrays, metadata)
     with atomic_file(path) as f:
@@ -434,7 +457,18 @@ def write_hf_directory(directory, arrays, config):
     """Write a Hugging Face model directory: ``config`` as ``config.json`` and the PyTorch-named
     ``{name: array}`` as ``model.safetensors`` (metadata ``format: pt``, which
     ``transformers`` expects). Both are staged, then the weights are renamed into place and
-    the config last. Returns ``directory``."""
+    the config last. Returns ``directory``.
+
+    Example:
+
+        >>> import json, os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import write_hf_directory
+        >>> folder = write_hf_directory(tempfile.mkdtemp(), {"w": np.zeros(2, "float32")},
+        ...                             {"model_type": "bert"})
+        >>> sorted(os.listdir(folder)), json.load(open(os.path.join(folder, "config.json")))
+        (['config.json', 'model.safetensors'], {'model_type': 'bert'})
+    """
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     write = safetensors_writer(arrays, metadata={"format": "pt"})
     with atomic_write(directory, ["model.safetensors", "config.json"]) as staging:
@@ -482,6 +516,20 @@ def read_sharded_safetensors(index_path):
     (no absolute path, no ``..``, no symlink out of it; see :func:`shard_roots` for the
     ``huggingface_hub`` cache); every shard header is valid; each tensor is in exactly the
     shard the index names, and no shard holds a tensor the index does not list.
+
+    Example:
+
+        >>> import json, os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_sharded_safetensors, write_safetensors
+        >>> folder = tempfile.mkdtemp()
+        >>> for name, shard in (("x", "a.safetensors"), ("y", "b.safetensors")):
+        ...     _ = write_safetensors(os.path.join(folder, shard), {name: np.zeros(2, "float32")})
+        >>> index = os.path.join(folder, "model.safetensors.index.json")
+        >>> with open(index, "w") as f:
+        ...     json.dump({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}, f)
+        >>> {name: a.shape for name, a in sorted(read_sharded_safetensors(index).items())}
+        {'x': (2,), 'y': (2,)}
     """
     index_path = os.fspath(index_path)
     fd, size = open_regular_file(index_path, "sharded index")
@@ -575,7 +623,19 @@ def find_tf_checkpoint(path):
 
 
 def read_tf_checkpoint(path):
-    """All variables of a TF checkpoint as NumPy arrays (reads with ``tf.train.load_checkpoint``)."""
+    """All variables of a TF checkpoint as NumPy arrays (reads with ``tf.train.load_checkpoint``).
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import read_tf_checkpoint, write_tf_checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_tf_checkpoint({"bert/pooler/dense/bias": np.arange(3, dtype="float32")},
+        ...                         os.path.join(folder, "bert_model.ckpt"))
+        >>> read_tf_checkpoint(folder)["bert/pooler/dense/bias"].tolist()   # a folder or a prefix
+        [0.0, 1.0, 2.0]
+    """
     prefix = find_tf_checkpoint(path)
     for file in [prefix + ".index"] + sorted(glob.glob(glob.escape(prefix) + ".data-*")):
         check_regular_file(file, "TF checkpoint file")
@@ -602,7 +662,19 @@ def write_tf_checkpoint(arrays, path):
     """Write ``{name: array}`` as a TF (V2 bundle) checkpoint with exactly those names, and a
     ``checkpoint`` file naming it as the latest. Written atomically: the bundle is saved in a
     staging folder, then its data file, its index and the ``checkpoint`` file are renamed into
-    place in that order. Returns ``path``."""
+    place in that order. Returns ``path``.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.checkpoints import write_tf_checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> prefix = os.path.join(folder, "m.ckpt")
+        >>> _ = write_tf_checkpoint({"w": np.zeros((2, 3), "float32")}, prefix)
+        >>> sorted(os.listdir(folder))
+        ['checkpoint', 'm.ckpt.data-00000-of-00001', 'm.ckpt.index']
+    """
     import tensorflow as tf
 
     directory, prefix = os.path.split(os.path.abspath(os.fspath(path)))
@@ -625,6 +697,17 @@ def read_h5_weights(path):
     """Datasets of an HDF5 weights file (e.g. Hugging Face ``tf_model.h5``), keyed by path.
 
     Keys drop the ``:0`` suffix that TF appends to variable names.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import h5py, numpy as np
+        >>> from keraformer.checkpoints import read_h5_weights
+        >>> path = os.path.join(tempfile.mkdtemp(), "tf_model.h5")
+        >>> with h5py.File(path, "w") as f:
+        ...     _ = f.create_dataset("bert/embeddings/weight:0", data=np.ones((2, 2), "float32"))
+        >>> list(read_h5_weights(path))                     # TF's ":0" suffix dropped
+        ['bert/embeddings/weight']
     """
     import h5py
 

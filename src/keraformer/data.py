@@ -49,6 +49,16 @@ def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post",
     inputs' dtype, equal to bert4keras 0.11.5's ``sequence_padding``. ``pad_to_multiple_of``
     (keraformer's addition) rounds the default lengths up to a multiple of it, so fewer
     distinct batch shapes reach the model (JAX and XLA compile each shape once).
+
+    Example:
+
+        >>> from keraformer.data import sequence_padding
+        >>> sequence_padding([[1, 2, 3], [4]]).tolist()
+        [[1, 2, 3], [4, 0, 0]]
+        >>> sequence_padding([[1, 2, 3], [4]], length=2, mode="pre").tolist()   # cut, pad in front
+        [[1, 2], [0, 4]]
+        >>> sequence_padding([[1, 2, 3]], pad_to_multiple_of=4).shape
+        (1, 4)
     """
     if mode not in ("post", "pre"):
         raise ValueError(f'`mode` must be "post" or "pre"; received {mode!r}')
@@ -149,6 +159,22 @@ class DataGenerator:
     ``forfit(random=True)`` repeats epochs forever for ``model.fit(generator.forfit(),
     steps_per_epoch=len(generator), ...)``; ``fortest()`` does the same with inputs only,
     for ``model.predict``. Batches may each have their own length (dynamic padding).
+
+    Example:
+
+        >>> from keraformer.data import DataGenerator, sequence_padding
+        >>> class Batches(DataGenerator):
+        ...     def __iter__(self, random=False):
+        ...         batch = []
+        ...         for is_end, (ids, label) in self.sample(random):
+        ...             batch.append((ids, label))
+        ...             if len(batch) == self.batch_size or is_end:
+        ...                 yield sequence_padding([i for i, _ in batch]), [l for _, l in batch]
+        ...                 batch = []
+        >>> data = [([5, 6], 1), ([7], 0), ([5, 6, 7], 1)]
+        >>> generator = Batches(data, batch_size=2)
+        >>> len(generator), [ids.shape for ids, _ in generator]   # each batch its own length
+        (2, [(2, 2), (1, 3)])
     """
 
     def __init__(self, data, batch_size=32, buffer_size=None):
@@ -343,6 +369,17 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
         seed: seed of the shuffle.
         bucket_boundaries: None or increasing lengths that separate the buckets.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+
+    Example:
+
+        >>> vocab = {token: i for i, token in enumerate(
+        ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film", "bad", "##s", "a"])}
+        >>> from keraformer.data import text_dataset
+        >>> from keraformer.tokenizers import Tokenizer
+        >>> dataset = text_dataset(["good film", "a bad film", "bad"], [1, 0, 0],
+        ...                        tokenizer=Tokenizer(vocab), batch_size=2)
+        >>> [(tuple(ids.shape), tuple(labels.shape)) for (ids, segments), labels in dataset]
+        [((2, 5), (2,)), ((1, 3), (1,))]
     """
     import tensorflow as tf
 
@@ -398,6 +435,19 @@ def seq2seq_dataset(sources, targets=None, tokenizer=None, source_maxlen=None,
         decoder_start_id: the id the decoder starts from.
         target_tokenizer: None or the tokenizer of the targets.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+
+    Example:
+
+        >>> from keraformer.data import seq2seq_dataset
+        >>> from keraformer.tokenizers import Tokenizer
+        >>> vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])}
+        >>> tokenizer = Tokenizer(vocab, token_start=None)   # targets end with [SEP] (id 3)
+        >>> dataset = seq2seq_dataset(["a b", "b"], ["b a", "a"], tokenizer=tokenizer, batch_size=2)
+        >>> (encoder_ids, decoder_ids), labels, weights = next(iter(dataset))
+        >>> decoder_ids.numpy().tolist(), labels.numpy().tolist()   # shifted behind start id 0
+        ([[0, 5, 4], [0, 4, 3]], [[5, 4, 3], [4, 3, 0]])
+        >>> weights.numpy().tolist()
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     """
     import tensorflow as tf
 
@@ -470,6 +520,16 @@ def read_labelled_texts(path, split=None):
     Raises ``FileNotFoundError`` for a missing ``path``, ``ValueError`` when ``split`` picks
     no file or several, and ``ValueError`` naming the file and line of a line that is not
     ``text<TAB>label``.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> from keraformer.data import read_labelled_texts
+        >>> path = os.path.join(tempfile.mkdtemp(), "train.tsv")
+        >>> with open(path, "w", encoding="utf-8") as f:
+        ...     _ = f.write("a good film\\t1\\nbad\\t0\\n")
+        >>> read_labelled_texts(path)
+        [('a good film', 1), ('bad', 0)]
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or path-like (a file, folder or zip archive); "

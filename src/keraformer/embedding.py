@@ -18,6 +18,19 @@ class Embedding(keras.layers.Embedding):
     ``layer(hidden, reverse=True)`` maps ``(..., dim)`` to ``(..., vocab)`` logits with the
     transposed table, which is how BERT's MLM head and T5 1.0 tie their output projection.
     ``ids_name`` names the ids in that error (``"segment_ids"`` for a segment embedding).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.embedding import Embedding
+        >>> layer = Embedding(10, 4)
+        >>> hidden = layer(np.array([[1, 2, 3]]))
+        >>> tuple(hidden.shape), tuple(layer(hidden, reverse=True).shape)   # tied logits
+        ((1, 3, 4), (1, 3, 10))
+        >>> layer(np.array([[12]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: ...token_ids...
     """
 
     def __init__(self, *args, ids_name="token_ids", **kwargs):

@@ -33,7 +33,18 @@ def activation_by_name(name):
 
 @keras.saving.register_keras_serializable(package="keraformer")
 class FeedForward(keras.layers.Layer):
-    """Two-layer position-wise MLP, optionally gated. Input and output ``(batch, length, hidden)``."""
+    """Two-layer position-wise MLP, optionally gated. Input and output ``(batch, length, hidden)``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.feedforward import FeedForward
+        >>> layer = FeedForward(32, activation="gelu_new", glu=True)   # T5.1.1's gated GELU
+        >>> tuple(layer(np.zeros((2, 5, 8), "float32")).shape)
+        (2, 5, 8)
+        >>> sorted(w.path.split("/")[-2] for w in layer.weights if w.path.endswith("kernel"))
+        ['gate_dense', 'input_dense', 'output_dense']
+    """
 
     def __init__(self, units, activation="gelu", glu=False, use_bias=True,
                  kernel_initializer="glorot_uniform", dropout_rate=0.0, **kwargs):

@@ -531,6 +531,21 @@ def generate(step, cache, log_probs, end_id=None, max_length=32, method="greedy"
     ``vocab_size`` (when given) bounds ``end_id``, ``pad_id`` and ``top_k``. For beam search
     the cache must hold ``batch · beam_size`` rows where it is per row. Returns int32
     ``(batch, length <= max_length)``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keras import ops
+        >>> from keraformer.generation import generate
+        >>> # t is followed by t+1
+        >>> table = np.log(np.full((5, 5), 0.01) + np.eye(5)[[1, 2, 3, 4, 0]])
+        >>> def step(token_ids, index, cache, parents):
+        ...     log_probs = ops.take(ops.convert_to_tensor(table, "float32"), token_ids[:, 0], axis=0)
+        ...     return log_probs, cache
+        >>> first = ops.convert_to_tensor(table[[0, 2]], "float32")  # prompts that ended in 0 and 2
+        >>> cache = {"unused": ops.zeros((2,))}
+        >>> np.asarray(generate(step, cache, first, end_id=4, max_length=6)).tolist()
+        [[1, 2, 3, 4], [3, 4, 0, 0]]
     """
     return Generator(step, variables)(cache, log_probs, end_id, max_length, method,
                                       vocab_size, **options)
@@ -570,6 +585,17 @@ def viterbi_decode(scores, transitions, mask=None, starts=None, ends=None):
     positions, taken in order. Returns int32 labels of ``scores``' leading shape, ``-1`` at
     masked positions (first maximum on ties). Scores and transitions must be finite or
     ``-inf``; ``mask`` holds booleans or 0/1; ``starts``/``ends`` are integer labels.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.generation import viterbi_decode
+        >>> scores = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])   # (length, labels)
+        >>> transitions = np.array([[0.0, -5.0], [0.0, 0.0]])         # 0 -> 1 is expensive
+        >>> viterbi_decode(scores, transitions).tolist()
+        [0, 0, 0]
+        >>> viterbi_decode(scores, np.zeros((2, 2))).tolist()
+        [0, 1, 1]
     """
     scores = score_array("scores", scores)
     transitions = score_array("transitions", transitions)

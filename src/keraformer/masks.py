@@ -14,12 +14,26 @@ def mask_value(dtype="float32"):
 
     Adding it to any logit and taking the softmax gives an exact zero weight, and a row whose
     keys are all masked becomes uniform instead of NaN (no ``-inf`` arithmetic).
+
+    Example:
+
+        >>> from keraformer.masks import mask_value
+        >>> mask_value("float32"), mask_value("float16")
+        (-1000000000.0, -30000.0)
     """
     return -3e4 if str(getattr(dtype, "name", dtype)) == "float16" else -1e9
 
 
 def padding_mask(token_ids, pad_id=0):
-    """Key mask ``(batch, 1, 1, length)`` that is ``False`` at padding tokens."""
+    """Key mask ``(batch, 1, 1, length)`` that is ``False`` at padding tokens.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import padding_mask
+        >>> np.asarray(padding_mask(np.array([[5, 7, 0]]))).tolist()   # (batch, 1, 1, length)
+        [[[[True, True, False]]]]
+    """
     keep = ops.not_equal(token_ids, pad_id)
     return keep[:, None, None, :]
 
@@ -37,6 +51,16 @@ def causal_mask(q_len, k_len=None, offset=0):
     """Lower-triangular ``(1, 1, q_len, k_len)`` mask: query ``i`` sees keys ``j <= i + offset``.
 
     ``offset`` is the number of keys before the first query (cached decoding).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import causal_mask
+        >>> np.asarray(causal_mask(3))[0, 0].astype(int).tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+        >>> # 3rd step of a cache
+        >>> np.asarray(causal_mask(1, 4, offset=2))[0, 0].astype(int).tolist()
+        [[1, 1, 1, 0]]
     """
     k_len = q_len if k_len is None else k_len
     rows = ops.arange(q_len)[:, None] + offset
@@ -50,6 +74,14 @@ def unilm_mask(segment_ids):
     Tokens of segment 0 (the source) see the whole source; tokens of segment 1 (the target)
     see the source and the target tokens up to themselves. Equivalently, query ``i`` may see key
     ``j`` when ``cumsum(segment)[j] <= cumsum(segment)[i]``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import unilm_mask
+        >>> segments = np.array([[0, 0, 1, 1]])            # two source tokens, two target tokens
+        >>> np.asarray(unilm_mask(segments))[0, 0].astype(int).tolist()
+        [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     """
     position = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
     keep = ops.less_equal(position[:, None, :], position[:, :, None])
@@ -57,7 +89,16 @@ def unilm_mask(segment_ids):
 
 
 def combine_masks(*masks):
-    """Logical AND of boolean masks, ignoring ``None``; ``None`` when all are ``None``."""
+    """Logical AND of boolean masks, ignoring ``None``; ``None`` when all are ``None``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import causal_mask, combine_masks, padding_mask
+        >>> mask = combine_masks(padding_mask(np.array([[4, 9, 0]])), causal_mask(3), None)
+        >>> np.asarray(mask)[0, 0].astype(int).tolist()
+        [[1, 0, 0], [1, 1, 0], [1, 1, 0]]
+    """
     result = None
     for mask in masks:
         if mask is None:
@@ -68,7 +109,16 @@ def combine_masks(*masks):
 
 
 def apply_mask(logits, mask):
-    """Replace logits where ``mask`` is ``False`` by :func:`mask_value` of their dtype."""
+    """Replace logits where ``mask`` is ``False`` by :func:`mask_value` of their dtype.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import apply_mask
+        >>> logits = np.zeros((1, 3), "float32")
+        >>> np.asarray(apply_mask(logits, np.array([[True, False, True]]))).tolist()
+        [[0.0, -1000000000.0, 0.0]]
+    """
     if mask is None:
         return logits
     fill = ops.cast(mask_value(logits.dtype), logits.dtype)
@@ -93,6 +143,15 @@ class AttentionMask(keras.layers.Layer):
     ``"causal"``: padding and causal, ``(batch, 1, length, length)``;
     ``"unilm"``: padding and the UniLM mask of ``segment_ids``. Call ``layer(token_ids)`` or
     ``layer([token_ids, segment_ids])`` for ``"unilm"``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.masks import AttentionMask
+        >>> token_ids, segment_ids = np.array([[2, 5, 6, 0]]), np.array([[0, 1, 1, 0]])
+        >>> mask = AttentionMask("unilm")([token_ids, segment_ids])
+        >>> np.asarray(mask)[0, 0].astype(int).tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]]
     """
 
     MODES = ("padding", "causal", "unilm")

@@ -12,7 +12,17 @@ from keras import ops
 
 def normalize(x, rms=False, epsilon=1e-12):
     """``(x - mean) / sqrt(var + eps)`` over the last axis, or ``x / sqrt(mean(x²) + eps)``
-    if ``rms``."""
+    if ``rms``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.normalization import normalize
+        >>> np.round(np.asarray(normalize(np.array([[1.0, 3.0]]))), 4)
+        array([[-1.,  1.]], dtype=float32)
+        >>> np.round(np.asarray(normalize(np.array([[3.0, 4.0]]), rms=True)), 4)   # / sqrt(12.5)
+        array([[0.8485, 1.1314]], dtype=float32)
+    """
     x = ops.cast(x, "float32")
     if not rms:
         x = x - ops.mean(x, axis=-1, keepdims=True)
@@ -26,6 +36,14 @@ class LayerNormalization(keras.layers.Layer):
 
     Input and output ``(..., hidden)``. ``rms=True`` normalises by the root mean square only
     (Zhang & Sennrich 2019), as T5 and RoFormerV2 do.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.normalization import LayerNormalization
+        >>> layer = LayerNormalization(epsilon=1e-12)
+        >>> np.round(np.asarray(layer(np.array([[1.0, 2.0, 3.0]]))), 4)
+        array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
 
     def __init__(self, center=True, scale=True, rms=False, epsilon=1e-12, **kwargs):
@@ -59,5 +77,14 @@ class LayerNormalization(keras.layers.Layer):
 def rms_norm(epsilon=1e-6, scale=True, **kwargs):
     """The RMS norm ``x / sqrt(mean(x²) + ε) · γ`` without mean or bias: T5's (``scale=True``)
     or RoFormerV2's and GAU-α's parameter-free form (``scale=False``). ``kwargs`` (``name``,
-    ``dtype``) go to :class:`LayerNormalization`."""
+    ``dtype``) go to :class:`LayerNormalization`.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.normalization import rms_norm
+        >>> layer = rms_norm(scale=False)                  # RoFormerV2's parameter-free norm
+        >>> np.round(np.asarray(layer(np.array([[2.0, 2.0]]))), 4), len(layer.weights)
+        (array([[1., 1.]], dtype=float32), 0)
+    """
     return LayerNormalization(rms=True, center=False, scale=scale, epsilon=epsilon, **kwargs)

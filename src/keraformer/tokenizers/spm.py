@@ -34,6 +34,25 @@ class SpTokenizer(TokenizerBase):
 
     bert4keras' default frame ``[CLS] ... [SEP]`` is kept; a frame token the model lacks is
     refused (bert4keras would silently use the unknown id).
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import sentencepiece
+        >>> from keraformer.tokenizers import SpTokenizer
+        >>> folder = tempfile.mkdtemp()
+        >>> texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 20
+        >>> sentencepiece.SentencePieceTrainer.train(     # a tiny T5-style model: pad 0, </s> 1
+        ...     sentence_iterator=iter(texts), model_prefix=os.path.join(folder, "sp"),
+        ...     vocab_size=20, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+        >>> tokenizer = SpTokenizer(os.path.join(folder, "sp.model"), token_start=None,
+        ...                         token_end="</s>", extra_ids=0)            # T5's framing
+        >>> token_ids, segment_ids = tokenizer.encode("the cat sat")
+        >>> tokenizer.decode(token_ids), token_ids[-1] == tokenizer.eos_id
+        ('the cat sat', True)
+        >>> token_ids, segment_ids = tokenizer.encode_batch(["the cat", "a dog sat on the mat"])
+        >>> token_ids.dtype, int((token_ids[0] != 0).sum()) < token_ids.shape[1]   # padded with 0
+        (dtype('int32'), True)
     """
 
     def __init__(self, model_path, token_start="[CLS]", token_end="[SEP]", extra_ids=100,

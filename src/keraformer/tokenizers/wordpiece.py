@@ -180,6 +180,20 @@ def load_vocab(dict_path, encoding="utf-8", simplified=False, startswith=None):
     (multi-character tokens holding CJK or punctuation characters are dropped), renumbered
     from 0; ``keep_tokens[i]`` is the original id of new id ``i``, for
     ``build_transformer_model(..., keep_tokens=keep_tokens)``.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> from keraformer.tokenizers import load_vocab
+        >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("[PAD]\\n[UNK]\\n[CLS]\\n[SEP]\\n好\\n##好\\n你好\\n")
+        >>> load_vocab(path)["你好"]
+        6
+        >>> specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        >>> tokens, keep_tokens = load_vocab(path, simplified=True, startswith=specials)
+        >>> keep_tokens          # CJK text splits into single characters: "##好", "你好" dropped
+        [0, 1, 2, 3, 4]
     """
     token_dict = checked_vocab(dict_path, "dict_path", encoding)
     if not simplified:
@@ -262,6 +276,20 @@ class Tokenizer(TokenizerBase):
     written in the text are kept whole, text is NFC-composed, private-use and unassigned
     characters are dropped (all as Hugging Face); a word without a WordPiece split is the
     token ``[UNK]`` (bert4keras keeps the word, whose id is ``[UNK]``'s).
+
+    Example:
+
+        >>> vocab = {token: i for i, token in enumerate(
+        ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film", "bad", "##s", "a"])}
+        >>> from keraformer.tokenizers import Tokenizer
+        >>> tokenizer = Tokenizer(vocab, do_lower_case=True)
+        >>> tokenizer.tokenize("A good films!")
+        ['[CLS]', 'a', 'good', 'film', '##s', '[UNK]', '[SEP]']
+        >>> tokenizer.encode("good film", "bad")
+        ([2, 5, 6, 3, 7, 3], [0, 0, 0, 0, 1, 1])
+        >>> token_ids, segment_ids = tokenizer.encode_batch(["good film", "a bad film"])
+        >>> token_ids.tolist()                              # padded int32 ids
+        [[2, 5, 6, 3, 0], [2, 9, 7, 6, 3]]
     """
 
     def __init__(self, vocab_path, do_lower_case=False, word_maxlen=200, token_start="[CLS]",
