@@ -163,25 +163,27 @@ def test_lm_and_unilm_labels(tokenizer):
         assert weights[i].sum() == segments[i].sum()
 
 
-def test_each_dataset_feeds_its_builder(tokenizer, sp_tokenizer):
+@pytest.mark.parametrize("application", ["encoder", "lm", "unilm", "t5"])
+def test_each_dataset_feeds_its_builder(tokenizer, sp_tokenizer, application):
+    """One batch (one compiled shape on JAX) through ``fit`` of the matching builder."""
     keras.utils.set_random_seed(0)
     small = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=16, max_position_embeddings=64)
     texts = real_texts(16)
-    for application, kwargs, dataset in (
-            ("encoder", {"with_mlm": True}, mlm_dataset(texts, tokenizer, 32, 8, seed=0)),
-            ("lm", {}, lm_dataset(texts, tokenizer, 32, 8)),
-            ("unilm", {}, lm_dataset(texts[:8], tokenizer, 48, 8, "unilm", texts[8:]))):
+    if application == "t5":
+        model = build_transformer_model(model="t5.1.1", vocab_size=sp_tokenizer.vocab_size,
+                                        d_model=8, num_layers=1, num_heads=2, d_kv=4, d_ff=16)
+        dataset = span_corruption_dataset(real_texts(8, english=True), sp_tokenizer,
+                                          batch_size=8, seed=0)
+    else:
         model = build_transformer_model(vocab_size=tokenizer.vocab_size, application=application,
-                                        **small, **kwargs)
-        model.compile("adam", "sparse_categorical_crossentropy")
-        history = model.fit(dataset, epochs=1, verbose=0).history
-        assert np.isfinite(history["loss"][0]) and history["loss"][0] > 0
-    t5 = build_transformer_model(model="t5.1.1", vocab_size=sp_tokenizer.vocab_size, d_model=8,
-                                 num_layers=1, num_heads=2, d_kv=4, d_ff=16)
-    t5.compile("adam", "sparse_categorical_crossentropy")
-    history = t5.fit(span_corruption_dataset(real_texts(16, english=True), sp_tokenizer,
-                                             batch_size=8, seed=0), verbose=0).history
+                                        with_mlm=application == "encoder", **small)
+        dataset = {"encoder": lambda: mlm_dataset(texts[:8], tokenizer, 32, 8, seed=0),
+                   "lm": lambda: lm_dataset(texts[:8], tokenizer, 32, 8),
+                   "unilm": lambda: lm_dataset(texts[:8], tokenizer, 48, 8, "unilm",
+                                               texts[8:])}[application]()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(dataset, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0]) and history["loss"][0] > 0
 
 
