@@ -176,8 +176,9 @@ def test_each_dataset_feeds_its_builder(tokenizer, sp_tokenizer, application):
         dataset = span_corruption_dataset(real_texts(8, english=True), sp_tokenizer,
                                           batch_size=8, seed=0)
     else:
+        extra = {"with_mlm": True} if application == "encoder" else {}
         model = build_transformer_model(vocab_size=tokenizer.vocab_size, application=application,
-                                        with_mlm=application == "encoder", **small)
+                                        **small, **extra)
         dataset = {"encoder": lambda: mlm_dataset(texts[:8], tokenizer, 32, 8, seed=0),
                    "lm": lambda: lm_dataset(texts[:8], tokenizer, 32, 8),
                    "unilm": lambda: lm_dataset(texts[:8], tokenizer, 48, 8, "unilm",
