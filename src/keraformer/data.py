@@ -19,6 +19,7 @@ KerasHub user has them: the texts are encoded once with the tokenizer's compiled
 ``text<TAB>label`` files of a classification corpus (a file, a folder or a zip archive).
 """
 
+import inspect
 import numbers
 import os
 import re
@@ -319,7 +320,7 @@ def check_buckets(bucket_boundaries):
 
 def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
                  shuffle=False, second=None, seed=None, bucket_boundaries=None,
-                 drop_remainder=False):
+                 drop_remainder=False, subword_sampling=None):
     """A ``tf.data.Dataset`` of ``((token_ids, segment_ids), labels)`` batches from raw text.
 
     The texts (and the ``second`` texts of pairs) are encoded once with
@@ -343,12 +344,17 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
         seed: seed of the shuffle.
         bucket_boundaries: None or increasing lengths that separate the buckets.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+        subword_sampling: None, or ``{"alpha": ..., "nbest_size": ...}`` for an
+            ``SpTokenizer``: every batch of every epoch is encoded again with
+            ``encode(..., sample=True, **subword_sampling)`` (subword regularisation), so
+            each epoch sees new segmentations (buckets use the plain lengths).
     """
     import tensorflow as tf
 
     check_tokenizer(tokenizer)
     check_int("batch_size", batch_size, 1)
     boundaries = check_buckets(bucket_boundaries)
+    sampling = check_subword_sampling(subword_sampling, tokenizer)
     token_ids, segment_ids = tokenizer.encode_batch(texts, second, maxlen)
     count = len(token_ids)
     if count == 0:
@@ -365,8 +371,41 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
              tf.gather(segments, indices).to_tensor(0))
         return (x,) if target_table is None else (x, tf.gather(target_table, indices))
 
+    if sampling is not None:
+        text_list, second_list = list(texts), None if second is None else list(second)
+
+        def sampled_rows(indices):
+            rows = [tokenizer.encode(text_list[i], None if second_list is None
+                                     else second_list[i], maxlen, sample=True, **sampling)
+                    for i in indices]
+            return (sequence_padding([r[0] for r in rows], value=pad_id).astype("int32"),
+                    sequence_padding([r[1] for r in rows]).astype("int32"))
+
+        def gather(indices):  # noqa: F811  (the sampling variant)
+            x = tf.numpy_function(sampled_rows, [indices], [tf.int32, tf.int32],
+                                  stateful=True)
+            for part in x:
+                part.set_shape((None, None))
+            x = tuple(x)
+            return (x,) if target_table is None else (x, tf.gather(target_table, indices))
+
     batches = batched_indices(lengths, batch_size, shuffle, seed, boundaries, drop_remainder)
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def check_subword_sampling(subword_sampling, tokenizer):
+    """``subword_sampling`` as keyword arguments of ``encode(..., sample=True)``."""
+    if subword_sampling is None:
+        return None
+    if not isinstance(subword_sampling, dict) or set(subword_sampling) - {"alpha",
+                                                                           "nbest_size"}:
+        raise TypeError(f"`subword_sampling` must be None or a dict with the keys 'alpha' "
+                        f"and/or 'nbest_size'; received {subword_sampling!r}")
+    if "sample" not in inspect.signature(tokenizer.encode).parameters:
+        raise TypeError(f"`subword_sampling` needs an SpTokenizer (SentencePiece samples "
+                        f"segmentations); received {type(tokenizer).__name__}")
+    tokenizer.encode("a", sample=True, **subword_sampling)  # refuses bad options by name
+    return dict(subword_sampling)
 
 
 def seq2seq_dataset(sources, targets=None, tokenizer=None, source_maxlen=None,

@@ -54,3 +54,22 @@ def test_plain_encoding_is_unchanged_after_sampling(tokenizer):
 def test_bad_sampling_options_are_refused(tokenizer, kwargs, error, name):
     with pytest.raises(error, match=name):
         tokenizer.encode(TEXT, **kwargs)
+
+
+def test_text_dataset_samples_new_segmentations_every_epoch(tokenizer):
+    import numpy as np
+
+    from keraformer.data import text_dataset
+    texts = [TEXT, "unbelievable weather this morning again"] * 4
+    dataset = text_dataset(texts, [0, 1] * 4, tokenizer, batch_size=8,
+                           subword_sampling={"alpha": 0.5, "nbest_size": -1})
+    epochs = [np.asarray(next(iter(dataset))[0][0]) for _ in range(3)]
+    rows = {tuple(r[r != tokenizer.pad_id]) for epoch in epochs for r in epoch}
+    assert len(rows) > 4  # new draws each epoch (and each row)
+    for epoch in epochs:
+        for row, text in zip(epoch, texts):
+            assert tokenizer.decode(row[row != tokenizer.pad_id].tolist()) == text
+    with pytest.raises(ValueError, match="nbest_size"):
+        text_dataset(texts, None, tokenizer, subword_sampling={"nbest_size": 1})
+    with pytest.raises(TypeError, match="subword_sampling"):
+        text_dataset(texts, None, tokenizer, subword_sampling={"temperature": 1})
