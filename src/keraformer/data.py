@@ -381,7 +381,7 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
             return (sequence_padding([r[0] for r in rows], value=pad_id).astype("int32"),
                     sequence_padding([r[1] for r in rows]).astype("int32"))
 
-        def gather(indices):  # noqa: F811  (the sampling variant)
+        def gather_sampled(indices):
             x = tf.numpy_function(sampled_rows, [indices], [tf.int32, tf.int32],
                                   stateful=True)
             for part in x:
@@ -390,7 +390,9 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
             return (x,) if target_table is None else (x, tf.gather(target_table, indices))
 
     batches = batched_indices(lengths, batch_size, shuffle, seed, boundaries, drop_remainder)
-    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = batches.map(gather if sampling is None else gather_sampled,
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def check_subword_sampling(subword_sampling, tokenizer):
