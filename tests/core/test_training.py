@@ -6,9 +6,13 @@ against an independent computation: FGM perturbs the embedding matrix by ``ε·g
 the gradient there and leaves the matrix unperturbed apart from the update (max abs error
 1e-5 in float32); the gradient penalty's step is the gradient of ``L + ½·ε·‖∇_E L‖²`` by
 central differences of that NumPy function (1e-4); VAT's perturbation has norm ``ε`` (1e-4).
-Every method fits a tiny BERT from the builder eagerly, compiled (TensorFlow ``jit_compile``,
-JAX ``jit``), under mixed precision, with folded gradient accumulation and with LoRA; bad
-arguments are refused by name.
+Every method fits a small classifier eagerly, compiled (TensorFlow ``jit_compile``, JAX
+``jit``) and under ``mixed_float16`` / ``mixed_bfloat16`` with LoRA adapters and folded gradient
+accumulation (frozen weights, the embedding included, stay bitwise unchanged); FGM fits a
+builder's BERT on its ``Embedding-Token``; bad arguments are refused by name. bert4keras 0.11.5
+ships no adversarial training in its package (its examples patch TF1's ``train_function``
+with ``K.function``, which legacy tf-keras no longer runs eagerly), so the NumPy steps are the
+reference.
 """
 
 import keras
@@ -144,7 +148,7 @@ def adapted_classifier(policy=None, lora=False):
     return model
 
 
-def assert_trained(model, fit, frozen_too=False):
+def assert_trained(model, fit):
     """Run ``fit``; the loss is finite and only trainable weights moved."""
     frozen = {id(v) for v in model.non_trainable_weights}
     before = {id(v): np.array(keras.ops.convert_to_numpy(v)) for v in model.weights}
