@@ -10,9 +10,8 @@ Every method fits a small classifier eagerly, compiled (TensorFlow ``jit_compile
 ``jit``) and under ``mixed_float16`` / ``mixed_bfloat16`` with LoRA adapters and folded gradient
 accumulation (frozen weights, the embedding included, stay bitwise unchanged); FGM fits a
 builder's BERT on its ``Embedding-Token``; bad arguments are refused by name. bert4keras 0.11.5
-ships no adversarial training in its package (its examples patch TF1's ``train_function``
-with ``K.function``, which legacy tf-keras no longer runs eagerly), so the NumPy steps are the
-reference.
+ships no adversarial training in its package (only its example scripts do, patching TF1's
+graph-mode ``train_function``; not run here), so the NumPy steps are the reference.
 """
 
 import keras
