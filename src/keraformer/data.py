@@ -19,6 +19,7 @@ KerasHub user has them: the texts are encoded once with the tokenizer's compiled
 ``text<TAB>label`` files of a classification corpus (a file, a folder or a zip archive).
 """
 
+import inspect
 import numbers
 import os
 import re
@@ -345,7 +346,7 @@ def check_buckets(bucket_boundaries):
 
 def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
                  shuffle=False, second=None, seed=None, bucket_boundaries=None,
-                 drop_remainder=False):
+                 drop_remainder=False, subword_sampling=None):
     """A ``tf.data.Dataset`` of ``((token_ids, segment_ids), labels)`` batches from raw text.
 
     The texts (and the ``second`` texts of pairs) are encoded once with
@@ -369,6 +370,10 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
         seed: seed of the shuffle.
         bucket_boundaries: None or increasing lengths that separate the buckets.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+        subword_sampling: None, or ``{"alpha": ..., "nbest_size": ...}`` for an
+            ``SpTokenizer``: every batch of every epoch is encoded again with
+            ``encode(..., sample=True, **subword_sampling)`` (subword regularisation), so
+            each epoch sees new segmentations (buckets use the plain lengths).
 
     Example:
 
@@ -386,6 +391,7 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
     check_tokenizer(tokenizer)
     check_int("batch_size", batch_size, 1)
     boundaries = check_buckets(bucket_boundaries)
+    sampling = check_subword_sampling(subword_sampling, tokenizer)
     token_ids, segment_ids = tokenizer.encode_batch(texts, second, maxlen)
     count = len(token_ids)
     if count == 0:
@@ -402,8 +408,43 @@ def text_dataset(texts, labels=None, tokenizer=None, maxlen=None, batch_size=32,
              tf.gather(segments, indices).to_tensor(0))
         return (x,) if target_table is None else (x, tf.gather(target_table, indices))
 
+    if sampling is not None:
+        text_list, second_list = list(texts), None if second is None else list(second)
+
+        def sampled_rows(indices):
+            rows = [tokenizer.encode(text_list[i], None if second_list is None
+                                     else second_list[i], maxlen, sample=True, **sampling)
+                    for i in indices]
+            return (sequence_padding([r[0] for r in rows], value=pad_id).astype("int32"),
+                    sequence_padding([r[1] for r in rows]).astype("int32"))
+
+        def gather_sampled(indices):
+            x = tf.numpy_function(sampled_rows, [indices], [tf.int32, tf.int32],
+                                  stateful=True)
+            for part in x:
+                part.set_shape((None, None))
+            x = tuple(x)
+            return (x,) if target_table is None else (x, tf.gather(target_table, indices))
+
     batches = batched_indices(lengths, batch_size, shuffle, seed, boundaries, drop_remainder)
-    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = batches.map(gather if sampling is None else gather_sampled,
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def check_subword_sampling(subword_sampling, tokenizer):
+    """``subword_sampling`` as keyword arguments of ``encode(..., sample=True)``."""
+    if subword_sampling is None:
+        return None
+    if not isinstance(subword_sampling, dict) or set(subword_sampling) - {"alpha",
+                                                                           "nbest_size"}:
+        raise TypeError(f"`subword_sampling` must be None or a dict with the keys 'alpha' "
+                        f"and/or 'nbest_size'; received {subword_sampling!r}")
+    if "sample" not in inspect.signature(tokenizer.encode).parameters:
+        raise TypeError(f"`subword_sampling` needs an SpTokenizer (SentencePiece samples "
+                        f"segmentations); received {type(tokenizer).__name__}")
+    tokenizer.encode("a", sample=True, **subword_sampling)  # refuses bad options by name
+    return dict(subword_sampling)
 
 
 def seq2seq_dataset(sources, targets=None, tokenizer=None, source_maxlen=None,
@@ -591,3 +632,397 @@ def labelled_rows(content, source):
     if not rows:
         raise ValueError(f"{source} holds no 'text<TAB>label' line")
     return rows
+
+
+# -- pretraining objectives ----------------------------------------------------------------
+
+
+def check_rate(name, value, upper_closed=False):
+    """A real number in ``(0, 1)`` (``(0, 1]`` with ``upper_closed``), by name."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number in (0, 1); received {value!r} of type "
+                        f"{type(value).__name__}")
+    if not (0 < value < 1 or (upper_closed and value == 1)):
+        raise ValueError(f"`{name}` must lie in (0, 1{']' if upper_closed else ')'}; "
+                         f"received {value!r}")
+    return float(value)
+
+
+def check_seed(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"`seed` must be None or an integer; received {seed!r}")
+    return seed
+
+
+def special_token_ids(tokenizer):
+    """The ids an objective never masks or corrupts: padding, the frame tokens, ``[MASK]``,
+    and for a SentencePiece model its end, unknown and sentinel ids."""
+    ids = {tokenizer.pad_id}
+    for name in ("_token_start_id", "_token_end_id", "_token_mask_id", "_token_cls_id",
+                 "_token_sep_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            ids.add(int(value))
+    if callable(getattr(tokenizer, "is_special", None)):
+        ids.update(i for i in range(tokenizer.vocab_size) if tokenizer.is_special(i))
+    return {i for i in ids if i is not None and i >= 0}
+
+
+def unframed(token_ids, tokenizer):
+    """The rows of ``encode_batch``'s ``token_ids`` without their start and end tokens, as a
+    list of int32 arrays."""
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None and tokenizer.pad_id >= 0 else 0
+    lengths = row_lengths(token_ids, pad)
+    start = int(tokenizer.token_start is not None)
+    end = int(tokenizer.token_end is not None)
+    return [row[start:length - end].astype("int32") for row, length in zip(token_ids, lengths)]
+
+
+def mask_tokens(token_ids, word_ids, rng, mask_rate, mask_id, replacement_ids):
+    """BERT's masking of one batch (Devlin et al. 2019): every maskable word is chosen with
+    probability ``mask_rate``; each token of a chosen word becomes ``mask_id`` (80%), a
+    token drawn uniformly from ``replacement_ids`` (10%) or stays (10%).
+
+    ``token_ids (batch, length)``; ``word_ids (batch, length)`` the index of each token's
+    word within its row, ``-1`` for tokens never masked (special tokens, padding); a token
+    that is its own word gives token-level masking. Returns ``(inputs, labels, weights)``:
+    the masked ids, the original ids at chosen positions (0 elsewhere) and 1.0 at chosen
+    positions (0.0 elsewhere), so the loss counts the chosen tokens only.
+    """
+    token_ids = np.asarray(token_ids)
+    word_ids = np.asarray(word_ids)
+    maskable = word_ids >= 0
+    word_draws = rng.random(token_ids.shape)
+    chosen_words = word_draws < mask_rate
+    chosen = maskable & np.take_along_axis(chosen_words, np.maximum(word_ids, 0), axis=1)
+    action = rng.random(token_ids.shape)
+    random_ids = np.asarray(replacement_ids)[rng.integers(0, len(replacement_ids),
+                                                          token_ids.shape)]
+    inputs = np.where(chosen & (action < 0.8), mask_id, token_ids)
+    inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    labels = np.where(chosen, token_ids, 0)
+    return (inputs.astype("int32"), labels.astype("int32"), chosen.astype("float32"))
+
+
+def word_pieces_of(text, tokenizer, pre_tokenize):
+    """``(ids, word_ids)`` of one text encoded word by word (``pre_tokenize`` gives the
+    words), framed as the tokenizer frames it; frame tokens have word id ``-1``."""
+    ids, words = [], []
+    for word in pre_tokenize(text):
+        pieces = tokenizer.tokens_to_ids(tokenizer.translated_pieces(word))
+        words.extend([words[-1] + 1 if words else 0] * len(pieces))
+        ids.extend(pieces)
+    start = [] if tokenizer.token_start is None else [tokenizer.token_to_id(
+        tokenizer.token_start)]
+    end = [] if tokenizer.token_end is None else [tokenizer.token_to_id(tokenizer.token_end)]
+    return start + ids + end, [-1] * len(start) + words + [-1] * len(end)
+
+
+def batch_seeds(seed):
+    """A dataset of one int64 per batch that differs every epoch and, with an integer
+    ``seed``, repeats from run to run."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+
+def mlm_dataset(texts, tokenizer=None, maxlen=None, batch_size=32, mask_rate=0.15,
+                shuffle=False, seed=None, pre_tokenize=None, special_ids=None,
+                drop_remainder=False):
+    """A ``tf.data.Dataset`` of ``((token_ids, segment_ids), labels, weights)`` batches for
+    masked-language-model pretraining (BERT) on raw text, for a builder with
+    ``with_mlm=True`` and ``loss="sparse_categorical_crossentropy"``.
+
+    Each epoch draws new masks (dynamic masking; ``seed`` makes the sequence repeatable):
+    tokens are chosen with probability ``mask_rate`` and replaced as :func:`mask_tokens`
+    says (80% ``[MASK]``, 10% a random ordinary token, 10% unchanged). Padding, the frame
+    tokens (``[CLS]``, ``[SEP]``), ``[MASK]`` and ``special_ids`` are never chosen, nor
+    drawn as random replacements. ``labels`` hold the original ids at chosen positions and
+    ``weights`` are 1 there and 0 elsewhere, so the loss sees the chosen tokens only.
+    ``pre_tokenize`` (a segmenter such as ``jieba.lcut``: text → words) turns on
+    whole-word masking: every token of a chosen word is chosen (Chinese BERT-wwm).
+
+    Args:
+        texts: list of str.
+        tokenizer: a ``Tokenizer`` (with ``[MASK]``) or an ``SpTokenizer`` holding
+            ``[MASK]``.
+        maxlen: None or the longest row in tokens, frame included.
+        batch_size: texts per batch.
+        mask_rate: the chance that a token (a word with ``pre_tokenize``) is chosen, in (0, 1).
+        shuffle: reshuffle every epoch.
+        seed: None or an int: the shuffle's and the masks' seed.
+        pre_tokenize: None or a function text -> list of words (whole-word masking).
+        special_ids: more ids never to mask (e.g. ``[unused*]``).
+        drop_remainder: drop a last batch smaller than ``batch_size``.
+    """
+    import tensorflow as tf
+
+    check_tokenizer(tokenizer)
+    check_int("batch_size", batch_size, 1)
+    mask_rate = check_rate("mask_rate", mask_rate)
+    seed = check_seed(seed)
+    if pre_tokenize is not None and not callable(pre_tokenize):
+        raise TypeError(f"`pre_tokenize` must be None or a function text -> words; received "
+                        f"{type(pre_tokenize).__name__}")
+    mask_id = getattr(tokenizer, "_token_mask_id", None)
+    if mask_id is None:
+        raise ValueError("`tokenizer` must hold a [MASK] token for masked-language-model "
+                         "data; its vocabulary has none")
+    specials = special_token_ids(tokenizer)
+    if special_ids is not None:
+        specials |= {integer for integer in (int(i) for i in special_ids)}
+    replacement_ids = np.array([i for i in range(tokenizer.vocab_size) if i not in specials],
+                               "int32")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None and tokenizer.pad_id >= 0 else 0
+    if pre_tokenize is None:
+        token_ids = tokenizer.encode_batch(texts, None, maxlen)[0]
+        lengths = row_lengths(token_ids, pad_id)
+        positions = np.broadcast_to(np.arange(token_ids.shape[1]), token_ids.shape)
+        word_ids = np.where(np.isin(token_ids, list(specials)), -1, positions)
+    else:
+        rows = [word_pieces_of(text, tokenizer, pre_tokenize) for text in texts]
+        if maxlen is not None:
+            frame = int(tokenizer.token_start is not None) + int(tokenizer.token_end is not None)
+            tokenizer.check_maxlen(maxlen, frame)
+            rows = [(ids[:maxlen - 1] + ids[-1:], words[:maxlen - 1] + words[-1:])
+                    if len(ids) > maxlen and tokenizer.token_end is not None
+                    else (ids[:maxlen], words[:maxlen]) for ids, words in rows]
+        lengths = np.array([len(ids) for ids, _ in rows])
+        token_ids = sequence_padding([ids for ids, _ in rows] or [[]], value=pad_id)
+        word_ids = sequence_padding([words for _, words in rows] or [[]], value=-1)
+        word_ids = np.where(np.isin(token_ids, list(specials)), -1, word_ids)
+    count = len(token_ids)
+    if count == 0:
+        raise ValueError("`texts` must hold at least one text; received an empty list")
+    tokens = tf.RaggedTensor.from_tensor(token_ids.astype("int32"), lengths=lengths)
+    words = tf.RaggedTensor.from_tensor(word_ids.astype("int32"), lengths=lengths)
+
+    def masked(ids, word_ids, batch_seed):
+        rng = np.random.default_rng(np.uint64(batch_seed))
+        return mask_tokens(ids, word_ids, rng, mask_rate, mask_id, replacement_ids)
+
+    def gather(indices, batch_seed):
+        ids = tf.gather(tokens, indices).to_tensor(pad_id)
+        word_ids = tf.gather(words, indices).to_tensor(-1)
+        inputs, labels, weights = tf.numpy_function(
+            masked, [ids, word_ids, batch_seed], [tf.int32, tf.int32, tf.float32],
+            stateful=False)
+        for part in (inputs, labels, weights):
+            part.set_shape(ids.shape)
+        return (inputs, tf.zeros_like(inputs)), labels, weights
+
+    batches = batched_indices(lengths, batch_size, shuffle, seed, None, drop_remainder)
+    batches = tf.data.Dataset.zip((batches, batch_seeds(seed)))
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def random_segmentation(total, segments, rng):
+    """``segments`` positive lengths summing to ``total``, uniformly over such compositions
+    (``segments - 1`` cuts drawn without replacement among the ``total - 1`` gaps)."""
+    cuts = np.sort(rng.choice(total - 1, segments - 1, replace=False)) + 1 \
+        if segments > 1 else np.array([], int)
+    return np.diff(np.concatenate([[0], cuts, [total]]))
+
+
+def random_spans_noise_mask(length, noise_density, mean_noise_span_length, rng):
+    """T5's span-corruption mask (Raffel et al. 2020, section 3.1.4) for ``length`` tokens.
+
+    ``round(length·noise_density)`` tokens (at least 1, at most ``length − 1``) are noise,
+    in ``round(noise / mean_noise_span_length)`` spans (at least 1); noise and non-noise
+    tokens are each split into that many runs of random positive lengths, interleaved
+    starting with non-noise. A length below 2 is masked as T5 masks it: as length 2, then
+    cut. Returns a boolean array ``(length,)``, True at noise tokens.
+    """
+    original = length
+    length = max(length, 2)
+    noise = min(max(int(round(length * noise_density)), 1), length - 1)
+    spans = max(int(round(noise / mean_noise_span_length)), 1)
+    spans = min(spans, noise, length - noise)
+    noise_lengths = random_segmentation(noise, spans, rng)
+    kept_lengths = random_segmentation(length - noise, spans, rng)
+    runs = np.stack([kept_lengths, noise_lengths], axis=1).ravel()
+    is_noise = np.repeat(np.tile([False, True], spans), runs)
+    return is_noise[:original]
+
+
+def corrupt_spans(ids, noise, sentinel_ids):
+    """``(inputs, targets)`` of T5's span corruption: each noise span of ``ids`` is replaced
+    in the inputs by the next sentinel, and the targets list every sentinel followed by the
+    span it replaced (no end token: the caller frames both)."""
+    inputs, targets = [], []
+    span = -1
+    for position, (token, is_noise) in enumerate(zip(ids, noise)):
+        if is_noise:
+            if position == 0 or not noise[position - 1]:
+                span += 1
+                inputs.append(sentinel_ids[span])
+                targets.append(sentinel_ids[span])
+            targets.append(token)
+        else:
+            inputs.append(token)
+    return inputs, targets
+
+
+def span_corruption_dataset(texts, tokenizer=None, maxlen=None, batch_size=32,
+                            noise_density=0.15, mean_noise_span_length=3.0, shuffle=False,
+                            seed=None, decoder_start_id=0, drop_remainder=False):
+    """A ``tf.data.Dataset`` of ``((encoder_ids, decoder_ids), labels, weights)`` batches
+    for T5's span-corruption pretraining on raw text (T5, T5.1.1 and mT5 builders, with
+    ``loss="sparse_categorical_crossentropy"``), in :func:`seq2seq_dataset`'s layout.
+
+    Every epoch draws new spans (``seed`` makes them repeatable) with
+    :func:`random_spans_noise_mask` over the text's pieces (``maxlen`` cuts them first, the
+    end token not counted): the encoder reads the text with each noise span replaced by a
+    sentinel ``<extra_id_i>`` then ``</s>``; the labels are each sentinel followed by its
+    span, then ``</s>``; ``decoder_ids`` are the labels shifted right behind
+    ``decoder_start_id``; ``weights`` are 1 on real label positions.
+
+    Args:
+        texts: list of str.
+        tokenizer: an ``SpTokenizer`` with sentinels (T5: ``token_start=None,
+            token_end="</s>"``).
+        maxlen: None or the most pieces of a text that are read.
+        batch_size: texts per batch.
+        noise_density: the fraction of tokens corrupted, in (0, 1).
+        mean_noise_span_length: the mean length of a corrupted span, a number >= 1.
+        shuffle: reshuffle every epoch.
+        seed: None or an int: the shuffle's and the spans' seed.
+        decoder_start_id: the id the decoder starts from.
+        drop_remainder: drop a last batch smaller than ``batch_size``.
+    """
+    import tensorflow as tf
+
+    check_tokenizer(tokenizer)
+    if not callable(getattr(tokenizer, "sentinel_id", None)):
+        raise TypeError(f"`tokenizer` must have sentinels (an SpTokenizer with extra_ids); "
+                        f"received {type(tokenizer).__name__}")
+    check_int("batch_size", batch_size, 1)
+    noise_density = check_rate("noise_density", noise_density)
+    if isinstance(mean_noise_span_length, bool) or not isinstance(
+            mean_noise_span_length, numbers.Real) or not mean_noise_span_length >= 1:
+        raise ValueError(f"`mean_noise_span_length` must be a number >= 1; received "
+                         f"{mean_noise_span_length!r}")
+    seed = check_seed(seed)
+    if maxlen is not None:
+        check_int("maxlen", maxlen, 1)
+    check_int("decoder_start_id", decoder_start_id, 0)
+    pieces = unframed(tokenizer.encode_batch(texts, None, None)[0], tokenizer)
+    if not pieces:
+        raise ValueError("`texts` must hold at least one text; received an empty list")
+    if maxlen is not None:
+        pieces = [row[:maxlen] for row in pieces]
+    longest = max(len(row) for row in pieces)
+    most_spans = max(int(round(max(int(round(max(longest, 2) * noise_density)), 1)
+                               / mean_noise_span_length)), 1)
+    if most_spans > tokenizer.extra_ids:
+        raise ValueError(f"the longest text ({longest} pieces) needs {most_spans} sentinels; "
+                         f"`tokenizer` has extra_ids={tokenizer.extra_ids}: lower `maxlen`"
+                         f" or `noise_density`, or raise `mean_noise_span_length`")
+    sentinels = [tokenizer.sentinel_id(i) for i in range(most_spans)]
+    end = [] if tokenizer.token_end is None else [tokenizer.token_to_id(tokenizer.token_end)]
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None and tokenizer.pad_id >= 0 else 0
+    lengths = np.array([len(row) for row in pieces])
+    table = tf.RaggedTensor.from_row_lengths(
+        np.concatenate(pieces).astype("int32") if lengths.sum() else np.zeros(0, "int32"),
+        lengths)
+
+    def corrupted(ids, lengths, batch_seed):
+        rng = np.random.default_rng(np.uint64(batch_seed))
+        sources, labels = [], []
+        for row, length in zip(ids, lengths):
+            row = row[:length].tolist()
+            noise = random_spans_noise_mask(len(row), noise_density, mean_noise_span_length,
+                                            rng)
+            inputs, targets = corrupt_spans(row, noise, sentinels)
+            sources.append(inputs + end)
+            labels.append(targets + end)
+        encoder = sequence_padding(sources, value=pad_id).astype("int32")
+        label_ids = sequence_padding(labels, value=pad_id).astype("int32")
+        decoder = np.concatenate([np.full((len(labels), 1), decoder_start_id, "int32"),
+                                  label_ids[:, :-1]], axis=1)
+        weights = (np.arange(label_ids.shape[1])[None]
+                   < np.array([len(t) for t in labels])[:, None]).astype("float32")
+        return encoder, decoder, label_ids, weights
+
+    def gather(indices, batch_seed):
+        rows = tf.gather(table, indices)
+        encoder, decoder, labels, weights = tf.numpy_function(
+            corrupted, [rows.to_tensor(pad_id), rows.row_lengths(), batch_seed],
+            [tf.int32, tf.int32, tf.int32, tf.float32], stateful=False)
+        for part in (encoder, decoder, labels, weights):
+            part.set_shape((None, None))
+        return (encoder, decoder), labels, weights
+
+    batches = batched_indices(lengths, batch_size, shuffle, seed, None, drop_remainder)
+    batches = tf.data.Dataset.zip((batches, batch_seeds(seed)))
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def lm_dataset(texts, tokenizer=None, maxlen=None, batch_size=32, application="lm",
+               second=None, shuffle=False, seed=None, bucket_boundaries=None,
+               drop_remainder=False):
+    """A ``tf.data.Dataset`` of ``((token_ids, segment_ids), labels, weights)`` batches for
+    language-model training on raw text, for a builder with ``application="lm"`` or
+    ``"unilm"`` and ``loss="sparse_categorical_crossentropy"``.
+
+    ``labels`` are the token ids shifted one step left (position ``t`` predicts token
+    ``t + 1``). ``application="lm"`` (causal): ``weights`` are 1 wherever a next token exists.
+    ``"unilm"`` (Dong et al. 2019, seq2seq in one encoder): ``texts`` are the sources and
+    ``second`` the targets, framed as a pair (segments 0 and 1); ``weights`` are 1 only where
+    the next token belongs to the target, so the source is read, never predicted.
+    ``shuffle``, ``seed`` and ``bucket_boundaries`` work as in :func:`text_dataset`.
+
+    Args:
+        texts: list of str (the sources for ``"unilm"``).
+        tokenizer: a ``Tokenizer`` or ``SpTokenizer``.
+        maxlen: None or the longest row in tokens, frame included.
+        batch_size: texts per batch.
+        application: ``"lm"`` or ``"unilm"``.
+        second: ``"unilm"`` only: the target texts, one per source.
+        shuffle: reshuffle every epoch.
+        seed: seed of the shuffle.
+        bucket_boundaries: None or increasing lengths that separate the buckets.
+        drop_remainder: drop a last batch smaller than ``batch_size``.
+    """
+    import tensorflow as tf
+
+    if application not in ("lm", "unilm"):
+        raise ValueError(f'`application` must be "lm" or "unilm"; received {application!r}')
+    if application == "unilm" and second is None:
+        raise ValueError('`second` (the target texts) is needed with application="unilm"; '
+                         'received None')
+    if application == "lm" and second is not None:
+        raise ValueError('`second` is only for application="unilm" (the targets); received '
+                         'a list with application="lm"')
+    check_tokenizer(tokenizer)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None and tokenizer.pad_id >= 0 else 0
+    dataset = text_dataset(texts, None, tokenizer, maxlen, batch_size, shuffle, second, seed,
+                           bucket_boundaries, drop_remainder)
+
+    def with_targets(inputs):
+        token_ids, segment_ids = inputs
+        labels = tf.concat([token_ids[:, 1:], tf.fill([tf.shape(token_ids)[0], 1],
+                                                      tf.constant(pad_id, token_ids.dtype))],
+                           axis=1)
+        following = tf.concat([tf.ones_like(token_ids[:, 1:], tf.bool),
+                               tf.zeros_like(token_ids[:, :1], tf.bool)], axis=1)
+        real = tf.sequence_mask(row_count(token_ids, pad_id) - 1, tf.shape(token_ids)[1])
+        counted = tf.logical_and(following, real)
+        if application == "unilm":
+            next_segment = tf.concat([segment_ids[:, 1:], tf.zeros_like(segment_ids[:, :1])],
+                                     axis=1)
+            counted = tf.logical_and(counted, tf.equal(next_segment, 1))
+        return (token_ids, segment_ids), labels, tf.cast(counted, tf.float32)
+
+    return dataset.map(lambda inputs: with_targets(inputs),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def row_count(token_ids, pad_id):
+    """Length of each right-padded row of a ``tf`` batch: one past its last non-padding id."""
+    import tensorflow as tf
+
+    real = tf.cast(tf.not_equal(token_ids, pad_id), tf.int32)
+    width = tf.shape(token_ids)[1]
+    last = width - tf.argmax(tf.reverse(real, [1]), axis=1, output_type=tf.int32)
+    return tf.where(tf.reduce_any(real > 0, axis=1), last, 0)

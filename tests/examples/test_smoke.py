@@ -16,6 +16,7 @@ REPORTS = {
     "ner_global_pointer.py": r"test entity F1 (\d\.\d+)",
     "unilm_seq2seq.py": r"test exact match (\d\.\d+)",
     "mt5_seq2seq.py": r"test exact match (\d\.\d+)",
+    "self_pretrain.py": r"listops self-pretrained: test accuracy (\d\.\d+)",
 }
 
 

@@ -157,9 +157,43 @@ class SpTokenizer(TokenizerBase):
         for chunk in self.split_sentinels(text):
             if SENTINEL.fullmatch(chunk) and int(chunk[10:-1]) < self.extra_ids:
                 ids.append(self.sentinel_id(int(chunk[10:-1])))
+            elif getattr(self, "sampling", None) is not None:
+                alpha, nbest_size = self.sampling
+                ids.extend(self.processor.encode(chunk, enable_sampling=True, alpha=alpha,
+                                                 nbest_size=nbest_size))
             else:
                 ids.extend(self.processor.encode(chunk))
         return ids
+
+    def encode(self, first, second=None, maxlen=None, sample=False, alpha=None,
+               nbest_size=None):
+        """``(token_ids, segment_ids)`` as bert4keras' ``encode``; with ``sample=True`` each
+        text's segmentation is drawn by SentencePiece's subword regularisation (Kudo 2018):
+        ``alpha`` (default 0.1) is the smoothing of the unigram model's distribution (for a
+        BPE model, the dropout rate), ``nbest_size`` (default -1: every segmentation) the
+        number of best segmentations sampled from (>= 2, or -1). Draws follow SentencePiece's
+        generator (``sentencepiece.set_random_generator_seed`` makes them repeatable)."""
+        if not isinstance(sample, (bool,)):
+            raise TypeError(f"`sample` must be True or False; received {sample!r}")
+        if not sample:
+            if alpha is not None or nbest_size is not None:
+                raise ValueError(f"`alpha` and `nbest_size` only apply with sample=True; "
+                                 f"received alpha={alpha!r}, nbest_size={nbest_size!r}")
+            return super().encode(first, second, maxlen)
+        alpha = 0.1 if alpha is None else alpha
+        nbest_size = -1 if nbest_size is None else nbest_size
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) \
+                or not (0 < alpha < float("inf")):
+            raise ValueError(f"`alpha` must be a finite number > 0; received {alpha!r}")
+        if isinstance(nbest_size, bool) or not isinstance(nbest_size, numbers.Integral) \
+                or not (nbest_size == -1 or nbest_size >= 2):
+            raise ValueError(f"`nbest_size` must be -1 (sample among all segmentations) or an "
+                             f"int >= 2 (0 and 1 would not sample); received {nbest_size!r}")
+        self.sampling = (float(alpha), int(nbest_size))
+        try:
+            return super().encode(first, second, maxlen)
+        finally:
+            self.sampling = None
 
     def pieces(self, text):
         """Pieces of ``text`` without the frame; unknown characters become ``<unk>``."""
