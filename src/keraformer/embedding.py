@@ -85,6 +85,12 @@ class Embedding(keras.layers.Embedding):
     def __init__(self, *args, ids_name="token_ids", **kwargs):
         super().__init__(*args, **kwargs)
         self.ids_name = ids_name
+        self.supports_masking = True  # reverse mode: the hidden states' Keras mask goes on
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is not None:
+            return mask
+        return super().compute_mask(inputs, mask)
 
     def build(self, input_shape=None):
         if self.built or self.quantization_mode is not None:

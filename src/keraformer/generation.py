@@ -615,7 +615,8 @@ def generate(step, cache, log_probs, end_id=None, max_length=32, method="greedy"
     ``early_stopping`` (``True``, ``False`` or ``"never"``, as Hugging Face's
     ``generate``), ``beam_style`` (``"huggingface"``, the search those options shape, or
     ``"bert4keras"``: bert4keras' ``beam_search``, whose outputs a port reproduces; see
-    :func:`bert4keras_beam_loop_parts`); sampling: ``top_k``, ``top_p``, ``temperature`` (1.0), ``seed``.
+    :func:`bert4keras_beam_loop_parts`); sampling: ``top_k``, ``top_p``, ``temperature``
+    (1.0), ``seed``.
     ``vocab_size`` (when given) bounds ``end_id``, ``pad_id`` and ``top_k``. For beam search
     the cache must hold ``batch · beam_size`` rows where it is per row. Returns int32
     ``(batch, length <= max_length)``.
