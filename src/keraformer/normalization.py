@@ -7,6 +7,7 @@ float32 whatever the layer's compute dtype.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -66,7 +67,7 @@ class LayerNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("center", center), ("scale", scale), ("rms", rms),
                             ("conditional", conditional)):
-            if not isinstance(value, bool):
+            if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"`{name}` must be a bool; received {value!r}")
         if hidden_units is not None and (isinstance(hidden_units, bool) or not isinstance(
                 hidden_units, int) or hidden_units < 1):
@@ -75,8 +76,8 @@ class LayerNormalization(keras.layers.Layer):
         if hidden_units is not None and not conditional:
             raise ValueError(f"`hidden_units` maps the condition and needs conditional=True; "
                              f"received hidden_units={hidden_units!r}, conditional=False")
-        self.center, self.scale, self.rms, self.epsilon = center, scale, rms, epsilon
-        self.conditional, self.hidden_units = conditional, hidden_units
+        self.center, self.scale, self.rms = bool(center), bool(scale), bool(rms)
+        self.epsilon, self.conditional, self.hidden_units = epsilon, bool(conditional), hidden_units
         self.hidden_activation = keras.activations.get(hidden_activation)
         self.hidden_initializer = keras.initializers.get(hidden_initializer)
         self.supports_masking = True

@@ -251,7 +251,10 @@ def test_loss_layer_refusals():
 
 # -- conditional LayerNorm ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(CLN_CONDITIONS))
-def test_conditional_layer_norm_equals_bert4keras(name, bert4keras):
+def test_conditional_layer_norm_equals_bert4keras(name, bert4keras, tmp_path):
+    """Same outputs as bert4keras' conditional norm with the same weights (a condition
+    mapped by a hidden ReLU layer, and one used directly); a ``.keras`` round trip keeps
+    them; the condition moves the output away from the plain norm's."""
     options = {"hidden_units": 5, "hidden_activation": "relu"} if name == "hidden" else {}
     layer = LayerNormalization(conditional=True, **options)
     x = keras.Input(CLN_X.shape[1:])
@@ -262,7 +265,21 @@ def test_conditional_layer_norm_equals_bert4keras(name, bert4keras):
         (variable if attribute in ("gamma", "beta") else variable.kernel).assign(value)
     got = ops.convert_to_numpy(model([CLN_X, CLN_CONDITIONS[name]]))
     np.testing.assert_allclose(got, bert4keras[1][name], rtol=1e-5, atol=1e-5)
+    restored = keras.saving.load_model(save(model, tmp_path / "norm.keras"))
+    np.testing.assert_allclose(ops.convert_to_numpy(restored([CLN_X, CLN_CONDITIONS[name]])),
+                               got, rtol=1e-6, atol=1e-6)
     assert np.abs(got - ops.convert_to_numpy(LayerNormalization()(CLN_X))).max() > 0.1
+
+
+def test_conditional_layer_norm_refusals():
+    with pytest.raises(ValueError, match="hidden_units"):
+        LayerNormalization(hidden_units=4)  # needs conditional=True
+    with pytest.raises(ValueError, match="hidden_units"):
+        LayerNormalization(conditional=True, hidden_units=0)
+    with pytest.raises(TypeError, match="conditional"):
+        LayerNormalization(conditional="yes")
+    with pytest.raises(ValueError, match=r"\[x, condition\]"):
+        LayerNormalization(conditional=True)(np.zeros((2, 3, 4)))
 
 
 # -- bert4keras' beam search ---------------------------------------------------------------------
