@@ -192,7 +192,10 @@ def train_and_score(builder, train, tokenizer, test_pairs, args, start, **option
     (:func:`generate_titles`, ``options`` go to ``generate``), one example is printed, and
     the share of decoded titles equal to their targets (exact match)."""
     model = builder.model
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    # the mean over the weighted (target) tokens: the loss bert4keras' CrossEntropy reported
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      reduction="mean_with_sample_weight"))
     model.fit(train.forfit(), steps_per_epoch=len(train), epochs=args.epochs,
               verbose=0 if args.smoke else 2)
     test = test_pairs[:args.evaluate]

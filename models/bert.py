@@ -414,7 +414,10 @@ class BERT(Transformer):
             segment_ids = keras.Input((self.sequence_length,), dtype="int32",
                                       name="Input-Segment")
             inputs.append(segment_ids)
-        x = self.embed(token_ids, segment_ids)
+        # the padding mask rides on the hidden states from here on, so that every block's
+        # output (model.get_layer("Transformer-3").output) carries it as its Keras mask
+        x = OutputMask(self.pad_id, name="Embedding-Output-Mask")(
+            [self.embed(token_ids, segment_ids), token_ids])
         mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
         for i in range(self.num_layers):
@@ -624,10 +627,18 @@ class RoBERTa(BERT):
 
 @keras.saving.register_keras_serializable(package="keraformer")
 class FirstToken(keras.layers.Layer):
-    """The first position of a sequence: ``(batch, length, dim) -> (batch, dim)``."""
+    """The first position of a sequence: ``(batch, length, dim) -> (batch, dim)``; the
+    sequence's Keras mask ends here."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
 
     def call(self, x):
         return x[:, 0]
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
@@ -636,6 +647,10 @@ class FirstToken(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="keraformer")
 class OutputBias(keras.layers.Layer):
     """Adds a learned bias over the last axis (BERT's ``cls/predictions/output_bias``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
 
     def build(self, input_shape):
         self.bias = self.add_weight(name="bias", shape=(input_shape[-1],), initializer="zeros")

@@ -129,6 +129,7 @@ class TransformerBlock(keras.layers.Layer):
                  kernel_initializer="glorot_uniform", attention="softmax",
                  attention_options=None, feedforward=True, **kwargs):
         super().__init__(**kwargs)
+        self.supports_masking = True  # the Keras (padding) mask of x passes through
         if norm not in ("post", "pre"):
             raise ValueError(f"`norm` must be 'post' or 'pre'; received {norm!r}")
         self.heads, self.head_size, self.intermediate_size = heads, head_size, intermediate_size

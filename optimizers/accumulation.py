@@ -8,7 +8,10 @@ velocity by ``momentum``); every micro-step adds ``(1 − beta_1)·g/k`` (SGD: `
 weights move only at the cycle end. AdamW's second moment likewise decays at the start and
 gains ``(1 − beta_2)·g²/k``. Bias correction, weight decay and learning-rate schedules count
 cycles ``t // k``, not micro-steps. Gradient clipping, if any, applies to each micro-gradient.
-With ``accumulation_steps=1`` both reduce exactly to ``keras.optimizers.AdamW`` / ``SGD``.
+With ``accumulation_steps=1`` both reduce exactly to ``keras.optimizers.AdamW`` / ``SGD``,
+except on a sparse gradient (TensorFlow's ``tf.IndexedSlices`` from a gather, one slice per
+use of a row): AdamW sums a row's slices before squaring them, the textbook update, where
+Keras' optimizers square each slice. SGD is linear in the gradient and right either way.
 """
 
 import keras
@@ -16,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from keraformer.checks import is_concrete
+from keraformer.embedding import dense_gradient
 
 
 def check_accumulation_steps(steps):
@@ -224,7 +228,7 @@ class AdamW(FoldedAccumulation, keras.optimizers.AdamW):
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
-        g = ops.cast(gradient, dtype)
+        g = ops.cast(dense_gradient(gradient), dtype)  # repeated rows summed before squaring
         k = self.accumulation_steps
         starts, ends, cycle = self.cycle_flags(dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)

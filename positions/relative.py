@@ -12,6 +12,8 @@ import numbers
 import keras
 from keras import ops
 
+from keraformer.embedding import gather_rows
+
 
 def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
                              max_distance=128):
@@ -76,8 +78,11 @@ class RelativePositionBias(keras.layers.Layer):
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
     def build(self, *args, **kwargs):
+        # never autocast: the bias is gathered in float32 (each bucket serves many query-key
+        # pairs, whose gradients are summed in float32) and cast afterwards
         self.embeddings = self.add_weight(name="embeddings", shape=(self.num_buckets, self.heads),
-                                          initializer=self.embeddings_initializer)
+                                          initializer=self.embeddings_initializer,
+                                          autocast=False)
 
     def call(self, query, key, offset=0):
         q_positions = ops.arange(ops.shape(query)[1]) + offset
@@ -85,7 +90,7 @@ class RelativePositionBias(keras.layers.Layer):
         buckets = relative_position_bucket(k_positions[None, :] - q_positions[:, None],
                                            self.bidirectional, self.num_buckets,
                                            self.max_distance)
-        bias = ops.take(ops.cast(self.embeddings, self.compute_dtype), buckets, axis=0)
+        bias = ops.cast(gather_rows(self.embeddings, buckets), self.compute_dtype)
         return ops.transpose(bias, (2, 0, 1))[None]
 
     def compute_output_shape(self, query_shape, key_shape, *args, **kwargs):

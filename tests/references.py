@@ -550,3 +550,46 @@ def run_bert4keras(script, inputs, folder, timeout=600):
         with np.load(paths[2]) as loaded:
             arrays = {name: loaded[name] for name in loaded.files}
     return results, arrays
+
+
+# -- optimizers -------------------------------------------------------------------------------
+
+def numpy_adam(weights, grads, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
+    """``weights`` after Adam on the dense gradients ``grads`` (one array per step), float64.
+
+    Kingma & Ba 2015, Algorithm 1, in the order of computation of their section 2 (which
+    Keras follows): ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``,
+    ``w ← w − α·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/(√v + ε)``; with ``weight_decay``, AdamW's decoupled decay
+    ``w ← w − α·λ·w`` first (Loshchilov & Hutter 2019). A row that a batch uses ``k`` times has
+    the sum of its ``k`` contributions as its gradient, squared once.
+    """
+    w = np.asarray(weights, "float64")
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, "float64")
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        alpha = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+        w = w - lr * weight_decay * w - alpha * m / (np.sqrt(v) + epsilon)
+    return w
+
+
+def dense_gradients(model, inputs, targets, loss):
+    """``[d loss(targets, model(inputs)) / d w for w in model.trainable_variables]`` as dense
+    NumPy arrays (training mode), with the active backend's own differentiation; a TensorFlow
+    ``tf.IndexedSlices`` is made dense with its repeated rows summed."""
+    import keras
+    if keras.backend.backend() == "jax":
+        import jax
+        trainable = [v.value for v in model.trainable_variables]
+        fixed = [v.value for v in model.non_trainable_variables]
+
+        def value(trainable):
+            outputs, _ = model.stateless_call(trainable, fixed, inputs, training=True)
+            return loss(targets, outputs)
+        return [np.asarray(g) for g in jax.grad(value)(trainable)]
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        value = loss(targets, model(inputs, training=True))
+    grads = tape.gradient(value, [v.value for v in model.trainable_variables])
+    return [np.asarray(tf.convert_to_tensor(g)) for g in grads]

@@ -139,8 +139,18 @@ def as_arrays(part):
 
 
 def as_batch(batch):
-    """``(inputs, targets[, sample_weights])`` as a tuple of arrays (lists become tuples)."""
+    """``(inputs, targets[, sample_weights])`` as a tuple of arrays (lists become tuples).
+
+    Trailing ``None`` parts are dropped: bert4keras' ``yield inputs, None`` (a model whose loss
+    a ``LossLayer`` adds) becomes ``(inputs,)``."""
     if isinstance(batch, (list, tuple)):
+        batch = list(batch)
+        while len(batch) > 1 and batch[-1] is None:
+            batch.pop()
+        if any(part is None for part in batch):
+            raise ValueError(f"a batch from `__iter__` may end in None parts (no targets) but "
+                             f"not hold None before its last part; received parts "
+                             f"{['None' if p is None else type(p).__name__ for p in batch]}")
         if not 1 <= len(batch) <= 3:
             raise ValueError(f"a batch from `__iter__` must be (inputs,), (inputs, targets) or "
                              f"(inputs, targets, sample_weights); received {len(batch)} parts")

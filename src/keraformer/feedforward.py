@@ -49,6 +49,7 @@ class FeedForward(keras.layers.Layer):
     def __init__(self, units, activation="gelu", glu=False, use_bias=True,
                  kernel_initializer="glorot_uniform", dropout_rate=0.0, **kwargs):
         super().__init__(**kwargs)
+        self.supports_masking = True
         self.units, self.activation, self.glu = units, activation, glu
         self.use_bias, self.dropout_rate = use_bias, dropout_rate
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

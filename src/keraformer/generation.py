@@ -38,11 +38,13 @@ from keraformer.checks import integer_ids
 
 BLOCKED = -1e9  # log-probability given to tokens that may not be chosen (finite on purpose)
 METHODS = ("greedy", "beam", "sample")
+BEAM_STYLES = ("huggingface", "bert4keras")
 LOOPS = ("auto", "device", "host")
 # options each method takes, and their defaults
 METHOD_OPTIONS = {
     "greedy": {},
-    "beam": {"beam_size": 4, "length_penalty": 1.0, "early_stopping": True},
+    "beam": {"beam_size": 4, "length_penalty": 1.0, "early_stopping": True,
+             "beam_style": "huggingface"},
     "sample": {"top_k": None, "top_p": None, "temperature": 1.0, "seed": None},
 }
 COMMON_OPTIONS = {"min_length": 0, "pad_id": 0, "loop": "auto", "compile": True}
@@ -150,6 +152,21 @@ def check_options(method, max_length, end_id=None, vocab_size=None, **options):
         if vocab_size is not None and vocab_size < 2:
             raise ValueError(f"beam search needs a vocabulary of at least 2 tokens; received "
                              f"vocab_size={vocab_size}")
+        if result["beam_style"] not in BEAM_STYLES:
+            raise ValueError(f"`beam_style` must be one of {list(BEAM_STYLES)}; received "
+                             f"{result['beam_style']!r}")
+        if result["beam_style"] == "bert4keras":
+            # bert4keras' search has no length penalty, stopping rule or blocked end id
+            for name, default in (("length_penalty", 1.0), ("early_stopping", True),
+                                  ("min_length", 0)):
+                if result[name] != default:
+                    raise ValueError(f"`{name}` does not apply to beam_style='bert4keras' "
+                                     f"(bert4keras' search has none); received "
+                                     f"{name}={result[name]!r}")
+            if vocab_size is not None and vocab_size < result["beam_size"]:
+                raise ValueError(f"beam_style='bert4keras' needs vocab_size >= beam_size; "
+                                 f"received vocab_size={vocab_size}, "
+                                 f"beam_size={result['beam_size']}")
     if method == "sample":
         if result["top_k"] is not None:
             maximum = None if vocab_size is None else vocab_size
@@ -422,8 +439,77 @@ def beam_loop_parts(step, options):
     return first, body, running, result
 
 
+def bert4keras_beam_loop_parts(step, options):
+    """``first``, ``body``, ``running`` and ``result`` of bert4keras' beam search
+    (``AutoRegressiveDecoder.beam_search`` of bert4keras 0.11.5, batched); the state is
+    ``(index, tokens, parents, stop, beams)``.
+
+    Each step keeps the ``k`` best continuations of the ``k`` live beams by summed
+    log-probability (no length normalisation). When the best of them ends, it is the result;
+    otherwise the continuations that end are dropped and ``k`` shrinks by their number. At
+    ``max_length`` the best live beam is the result. A hypothesis that ends while another
+    scores higher is thus lost, where Hugging Face's search (``beam_style="huggingface"``)
+    keeps it among the finished ones and may return it later.
+    """
+    beams, max_length, end_id = options["beam_size"], options["max_length"], options["end_id"]
+    pad_id = options["pad_id"]
+
+    def update(beam, log_probs, index):
+        running, running_scores, width, result, decided = beam
+        batch, vocab = ops.shape(running)[0], log_probs.shape[-1]
+        total = ops.reshape(log_probs, (batch, beams, vocab)) + running_scores[..., None]
+        # sorted; bert4keras keeps the first `width` (at most the beams still running)
+        scores, best = ops.top_k(ops.reshape(total, (batch, beams * vocab)), beams)
+        best = ops.cast(best, "int32")
+        parents, ids = best // vocab, best % vocab
+        kept = ops.arange(beams, dtype="int32")[None] < width[:, None]
+        candidates = gather_beams(running, parents)
+        candidates = ops.where(ops.arange(max_length) == index, ids[..., None], candidates)
+        ends = ops.zeros(ops.shape(ids), "bool") if end_id is None else ops.equal(ids, end_id)
+        # the best continuation (the first) decides when it ends or the length is reached
+        decides = ops.logical_and(ops.logical_not(decided),
+                                  ops.logical_or(ends[:, 0], index + 1 == max_length))
+        result = ops.where(decides[:, None], candidates[:, 0], result)
+        decided = ops.logical_or(decided, decides)
+        going_on = ops.logical_and(kept, ops.logical_not(ends))
+        running_scores = ops.where(going_on, scores, ops.cast(BLOCKED, "float32"))
+        width = ops.sum(ops.cast(going_on, "int32"), axis=-1)
+        parent_rows = parents + ops.arange(batch, dtype="int32")[:, None] * beams
+        beam = (candidates, running_scores, width, result, decided)
+        return (index + 1, ops.reshape(ids, (-1,)), ops.reshape(parent_rows, (-1,)),
+                ops.all(decided), beam)
+
+    def first(log_probs, seed):
+        batch = ops.shape(log_probs)[0]
+        running = ops.full((batch, beams, max_length), pad_id, "int32")
+        # one live beam at the start, as bert4keras' single first row
+        running_scores = ops.where(ops.arange(beams) == 0, 0.0, BLOCKED)
+        running_scores = ops.broadcast_to(ops.cast(running_scores, "float32")[None],
+                                          (batch, beams))
+        beam = (running, running_scores, ops.full((batch,), beams, "int32"),
+                ops.full((batch, max_length), pad_id, "int32"), ops.zeros((batch,), "bool"))
+        log_probs = ops.repeat(ops.cast(log_probs, "float32"), beams, axis=0)
+        return update(beam, log_probs, ops.convert_to_tensor(0, "int32"))
+
+    def body(state, cache):
+        index, tokens, parents, _, beam = state
+        log_probs, cache = step(tokens[:, None], index - 1, cache, parents)
+        return update(beam, ops.cast(log_probs, "float32"), index), cache
+
+    def running(state):
+        index, _, _, stop, _ = state
+        return ops.logical_and(index < max_length, ops.logical_not(stop))
+
+    def result(state):
+        return state[4][3], state[0]
+
+    return first, body, running, result
+
+
 # -- the loops ----------------------------------------------------------------------------
 def loop_parts(step, options):
+    if options["method"] == "beam" and options["beam_style"] == "bert4keras":
+        return bert4keras_beam_loop_parts(step, options)
     if options["method"] == "beam":
         return beam_loop_parts(step, options)
     return token_loop_parts(step, options)
@@ -527,7 +613,10 @@ def generate(step, cache, log_probs, end_id=None, max_length=32, method="greedy"
     Options: ``min_length`` (end id blocked before), ``pad_id``, ``loop`` (``auto``,
     ``device``, ``host``), ``compile``; beam: ``beam_size`` (4), ``length_penalty`` (1.0),
     ``early_stopping`` (``True``, ``False`` or ``"never"``, as Hugging Face's
-    ``generate``); sampling: ``top_k``, ``top_p``, ``temperature`` (1.0), ``seed``.
+    ``generate``), ``beam_style`` (``"huggingface"``, the search those options shape, or
+    ``"bert4keras"``: bert4keras' ``beam_search``, whose outputs a port reproduces; see
+    :func:`bert4keras_beam_loop_parts`); sampling: ``top_k``, ``top_p``, ``temperature``
+    (1.0), ``seed``.
     ``vocab_size`` (when given) bounds ``end_id``, ``pad_id`` and ``top_k``. For beam search
     the cache must hold ``batch · beam_size`` rows where it is per row. Returns int32
     ``(batch, length <= max_length)``.

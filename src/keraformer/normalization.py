@@ -7,6 +7,7 @@ float32 whatever the layer's compute dtype.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -30,6 +31,18 @@ def normalize(x, rms=False, epsilon=1e-12):
     return x * ops.rsqrt(variance + epsilon)
 
 
+def align_condition(condition, rank):
+    """``condition (batch, ..., units)`` with axes of size 1 inserted after the batch axis so
+    that it broadcasts over an input of ``rank`` axes: ``(batch, units)`` becomes
+    ``(batch, 1, units)`` for ``(batch, length, hidden)`` inputs."""
+    missing = rank - len(condition.shape)
+    if missing < 0:
+        raise ValueError(f"the condition of a conditional LayerNormalization must have at most "
+                         f"the input's {rank} axes; received shape {tuple(condition.shape)}")
+    return ops.reshape(condition, (ops.shape(condition)[0],) + (1,) * missing
+                       + tuple(condition.shape[1:]))
+
+
 @keras.saving.register_keras_serializable(package="keraformer")
 class LayerNormalization(keras.layers.Layer):
     """Layer normalisation over the last axis with optional gain (``gamma``) and bias (``beta``).
@@ -37,6 +50,25 @@ class LayerNormalization(keras.layers.Layer):
     Input and output ``(..., hidden)``. ``rms=True`` normalises by the root mean square only
     (Zhang & Sennrich 2019), as T5 and RoFormerV2 do.
 
+    ``conditional=True`` is bert4keras' conditional layer norm (Su 2019, "conditional layer
+    normalization"): the layer is called on ``[x, condition]`` with ``condition`` of shape
+    ``(batch, units)`` (or ``(batch, ..., units)`` up to ``x``'s rank) and uses
+    ``gamma + condition·W_γ`` and ``beta + condition·W_β`` (kernels ``gamma_dense``,
+    ``beta_dense``, zero-initialised and without bias, so training starts from the plain
+    norm); ``hidden_units`` first maps the condition by a bias-free Dense layer
+    (``hidden_dense``) with ``hidden_activation``. Same weights and outputs as bert4keras
+    0.11.5's ``LayerNormalization(conditional=True, ...)``; the output carries ``x``'s Keras
+    mask.
+
+    Args:
+        center: learn a bias ``beta``.
+        scale: learn a gain ``gamma``.
+        rms: divide by the root mean square without subtracting the mean.
+        epsilon: added to the variance.
+        conditional: take ``[x, condition]`` and shift ``gamma``/``beta`` by the condition.
+        hidden_units: width of a Dense layer applied to the condition first (``None``: none).
+        hidden_activation: activation of that layer.
+        hidden_initializer: initializer of that layer's kernel.
     Example:
 
         >>> import numpy as np
@@ -46,32 +78,91 @@ class LayerNormalization(keras.layers.Layer):
         array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
     """
 
-    def __init__(self, center=True, scale=True, rms=False, epsilon=1e-12, **kwargs):
+    def __init__(self, center=True, scale=True, rms=False, epsilon=1e-12, conditional=False,
+                 hidden_units=None, hidden_activation="linear",
+                 hidden_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.center, self.scale, self.rms, self.epsilon = center, scale, rms, epsilon
+        for name, value in (("center", center), ("scale", scale), ("rms", rms),
+                            ("conditional", conditional)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"`{name}` must be a bool; received {value!r}")
+        if hidden_units is not None and (isinstance(hidden_units, bool) or not isinstance(
+                hidden_units, int) or hidden_units < 1):
+            raise ValueError(f"`hidden_units` must be None or an integer >= 1; received "
+                             f"{hidden_units!r}")
+        if hidden_units is not None and not conditional:
+            raise ValueError(f"`hidden_units` maps the condition and needs conditional=True; "
+                             f"received hidden_units={hidden_units!r}, conditional=False")
+        self.center, self.scale, self.rms = bool(center), bool(scale), bool(rms)
+        self.epsilon, self.conditional, self.hidden_units = epsilon, bool(conditional), hidden_units
+        self.hidden_activation = keras.activations.get(hidden_activation)
+        self.hidden_initializer = keras.initializers.get(hidden_initializer)
         self.supports_masking = True
 
     def build(self, input_shape):
+        if self.conditional:
+            if not (isinstance(input_shape, (list, tuple)) and len(input_shape) == 2
+                    and isinstance(input_shape[0], (list, tuple))):
+                raise ValueError(f"a conditional LayerNormalization is called on [x, "
+                                 f"condition]; received input shape {input_shape}")
+            input_shape, condition_shape = input_shape
         dim = input_shape[-1]
         if self.scale:
             self.gamma = self.add_weight(name="gamma", shape=(dim,), initializer="ones")
         if self.center:
             self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+        if self.conditional:
+            units = condition_shape[-1]
+            if self.hidden_units is not None:
+                self.hidden_dense = keras.layers.Dense(
+                    self.hidden_units, activation=self.hidden_activation, use_bias=False,
+                    kernel_initializer=self.hidden_initializer, dtype=self.dtype_policy,
+                    name="hidden_dense")
+                self.hidden_dense.build(tuple(condition_shape))
+                units = self.hidden_units
+            for name in ("gamma", "beta"):
+                if getattr(self, {"beta": "center", "gamma": "scale"}[name]):
+                    dense = keras.layers.Dense(dim, use_bias=False, kernel_initializer="zeros",
+                                               dtype=self.dtype_policy, name=f"{name}_dense")
+                    dense.build(tuple(condition_shape[:-1]) + (units,))
+                    setattr(self, f"{name}_dense", dense)
 
-    def call(self, x):
+    def call(self, inputs):
+        x, condition = inputs if self.conditional else (inputs, None)
         y = normalize(x, rms=self.rms, epsilon=self.epsilon)
+        if condition is not None:
+            if self.hidden_units is not None:
+                condition = self.hidden_dense(condition)
+            condition = align_condition(condition, len(x.shape))
         if self.scale:
-            y = y * ops.cast(self.gamma, "float32")
+            gamma = ops.cast(self.gamma, "float32")
+            if condition is not None:
+                gamma = gamma + ops.cast(self.gamma_dense(condition), "float32")
+            y = y * gamma
         if self.center:
-            y = y + ops.cast(self.beta, "float32")
+            beta = ops.cast(self.beta, "float32")
+            if condition is not None:
+                beta = beta + ops.cast(self.beta_dense(condition), "float32")
+            y = y + beta
         return ops.cast(y, self.compute_dtype)
 
+    def compute_mask(self, inputs, mask=None):
+        if self.conditional and isinstance(mask, (list, tuple)):
+            return mask[0]
+        return mask
+
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return input_shape[0] if self.conditional else input_shape
 
     def get_config(self):
-        return {**super().get_config(), "center": self.center, "scale": self.scale,
-                "rms": self.rms, "epsilon": self.epsilon}
+        config = {**super().get_config(), "center": self.center, "scale": self.scale,
+                  "rms": self.rms, "epsilon": self.epsilon}
+        if self.conditional:
+            config.update(conditional=True, hidden_units=self.hidden_units,
+                          hidden_activation=keras.activations.serialize(self.hidden_activation),
+                          hidden_initializer=keras.initializers.serialize(
+                              self.hidden_initializer))
+        return config
 
 
 def rms_norm(epsilon=1e-6, scale=True, **kwargs):

@@ -119,3 +119,55 @@ def test_serialization_and_errors():
         SGD(accumulation_steps=2)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         AdamW(gradient_accumulation_steps=2)
+
+
+# -- sparse gradients: a gather's gradient lists a row once per use ---------------------------
+SPARSE_IDS = np.array([[1, 1, 1, 1, 2], [3, 1, 2, 4, 4]], "int32")  # row 1 used 5 times
+
+
+def keras_embedding_model(make, jit_compile):
+    """Keras' own Embedding (on TensorFlow its gradient is a tf.IndexedSlices with repeated
+    indices) under loss Σ outputs·[1, −0.5, 0.25]; weights start at START_TABLE."""
+    ids = keras.Input((5,), dtype="int32")
+    layer = keras.layers.Embedding(5, 3, embeddings_initializer=keras.initializers.Constant(
+        START_TABLE))
+    model = keras.Model(ids, layer(ids))
+    model.compile(make(), jit_compile=jit_compile,
+                  loss=lambda y, p: keras.ops.sum(p * np.array([1.0, -0.5, 0.25]), axis=(1, 2)))
+    return model, layer
+
+
+START_TABLE = (np.arange(15, dtype="float32").reshape(5, 3) - 7) / 4
+
+
+def dense_table_gradient(ids):
+    """d Σ table[ids]·c / d table (batch mean: ``fit``'s loss averages the 2 rows)."""
+    grad = np.zeros((5, 3))
+    np.add.at(grad, ids.reshape(-1), np.array([1.0, -0.5, 0.25]) / len(ids))
+    return grad
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("jit", [False, True])
+def test_adamw_sums_the_repeated_rows_of_a_sparse_gradient(steps, jit):
+    """keraformer's AdamW on Keras' own Embedding equals the folded rule (NumPy) on the
+    dense gradient, whose repeated rows are summed before the square (Keras' AdamW on
+    TensorFlow squares each use of a row separately)."""
+    model, layer = keras_embedding_model(
+        lambda: AdamW(0.1, weight_decay=0.5, accumulation_steps=steps), jit)
+    for _ in range(2):
+        model.train_on_batch(SPARSE_IDS, np.zeros((2,), "float32"))
+    grads = [[dense_table_gradient(SPARSE_IDS)]] * 2
+    want = numpy_folded_adamw([START_TABLE], grads, steps, 0.1, 0.5)[-1][0]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.embeddings), want, atol=1e-5)
+
+
+def test_sgd_on_a_sparse_gradient_is_the_textbook_update():
+    """SGD with momentum (linear in the gradient) sums repeated rows as it is."""
+    model, layer = keras_embedding_model(
+        lambda: SGD(0.1, momentum=0.9, accumulation_steps=2), False)
+    for _ in range(2):
+        model.train_on_batch(SPARSE_IDS, np.zeros((2,), "float32"))
+    # two micro-steps folded into one step of the mean gradient: w − lr·g
+    want = START_TABLE - 0.1 * dense_table_gradient(SPARSE_IDS)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.embeddings), want, atol=1e-6)
