@@ -29,7 +29,7 @@ from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward, activation_by_name
 from keraformer.masks import AttentionMask, OutputMask, padding_mask, real_tokens
 from keraformer.models import decoding
-from keraformer.models.base import Transformer, Vocabulary
+from keraformer.models.base import IdInputModel, Transformer, Vocabulary
 from keraformer.models.bert import head_activation
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
@@ -454,7 +454,7 @@ class T5(Transformer):
         decoder_ids = keras.Input(length, dtype="int32", name="Decoder-Input-Token")
         context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
         context_real = keras.Input((None,), dtype="int32", name="Decoder-Input-Context-Real")
-        self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
+        self.encoder = IdInputModel(encoder_ids, self.encode(encoder_ids),
                                    name=f"{self.name}_encoder")
         real_mask = AttentionMask("padding", pad_id=0, name="Decoder-Context-Mask")
         graph = keras.Model([context, decoder_ids, context_real],
@@ -463,7 +463,7 @@ class T5(Transformer):
         self.decoder = ContextDecoder(graph, pad_id=self.pad_id, name=f"{self.name}_decoder")
         outputs = self.decode(self.encode(encoder_ids), decoder_ids,
                               self.encoder_mask(encoder_ids), self.with_lm)
-        self.model = keras.Model([encoder_ids, decoder_ids], outputs, name=self.name)
+        self.model = IdInputModel([encoder_ids, decoder_ids], outputs, name=self.name)
         return self.model
 
     def encode(self, token_ids):
