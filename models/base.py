@@ -244,8 +244,8 @@ class IdInputModel(keras.Model):
             kwargs["inputs"] = self.checked(kwargs["inputs"])
         return super().__call__(*args, **kwargs)
 
-    def call(self, inputs, *args, **kwargs):
-        return super().call(self.checked(inputs), *args, **kwargs)
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        return super().call(self.checked(inputs), training=training, mask=mask, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         return super().predict(self.checked_data(x), *args, **kwargs)
