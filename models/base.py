@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keraformer import checkpoints
-from keraformer.checks import check_model_inputs
+from keraformer.checks import check_model_inputs, check_save_path
 
 
 class Transformer:
@@ -106,6 +106,7 @@ class Transformer:
         if self.model is None:
             raise ValueError(f"{type(self).__name__}.save: the model is not built; call "
                              f"build() first")
+        directory = check_save_path(directory)
         os.makedirs(directory, exist_ok=True)
         options = {k: jsonable(v) for k, v in self.options.items()}
         checkpoints.write_keraformer_directory(

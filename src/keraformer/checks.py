@@ -384,3 +384,54 @@ def check_model_inputs(inputs, names, same_length=(), max_lengths=None):
     if single:
         return values[0]
     return list(values) if isinstance(inputs, list) else tuple(values)
+
+
+class ReadOnlyTargetError(PermissionError, ValueError):
+    """A save would replace a read-only file (a ``PermissionError`` and a ``ValueError``)."""
+
+
+def check_save_path(path, name="directory"):
+    """``path`` as a str, or ``TypeError``/``ValueError`` naming ``name``: a save target must
+    be a non-empty path (``""`` would write into the working directory's parent, or fail
+    with a bare ``FileNotFoundError: ''``)."""
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike); received {path!r} of "
+                        f"type {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"`{name}` must be a non-empty path; received {path!r}")
+    return path
+
+
+def check_not_read_only(path):
+    """Raise :class:`ReadOnlyTargetError` naming ``path`` when it is an existing regular file
+    without any write permission bit: a save renames a new file over its target, which would
+    silently replace a file its owner protected (and drop its mode). Mode bits are read, not
+    ``os.access``, so the refusal holds for root too. Symlinks are replaced, never written
+    through, and are not refused."""
+    import os
+    import stat
+
+    if os.path.islink(path) or not os.path.isfile(path):
+        return
+    if not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise ReadOnlyTargetError(f"cannot save over {path!r}: the file is read-only "
+                                  f"(mode {stat.filemode(os.stat(path).st_mode)}); make it "
+                                  f"writable (chmod u+w) or save somewhere else")
+
+
+def check_mapping_keys(mapping, where, **types):
+    """Raise ``ValueError`` naming ``where`` (a file) unless ``mapping`` is a dict holding
+    every keyword key with a value of the given type (e.g. ``options=dict``)."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where!r} must hold a JSON object; it holds a "
+                         f"{type(mapping).__name__}")
+    for key, kind in types.items():
+        if key not in mapping:
+            raise ValueError(f"{where!r} lacks the key {key!r} (expected keys "
+                             f"{sorted(types)}; it holds {sorted(mapping)})")
+        if not isinstance(mapping[key], kind):
+            raise ValueError(f"{where!r}: {key!r} must be a {kind.__name__}; received "
+                             f"{type(mapping[key]).__name__} {mapping[key]!r:.60}")
