@@ -13,7 +13,8 @@ from keras import ops
 
 from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_broadcastable
-from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
+from keraformer.masks import (apply_mask, causal_mask, combine_masks, count_keys,
+                              zero_unseen_keys)
 
 
 def entropy_scale(length, base=512):
@@ -131,6 +132,7 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
     """
     check_attention_inputs(q, k, v)
     check_mask_and_bias(q, k, mask, bias)
+    k, v = zero_unseen_keys(mask, k, v)  # a NaN at padding must not reach real positions
     if (entropy_scaling or (causal and q.shape[1] != k.shape[1]) or q.shape[-1] != v.shape[-1]
             or not fused_kernel_compiles(q)):
         probs = attention_probabilities(q, k, mask, bias, causal, scale, entropy_scaling,
@@ -204,7 +206,8 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
         if training and self.dropout_rate > 0:
             probs = attention_probabilities(q, k, mask, bias, causal, self.scale,
                                             self.entropy_scaling, self.scaling_base)
-            out = weighted_values(self.dropout(probs, training=training), v)
+            out = weighted_values(self.dropout(probs, training=training),
+                                  zero_unseen_keys(mask, v))
         else:
             out = dot_product_attention(q, k, v, mask, bias, causal, self.scale,
                                         self.entropy_scaling, self.scaling_base)

@@ -21,7 +21,8 @@ from keraformer.attentions.chunks import (allowed_key_counts, chunk_length, excl
 from keraformer.attentions.dot_product import entropy_scale
 from keraformer.checks import check_broadcastable, check_choice, check_positive_ints
 from keraformer.feedforward import activation_by_name
-from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys
+from keraformer.masks import (apply_mask, causal_mask, combine_masks, count_keys,
+                              zero_unseen_keys)
 from keraformer.positions.rotary import rotary_argument, rotary_config
 
 NORMALIZATIONS = ("softmax_plus", "softmax", "relu2")
@@ -75,6 +76,7 @@ def mixed_chunk_attention(q, k, v, mask=None, causal=False, chunk_size=128):
     ``chunk_size >= length`` this is exactly ``relu2`` attention. ``mask``: key padding mask
     ``(batch, length)`` or ``(batch, 1, 1, length)``.
     """
+    k, v = zero_unseen_keys(mask, k, v)  # 0 · NaN at padding would reach every query
     q, k, v = (ops.cast(x, "float32") for x in (q, k, v))
     batch, length = ops.shape(q)[0], ops.shape(q)[1]
     keep = full_key_weights(key_padding_weights(mask, k.shape[1], q.shape[0]), batch, length)
@@ -219,6 +221,7 @@ class GatedAttentionUnit(keras.layers.Layer):
         if self.rotary is not None:
             q = self.rotary(q, positions=positions)
             k = self.rotary(k, positions=positions)
+        k, v = zero_unseen_keys(mask, k, v)  # 0 · NaN at padding would reach every query
         if self.chunk_size is not None:
             mixed = mixed_chunk_attention(q, k, v, mask, causal, self.chunk_size)
         else:

@@ -23,7 +23,7 @@ from keraformer.attentions.chunks import (chunk_length, exclusive_cumsum, heads_
                                           key_padding_weights, merge_chunks, split_chunks)
 from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_choice, check_positive_ints
-from keraformer.masks import mask_value
+from keraformer.masks import mask_value, zero_unseen_keys
 
 FEATURE_MAPS = ("elu", "softmax")
 TINY = 1e-30  # floor of a normaliser that is zero only when every key is masked
@@ -139,6 +139,7 @@ def linear_attention(q, k, v, mask=None, causal=False, feature_map="elu", chunk_
         raise ValueError(f"causal linear attention needs q_len == k_len; received "
                          f"{q.shape[1]} and {k.shape[1]}")
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
+    k, v = zero_unseen_keys(mask, k, v)  # 0 · NaN at padding would reach every query
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     if feature_map == "elu":
         out = elu_linear_attention(q32, k32, v32, keep, causal, chunk_size, rotary)

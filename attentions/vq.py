@@ -33,7 +33,7 @@ from keraformer.attentions.chunks import (allowed_key_counts, chunk_length, excl
 from keraformer.attentions.dot_product import entropy_scale
 from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_positive_ints
-from keraformer.masks import apply_mask
+from keraformer.masks import apply_mask, zero_unseen_keys
 
 
 def quantize(k, codebook):
@@ -185,6 +185,7 @@ def vq_attention(q, k, v, codebook, mask=None, causal=False, block_size=None, sc
                          f"and {k.shape[1]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     keep = key_padding_weights(mask, k.shape[1], q.shape[0])
+    k, v = zero_unseen_keys(mask, k, v)  # 0 · NaN at padding would reach every query
     q32, k32, v32 = (ops.cast(x, "float32") for x in (q, k, v))
     codebook = ops.cast(codebook, "float32")
     if entropy_scaling:
@@ -277,6 +278,7 @@ class VQAttention(ProjectedHeads, keras.layers.Layer):
     def call(self, query, key=None, value=None, mask=None, causal=False, training=None):
         q, k, v = self.project(query, key, value)
         q, k = self.rotate(q), self.rotate(k)  # before quantisation: see the module docstring
+        k, v = zero_unseen_keys(mask, k, v)  # NaN at padding stays out of the codebook too
         codebook = self.codebook
         if training:
             self.add_commitment_loss(k, codebook, mask)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keraformer import checkpoints
+from keraformer.checks import check_model_inputs, check_save_path
 
 
 class Transformer:
@@ -105,6 +106,7 @@ class Transformer:
         if self.model is None:
             raise ValueError(f"{type(self).__name__}.save: the model is not built; call "
                              f"build() first")
+        directory = check_save_path(directory)
         os.makedirs(directory, exist_ok=True)
         options = {k: jsonable(v) for k, v in self.options.items()}
         checkpoints.write_keraformer_directory(
@@ -187,3 +189,70 @@ class Vocabulary:
             extra = [np.average(array[ids], axis=0, weights=w) for ids, w in self.compounds]
             array = np.concatenate([array, np.asarray(extra, array.dtype)], axis=0)
         return array
+
+
+# argument names of the builders' id inputs, by Input layer name, for error messages
+ID_INPUT_NAMES = {"Input-Token": "token_ids", "Input-Segment": "segment_ids",
+                  "Encoder-Input-Token": "encoder_token_ids",
+                  "Decoder-Input-Token": "decoder_token_ids"}
+
+
+@keras.saving.register_keras_serializable(package="keraformer")
+class IdInputModel(keras.Model):
+    """A functional ``keras.Model`` whose inputs are id arrays, checked where they enter.
+
+    Keras casts every input to its ``Input``'s int32 before any layer sees it, so a
+    fractional id (``7.9``) would become ``7`` and a segment batch of 1 would broadcast
+    against a token batch of 2. Here eager calls and ``predict``/``fit``/``evaluate`` on
+    arrays refuse, by argument name (``token_ids``, ``segment_ids``...), ragged lists,
+    strings, a batch or length of 0, fractional ids, batch sizes that differ, token and
+    segment ids of different lengths and inputs longer than the trained positions; inside
+    traced code (TF graphs, XLA, JAX ``jit``) fractional ids become ``-1``, which the
+    embedding refuses (see ``keraformer.checks.check_model_inputs``). Built like any
+    functional model, ``IdInputModel(inputs, outputs, name=...)``; its checks come from the
+    graph (Input names, position tables), so it round-trips through ``.keras`` as it is.
+    """
+
+    def id_input_names(self):
+        return [ID_INPUT_NAMES.get(x.name, x.name) for x in self.inputs]
+
+    def position_limit(self):
+        """The most positions a ``PositionEmbedding`` in the graph can give, or ``None``."""
+        from keraformer.positions import PositionEmbedding
+
+        limits = [layer.input_dim ** (2 if layer.hierarchical else 1)
+                  for layer in self.layers if isinstance(layer, PositionEmbedding)]
+        return min(limits) if limits else None
+
+    def checked(self, inputs):
+        limit = self.position_limit()
+        lengths = None if limit is None else {"token_ids": limit, "segment_ids": limit}
+        return check_model_inputs(inputs, self.id_input_names(),
+                                  ("token_ids", "segment_ids"), lengths)
+
+    def checked_data(self, x):
+        """``x`` of ``fit``/``predict``/``evaluate`` checked when it holds arrays (a
+        ``tf.data.Dataset`` or generator passes as it is)."""
+        if isinstance(x, (list, tuple, np.ndarray)) or (
+                hasattr(x, "shape") and hasattr(x, "dtype")):
+            return self.checked(x)
+        return x
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            args = (self.checked(args[0]),) + args[1:]
+        elif "inputs" in kwargs:
+            kwargs["inputs"] = self.checked(kwargs["inputs"])
+        return super().__call__(*args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        return super().call(self.checked(inputs), training=training, mask=mask, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(self.checked_data(x), *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        return super().fit(self.checked_data(x), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        return super().evaluate(self.checked_data(x), *args, **kwargs)

@@ -28,7 +28,7 @@ from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_posit
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask, OutputMask
-from keraformer.models.base import Transformer, Vocabulary
+from keraformer.models.base import IdInputModel, Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import PositionEmbedding, RotaryEmbedding
@@ -426,7 +426,7 @@ class BERT(Transformer):
                                      name=f"Transformer-{i}")
             x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)
-        self.model = keras.Model(inputs if self.takes_segments else token_ids,
+        self.model = IdInputModel(inputs if self.takes_segments else token_ids,
                                  self.heads_on(x, token_ids), name=self.name)
         return self.model
 

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 
+from keraformer.checks import check_mapping_keys
 from keraformer.models import loading
 
 MODELS = {
@@ -78,8 +79,12 @@ def read_config(config_path=None, **overrides):
                                     f"{config_path!r} is a directory (pass its config.json "
                                     f"or bert_config.json, or load the whole directory with "
                                     f"load_pretrained)")
-        with open(config_path) as f:
-            config = json.load(f)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"`config_path` {os.fspath(config_path)!r} is not a JSON config "
+                             f"file: {type(error).__name__}: {error}") from None
         if not isinstance(config, dict):
             raise ValueError(f"`config_path` {config_path!r} must hold a JSON object; it "
                              f"holds a {type(config).__name__}")
@@ -248,6 +253,7 @@ def load_pretrained(path, model=None, return_keras_model=True, strict=True, revi
                          f"{source.kind} weights in {path!r}")
     config, arrays = read_config(source.config), None
     if source.kind == "keraformer":
+        check_mapping_keys(config, source.config, model=str, config=dict, options=dict)
         model = config["model"]
         kwargs = {**config["options"], **kwargs}
         config = config["config"]

@@ -8,9 +8,11 @@ feed-forward and an output projection tied to the shared embedding (decoder outp
 
 ``builder.encoder``: ``token_ids (batch, src_len)`` -> hidden states ``(batch, src_len,
 d_model)``. ``builder.decoder`` (a :class:`ContextDecoder`): ``[encoder_output,
-decoder_token_ids]`` -> next-token probabilities ``(batch, tgt_len, vocab)``; give the source
-ids as a third input, ``[encoder_output, decoder_token_ids, encoder_token_ids]``, to mask the
-source padding (id ``pad_token_id``, 0). The mask never comes from the values of the states.
+decoder_token_ids]`` -> next-token probabilities ``(batch, tgt_len, vocab)``, the source
+padding taken from the encoder output's Keras mask; an encoder output without one (NumPy, from
+``encoder.predict``) needs the source ids as a third input, ``[encoder_output,
+decoder_token_ids, encoder_token_ids]`` (padding id ``pad_token_id``, 0), and is refused
+without them. The mask never comes from the values of the states.
 ``builder.model``: ``[encoder_token_ids, decoder_token_ids]`` -> probabilities, trainable
 with ``model.fit`` (teacher forcing). Outputs carry the padding mask as a Keras mask (the
 decoder's position 0, the start token, counts as real although its id is the padding id).
@@ -29,7 +31,7 @@ from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward, activation_by_name
 from keraformer.masks import AttentionMask, OutputMask, padding_mask, real_tokens
 from keraformer.models import decoding
-from keraformer.models.base import Transformer, Vocabulary
+from keraformer.models.base import IdInputModel, Transformer, Vocabulary
 from keraformer.models.bert import head_activation
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
@@ -234,10 +236,11 @@ class ContextDecoder(keras.Model):
     The source padding mask comes from ``encoder_token_ids`` (positions whose id is
     ``pad_id``) when given. With two inputs it comes from the Keras mask that
     ``encoder_output`` carries (``builder.encoder``'s output has one inside a Keras graph and
-    in eager calls, on TensorFlow and JAX); an output with no mask (a NumPy array from
-    ``encoder.predict``) has every source position attended to, as ``transformers`` does
-    without ``encoder_attention_mask``. The mask is never read from the values of the
-    states, so a real state that is exactly zero still counts.
+    in eager calls, on TensorFlow and JAX). An output with no mask (a NumPy array from
+    ``encoder.predict``, a plain ``keras.Input``) is refused with a ``ValueError`` naming
+    ``encoder_output``: its padding cannot be known, and attending to it would give a
+    plausible wrong result. The mask is never read from the values of the states, so a real
+    state that is exactly zero still counts.
 
     Args:
         graph: the functional decoder ``[encoder_output, decoder_token_ids, source_real]``
@@ -252,19 +255,44 @@ class ContextDecoder(keras.Model):
         self.supports_masking = graph.supports_masking = True
 
     def call(self, inputs, mask=None):
+        real = ops.cast(self.source_real(inputs, mask), "int32")
+        return self.graph([inputs[0], inputs[1], real])
+
+    def source_real(self, inputs, mask):
+        """``(batch, src_len)`` bool, ``True`` at real source positions: from the source ids
+        (a third input) or the encoder output's Keras mask; ``ValueError`` without either."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
             raise ValueError("builder.decoder takes [encoder_output, decoder_token_ids] or "
                              "[encoder_output, decoder_token_ids, encoder_token_ids]; received "
                              f"{type(inputs).__name__} of "
                              f"{len(inputs) if isinstance(inputs, (list, tuple)) else 1} input(s)")
-        context, token_ids = inputs[0], inputs[1]
         if len(inputs) == 3:
-            real = ops.not_equal(inputs[2], self.pad_id)
-        elif mask is not None and mask[0] is not None:
-            real = mask[0]
-        else:
-            real = ops.ones(ops.shape(context)[:2], "bool")
-        return self.graph([context, token_ids, ops.cast(real, "int32")])
+            return ops.not_equal(inputs[2], self.pad_id)
+        if mask is not None and mask[0] is not None:
+            return mask[0]
+        raise ValueError(
+            "builder.decoder([encoder_output, decoder_token_ids]): `encoder_output` carries "
+            "no padding mask (a NumPy array, e.g. from encoder.predict, or a plain "
+            "keras.Input), so its padded source positions cannot be known and would be "
+            "attended to; pass the source ids as a third input, [encoder_output, "
+            "decoder_token_ids, encoder_token_ids], or call the decoder on builder.encoder's "
+            "output tensor, which carries the mask")
+
+    def predict(self, x, *args, **kwargs):
+        # predict batches its inputs anew, so an encoder output never keeps a Keras mask
+        # here: refused before Keras traces the call (JAX's trainer is left unusable by an
+        # error raised inside its compiled predict step)
+        if isinstance(x, (list, tuple)) and len(x) == 2:
+            self.source_real(x, None)
+        return super().predict(x, *args, **kwargs)
+
+    def compute_output_spec(self, inputs, mask=None):
+        # a nested model's symbolic output carries no Keras mask yet: the mask is looked
+        # for when the decoder runs
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            self.source_real(inputs, mask)  # the error naming the inputs it takes
+        real = keras.KerasTensor(tuple(inputs[0].shape[:2]), dtype="int32")
+        return self.graph.compute_output_spec([inputs[0], inputs[1], real])
 
     def compute_mask(self, inputs, mask=None):
         return real_tokens(inputs[1], self.pad_id, keep_first=True)
@@ -454,7 +482,7 @@ class T5(Transformer):
         decoder_ids = keras.Input(length, dtype="int32", name="Decoder-Input-Token")
         context = keras.Input((None, self.d_model), name="Decoder-Input-Context")
         context_real = keras.Input((None,), dtype="int32", name="Decoder-Input-Context-Real")
-        self.encoder = keras.Model(encoder_ids, self.encode(encoder_ids),
+        self.encoder = IdInputModel(encoder_ids, self.encode(encoder_ids),
                                    name=f"{self.name}_encoder")
         real_mask = AttentionMask("padding", pad_id=0, name="Decoder-Context-Mask")
         graph = keras.Model([context, decoder_ids, context_real],
@@ -463,7 +491,7 @@ class T5(Transformer):
         self.decoder = ContextDecoder(graph, pad_id=self.pad_id, name=f"{self.name}_decoder")
         outputs = self.decode(self.encode(encoder_ids), decoder_ids,
                               self.encoder_mask(encoder_ids), self.with_lm)
-        self.model = keras.Model([encoder_ids, decoder_ids], outputs, name=self.name)
+        self.model = IdInputModel([encoder_ids, decoder_ids], outputs, name=self.name)
         return self.model
 
     def encode(self, token_ids):

@@ -240,6 +240,70 @@ def test_bert_builder(config, batch, length, all_padding):
     assert tuple(out.shape) == (batch, length, config["vocab_size"]) and finite(out)
 
 
+def faulty_ids(fault, ids, segments, positions, rng):
+    """The model inputs ``[ids, segments]`` with ``fault`` applied (``None``: as they are)."""
+    batch, length = ids.shape
+    if fault == "token_ids:fraction":
+        ids = ids.astype("float32")
+        ids[rng.randint(batch), rng.randint(length)] += 0.5
+    elif fault == "token_ids:ragged":
+        ids = [list(row) for row in ids] + [[1] * (length + 1)]
+    elif fault == "token_ids:string":
+        ids = ids.astype(str)
+    elif fault == "token_ids:empty":
+        ids, segments = ids[:, :0], segments[:, :0]
+    elif fault == "token_ids:too_long":
+        ids = np.ones((batch, positions + 1 + rng.randint(3)), "int32")
+        segments = np.zeros_like(ids)
+    elif fault == "segment_ids:batch":
+        segments = np.concatenate([segments, segments[:1]])
+    elif fault == "segment_ids:length":
+        segments = segments[:, :-1] if length > 1 else np.zeros((batch, 2), "int32")
+    elif fault == "segment_ids:fraction":
+        segments = segments + 0.25
+    return [ids, segments]
+
+
+@FAULTY
+@SMALL
+@given(config=CONFIGS, batch=st.integers(1, 3), length=st.integers(1, 12),
+       predict=st.booleans(), nan_pad_row=st.booleans(),
+       fault=faults("token_ids:fraction", "token_ids:ragged", "token_ids:string",
+                    "token_ids:empty", "token_ids:too_long", "segment_ids:batch",
+                    "segment_ids:length", "segment_ids:fraction"))
+def test_bert_model_inputs(faulty, config, batch, length, predict, nan_pad_row, fault):
+    """The builders' models check ids where they enter (eager call or ``predict``), and a NaN
+    ``[PAD]`` row never reaches a real position."""
+    fault, rng = faulty_case("BERT model inputs", faulty, fault, batch * 100 + length)
+    config = dict(config)
+    heads, head_size = config.pop("heads"), config.pop("head_size")
+    application = config.pop("application")
+    positions = config["max_position_embeddings"]
+    model = build_transformer_model(model="bert", application=application,
+                                    hidden_size=heads * head_size, num_attention_heads=heads,
+                                    **config)
+    length = min(length, positions)
+    ids = rng.randint(1, config["vocab_size"], (batch, length)).astype("int32")
+    ids[-1, length // 2 + 1:] = 0  # padding in the last row
+    if nan_pad_row and application == "encoder":  # lm/unilm tie the row as [PAD]'s logit
+        table = model.get_layer("Embedding-Token")
+        values = np.array(keras.ops.convert_to_numpy(table.embeddings))
+        values[0] = np.nan
+        table.embeddings.assign(values)
+    inputs = faulty_ids(fault, ids, np.zeros_like(ids), positions, rng)
+
+    def call():
+        if predict:
+            return model.predict(inputs, verbose=0)
+        return model(inputs)
+    if fault:
+        outcome(call, fault)
+        return
+    out = np.asarray(call())
+    assert out.shape[:2] == (batch, length)
+    assert np.isfinite(out[ids != 0]).all()
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
     ({"num_hidden_layers": 0}, "num_hidden_layers"),

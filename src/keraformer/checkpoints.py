@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from keraformer.checks import check_not_read_only, check_save_path
+
 SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
@@ -148,7 +150,7 @@ def atomic_write(directory, names):
     staging folders that killed saves left in ``directory`` are removed (the rule is
     :func:`remove_stale_staging`'s: dead process on this host, or untouched for 24 hours).
     """
-    directory = os.fspath(directory)
+    directory = check_save_path(directory)
     for name in names:
         if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name:
             raise ValueError(f"`names` must be plain file names inside {directory!r}; "
@@ -156,6 +158,7 @@ def atomic_write(directory, names):
         target = os.path.join(directory, name)
         if os.path.isdir(target) and not os.path.islink(target):
             raise ValueError(f"cannot write {target!r}: it is a directory")
+        check_not_read_only(target)
     os.makedirs(directory, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{host_name()}+{os.getpid()}+",
                                dir=directory)
@@ -167,7 +170,10 @@ def atomic_write(directory, names):
                 raise RuntimeError(f"the writer did not produce {name!r} for {directory!r}")
             fsync_path(staged)
         for name in names:
-            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+            target = os.path.join(directory, name)
+            if os.path.isfile(target) and not os.path.islink(target):  # keep its mode bits
+                os.chmod(os.path.join(staging, name), stat.S_IMODE(os.stat(target).st_mode))
+            os.replace(os.path.join(staging, name), target)
             fsync_path(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -180,7 +186,7 @@ def atomic_file(path, mode="wb"):
     appears at ``path`` complete, fsynced, or not at all. ``mode``: ``"w"`` or ``"wb"``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"`mode` must be 'w' or 'wb'; received {mode!r}")
-    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    directory, name = os.path.split(os.path.abspath(check_save_path(path, "path")))
     with atomic_write(directory, [name]) as staging:
         with open(os.path.join(staging, name), mode.replace("w", "x")) as f:
             yield f
@@ -677,7 +683,11 @@ def write_tf_checkpoint(arrays, path):
     """
     import tensorflow as tf
 
-    directory, prefix = os.path.split(os.path.abspath(os.fspath(path)))
+    path = check_save_path(path, "path")
+    directory, prefix = os.path.split(os.path.abspath(path))
+    if path.endswith(("/", os.sep)):
+        raise ValueError(f"`path` must be a checkpoint prefix such as 'folder/model.ckpt', "
+                         f"not a folder; received {path!r}")
     names = sorted(arrays)
     tensors = [tf.convert_to_tensor(np.asarray(arrays[name])) for name in names]
     state = (f"model_checkpoint_path: {json.dumps(prefix)}\n"
@@ -749,7 +759,9 @@ def write_keraformer_directory(directory, description, save_weights):
     killed at any moment leaves a description naming complete weights that match it. The
     weights file of the previous save is then removed. Returns ``directory``.
     """
-    directory = os.fspath(directory)
+    directory = check_save_path(directory)
+    for name in OWN_WEIGHTS:  # the save replaces one and removes the other
+        check_not_read_only(os.path.join(directory, name))
     try:
         with open(os.path.join(directory, OWN_CONFIG)) as f:
             current = own_weights_name(json.load(f), directory)

@@ -294,3 +294,144 @@ def check_bools(**values):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"`{name}` must be True or False; received {value!r} of type "
                             f"{type(value).__name__}")
+
+
+def id_array(value, name):
+    """``value`` (nested lists, a NumPy array or a concrete tensor) as a NumPy array of ids
+    ``(batch, length)`` with ``batch, length >= 1``, or an error naming ``name``: a ragged
+    list, strings, booleans, objects and fractional floats are refused (a whole float such
+    as ``7.0`` is an id; ``7.9`` is never cut to ``7``)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"`{name}` must be a (batch, length) array of integer ids; received "
+                        f"the {type(value).__name__} {value!r:.40}")
+    try:
+        array = np.asarray(ops.convert_to_numpy(value) if hasattr(value, "shape") and
+                           hasattr(value, "dtype") else value)
+    except ValueError:  # NumPy refuses an inhomogeneous nesting
+        raise ValueError(f"`{name}` must be a rectangular (batch, length) array of integer "
+                         f"ids; received a ragged nested list (rows of different lengths): "
+                         f"pad the rows to one length, e.g. with "
+                         f"keraformer.data.sequence_padding") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"`{name}` must hold integer ids; received dtype {array.dtype}"
+                        + (" (strings: encode the text with a tokenizer first)"
+                           if array.dtype.kind in "USO" else ""))
+    if array.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (batch, length); received shape "
+                         f"{array.shape}")
+    if 0 in array.shape:
+        axis = "batch size" if array.shape[0] == 0 else "length"
+        raise ValueError(f"`{name}` must hold at least one sequence of at least one id; "
+                         f"received shape {array.shape} ({axis} 0)")
+    if array.dtype.kind == "f":
+        fractional = array[array != np.floor(array)]
+        if fractional.size:
+            raise ValueError(f"`{name}` must be whole numbers (integer ids); received "
+                             f"{fractional.size} fractional values such as "
+                             f"{fractional.flat[0]}")
+    return array
+
+
+def check_model_inputs(inputs, names, same_length=(), max_lengths=None):
+    """The inputs of a model that takes id arrays, checked before Keras casts them to int32.
+
+    ``names``: one argument name per model input (``token_ids``, ``segment_ids``); a list
+    or tuple of inputs must have one entry per name (a single array when there is one).
+    Values that are available (NumPy arrays, nested lists, eager tensors) go through
+    :func:`id_array`; every input must have the same batch size, the inputs named in
+    ``same_length`` the same length, and an input named in ``max_lengths`` (``{name:
+    limit}``) at most ``limit`` ids. Traced tensors are checked on their static shapes, and
+    fractional float ids in them become ``-1``, which the embedding refuses (a graph
+    assertion, or NaN under XLA/JAX ``jit``) instead of the cast truncating them. Returns the
+    inputs, with nested lists as NumPy arrays. Other structures (a dict) pass unchanged."""
+    if isinstance(inputs, dict):
+        return inputs
+    single = not isinstance(inputs, (list, tuple))
+    values = [inputs] if single else list(inputs)
+    if single and len(names) > 1 or len(values) != len(names):
+        raise ValueError(f"the model takes [{', '.join(names)}] ({len(names)} input"
+                         f"{'s' if len(names) > 1 else ''}); received "
+                         f"{'a single array' if single else f'{len(values)} inputs'}")
+    shapes = []
+    for i, (value, name) in enumerate(zip(values, names)):
+        if isinstance(value, keras.KerasTensor):
+            pass
+        elif not hasattr(value, "shape") or is_concrete(value):
+            value = id_array(value, name)
+        elif "float" in keras.backend.standardize_dtype(value.dtype):
+            value = ops.where(ops.equal(value, ops.floor(value)), value, -1.0)
+        values[i] = value
+        shapes.append(tuple(value.shape))
+    for name, shape in zip(names, shapes):
+        if len(shape) != 2:
+            raise ValueError(f"`{name}` must have shape (batch, length); received shape "
+                             f"{shape}")
+        limit = (max_lengths or {}).get(name)
+        if limit is not None and shape[1] is not None and shape[1] > limit:
+            raise ValueError(f"`{name}` has length {shape[1]}, above the model's limit of "
+                             f"{limit} positions (max_position_embeddings); cut the input "
+                             f"to {limit} ids or build with hierarchical_position=True")
+    first_name, first = names[0], shapes[0]
+    for name, shape in zip(names[1:], shapes[1:]):
+        if None not in (first[0], shape[0]) and shape[0] != first[0]:
+            raise ValueError(f"`{name}` must have the batch size of `{first_name}`, "
+                             f"{first[0]}; received shape {shape} (no broadcasting)")
+    lengths = {name: shape[1] for name, shape in zip(names, shapes) if name in same_length}
+    known = {name: length for name, length in lengths.items() if length is not None}
+    if len(set(known.values())) > 1:
+        raise ValueError(f"{' and '.join(f'`{n}`' for n in known)} must have one length; "
+                         f"received lengths {known}")
+    if single:
+        return values[0]
+    return list(values) if isinstance(inputs, list) else tuple(values)
+
+
+class ReadOnlyTargetError(PermissionError, ValueError):
+    """A save would replace a read-only file (a ``PermissionError`` and a ``ValueError``)."""
+
+
+def check_save_path(path, name="directory"):
+    """``path`` as a str, or ``TypeError``/``ValueError`` naming ``name``: a save target must
+    be a non-empty path (``""`` would write into the working directory's parent, or fail
+    with a bare ``FileNotFoundError: ''``)."""
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike); received {path!r} of "
+                        f"type {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"`{name}` must be a non-empty path; received {path!r}")
+    return path
+
+
+def check_not_read_only(path):
+    """Raise :class:`ReadOnlyTargetError` naming ``path`` when it is an existing regular file
+    without any write permission bit: a save renames a new file over its target, which would
+    silently replace a file its owner protected (and drop its mode). Mode bits are read, not
+    ``os.access``, so the refusal holds for root too. Symlinks are replaced, never written
+    through, and are not refused."""
+    import os
+    import stat
+
+    if os.path.islink(path) or not os.path.isfile(path):
+        return
+    if not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise ReadOnlyTargetError(f"cannot save over {path!r}: the file is read-only "
+                                  f"(mode {stat.filemode(os.stat(path).st_mode)}); make it "
+                                  f"writable (chmod u+w) or save somewhere else")
+
+
+def check_mapping_keys(mapping, where, **types):
+    """Raise ``ValueError`` naming ``where`` (a file) unless ``mapping`` is a dict holding
+    every keyword key with a value of the given type (e.g. ``options=dict``)."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where!r} must hold a JSON object; it holds a "
+                         f"{type(mapping).__name__}")
+    for key, kind in types.items():
+        if key not in mapping:
+            raise ValueError(f"{where!r} lacks the key {key!r} (expected keys "
+                             f"{sorted(types)}; it holds {sorted(mapping)})")
+        if not isinstance(mapping[key], kind):
+            raise ValueError(f"{where!r}: {key!r} must be a {kind.__name__}; received "
+                             f"{type(mapping[key]).__name__} {mapping[key]!r:.60}")

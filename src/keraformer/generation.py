@@ -48,6 +48,7 @@ METHOD_OPTIONS = {
     "sample": {"top_k": None, "top_p": None, "temperature": 1.0, "seed": None},
 }
 COMMON_OPTIONS = {"min_length": 0, "pad_id": 0, "loop": "auto", "compile": True}
+SMALLEST_TEMPERATURE = float(np.finfo("float32").tiny)  # float32's smallest normal number
 
 
 # -- argument checks ----------------------------------------------------------------------
@@ -178,6 +179,12 @@ def check_options(method, max_length, end_id=None, vocab_size=None, **options):
                                            "in (0, 1]")
         result["temperature"] = check_number("temperature", result["temperature"], 0.0,
                                              open_minimum=True, what="finite and > 0")
+        if result["temperature"] < SMALLEST_TEMPERATURE:
+            raise ValueError(f"`temperature` must be at least {SMALLEST_TEMPERATURE:.8g} "
+                             f"(sampling divides float32 scores by it: anything smaller is 0 "
+                             f"in float32); received {result['temperature']!r}; for the "
+                             f"limit of a small temperature, the top token, use "
+                             f"method='greedy'")
         if result["seed"] is not None:
             result["seed"] = check_integer("seed", result["seed"], 0, 2 ** 31 - 1)
     return result
@@ -285,7 +292,10 @@ def uniform_draws(rows, seed, index):
 def sample_tokens(log_probs, index, seed, top_k, top_p, temperature):
     """Draw one token per row from the temperature-scaled, top-k / top-p filtered
     distribution, by inverting its cumulative distribution at a uniform draw."""
-    values = ops.cast(log_probs, "float32") / temperature
+    values = ops.cast(log_probs, "float32")
+    # the best token at 0 before dividing: a tiny temperature sends the others to -inf, never
+    # every token (which would leave NaN probabilities and an arbitrary draw)
+    values = (values - ops.max(values, axis=-1, keepdims=True)) / temperature
     indices = None
     if top_k is not None and top_k < values.shape[-1]:
         values, indices = ops.top_k(values, top_k)  # candidates, best first
@@ -296,8 +306,13 @@ def sample_tokens(log_probs, index, seed, top_k, top_p, temperature):
         probs = ops.where(top_p_mask(probs, top_p), probs, 0.0)
     cumulative = ops.cumsum(probs, axis=-1)
     draws = uniform_draws(ops.shape(probs)[0], seed, index)[:, None] * cumulative[:, -1:]
-    position = ops.sum(ops.cast(cumulative < draws, "int32"), axis=-1)
-    position = ops.minimum(position, values.shape[-1] - 1)
+    # token i owns [cumulative[i-1], cumulative[i]): an empty interval (probability 0) is
+    # never drawn, a draw of exactly 0 included; a draw that rounds up to the total takes
+    # the last token that has a probability
+    position = ops.sum(ops.cast(cumulative <= draws, "int32"), axis=-1)
+    drawable = ops.flip(ops.cast(probs > 0, "int32"), axis=-1)
+    last = values.shape[-1] - 1 - ops.cast(ops.argmax(drawable, axis=-1), "int32")
+    position = ops.minimum(position, last)
     if indices is None:
         return ops.cast(position, "int32")
     return ops.cast(ops.take_along_axis(indices, position[:, None], axis=-1)[:, 0], "int32")
@@ -507,6 +522,29 @@ def bert4keras_beam_loop_parts(step, options):
 
 
 # -- the loops ----------------------------------------------------------------------------
+def first_nan(log_probs, position, nan_at):
+    """``nan_at`` (int32 scalar, -1 while no scores held NaN), or ``position`` if it is -1 and
+    ``log_probs`` hold a NaN."""
+    seen = ops.logical_and(ops.less(nan_at, 0), ops.any(ops.isnan(log_probs)))
+    return ops.where(seen, ops.cast(position, "int32"), nan_at)
+
+
+def watch_for_nan(step):
+    """``step`` whose cache is ``(cache, nan_at)``: the first generated position whose scores
+    held NaN, or -1. A NaN score makes every choice arbitrary (argmax and the draw of a
+    NaN distribution return ordinary-looking ids), so the loop records it and the caller
+    refuses the result."""
+    def watched(token_ids, index, state, parents):
+        cache, nan_at = state
+        log_probs, cache = step(token_ids, index, cache, parents)
+        return log_probs, (cache, first_nan(log_probs, index + 1, nan_at))
+    return watched
+
+
+def no_nan_yet(log_probs):
+    return first_nan(log_probs, 0, ops.convert_to_tensor(np.int32(-1)))
+
+
 def loop_parts(step, options):
     if options["method"] == "beam" and options["beam_style"] == "bert4keras":
         return bert4keras_beam_loop_parts(step, options)
@@ -518,7 +556,7 @@ def loop_parts(step, options):
 def device_loop(step, options):
     """The whole decoding as one function ``(log_probs, cache, seed) -> (out, length)``
     around ``keras.ops.while_loop``."""
-    first, body, running, result = loop_parts(step, options)
+    first, body, running, result = loop_parts(watch_for_nan(step), options)
 
     def run(log_probs, cache, seed):
         def cond(state, cache):
@@ -527,8 +565,9 @@ def device_loop(step, options):
         def loop_body(state, cache):
             return body(state, cache)
 
-        state, _ = ops.while_loop(cond, loop_body, (first(log_probs, seed), cache))
-        return result(state)
+        state, (_, nan_at) = ops.while_loop(
+            cond, loop_body, (first(log_probs, seed), (cache, no_nan_yet(log_probs))))
+        return result(state) + (nan_at,)
 
     return run
 
@@ -573,9 +612,15 @@ class Generator:
             loop = "device" if options["compile"] else "host"
         if loop == "device":
             run = self.function("device", options, lambda: device_loop(self.step, options))
-            out, length = run(log_probs, cache, seed)
+            out, length, nan_at = run(log_probs, cache, seed)
         else:
-            out, length = self.host_loop(cache, log_probs, seed, options)
+            out, length, nan_at = self.host_loop(cache, log_probs, seed, options)
+        nan_at = int(ops.convert_to_numpy(nan_at))
+        if nan_at >= 0:
+            raise ValueError(f"the model's scores (`log_probs`) for generated token {nan_at} "
+                             f"hold NaN, so every token chosen from them would be arbitrary: "
+                             f"generation refused. Check the weights and the inputs (under "
+                             f"XLA or JAX jit an id outside the vocabulary gives NaN)")
         out = np.asarray(ops.convert_to_numpy(out), "int32")
         if options["method"] == "beam":
             return trim_after_end(out, options["end_id"], options["pad_id"])
@@ -583,13 +628,13 @@ class Generator:
 
     def host_loop(self, cache, log_probs, seed, options):
         """Python drives the loop: one compiled call per token, stopping on the host."""
-        first, body, running, result = loop_parts(self.step, options)
+        first, body, running, result = loop_parts(watch_for_nan(self.step), options)
         first = self.function("first", options, lambda: first)
         body = self.function("body", options, lambda: body)
-        state = first(log_probs, seed)
+        state, cache = first(log_probs, seed), (cache, no_nan_yet(log_probs))
         while bool(ops.convert_to_numpy(running(state))):
             state, cache = body(state, cache)
-        return result(state)
+        return result(state) + (cache[1],)
 
 
 def trim_after_end(sequences, end_id, pad_id):

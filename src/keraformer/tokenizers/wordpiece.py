@@ -1,7 +1,8 @@
 """BERT's WordPiece tokenizer: basic splitting, then greedy longest-match sub-words.
 
-The special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` written in the text are cut out first
-and kept whole. The rest is split into words: the text is cleaned (NUL, U+FFFD and control
+Special tokens written in the text (``[SEP]``, ``[PAD]``...) are ordinary text, split like
+any other word (``[``, ``sep``, ``]``), as bert4keras does: user text can never forge a segment
+boundary or a padding id. The text is split into words: the text is cleaned (NUL, U+FFFD and control
 characters dropped, whitespace turned into spaces), every CJK ideograph is isolated, the text
 is NFC-normalised and split on whitespace; each word is optionally lower-cased with its
 accents stripped (NFD, combining marks dropped) and split around punctuation (Unicode ``P*``
@@ -22,8 +23,6 @@ from keraformer.checks import check_bools, integer_id, integer_ids
 from keraformer.tokenizers.base import TokenizerBase
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-SPECIAL_TOKEN_PATTERN = re.compile(
-    "(" + "|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)) + ")")
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
@@ -79,20 +78,13 @@ def split_punctuation(word):
     return pieces + [current] if current else pieces
 
 
-def split_special_tokens(text):
-    """``text`` cut around the literal special tokens: ``"a[MASK]b"`` -> ``a, [MASK], b``."""
-    return [chunk for chunk in SPECIAL_TOKEN_PATTERN.split(text) if chunk]
-
-
 def basic_words(text, do_lower_case=True):
-    """Words of ``text`` (no special tokens in it) before WordPiece, in BERT's order."""
+    """Words of ``text`` before WordPiece, in BERT's order (a special token written in the
+    text is split like any word: ``[SEP]`` -> ``[``, ``SEP``, ``]``)."""
     text = clean_text(text)
     text = "".join(f" {c} " if is_cjk(c) else c for c in text)
     words = []
     for word in unicodedata.normalize("NFC", text).split():
-        if word in SPECIAL_TOKENS:  # formed once control characters were dropped
-            words.append(word)
-            continue
         if do_lower_case:
             word = strip_accents(word.lower())
         words.extend(split_punctuation(word))
@@ -136,8 +128,10 @@ def checked_vocab(vocab, name="vocab_path", encoding="utf-8"):
     """``{token: id}`` from a vocab.txt path or a dict, with errors naming ``name``.
 
     A line's token is its first whitespace-separated field (bert4keras' reading); its id is
-    its line number. Blank lines keep their number but hold no token. A token listed twice
-    is refused: its id would be ambiguous.
+    its line number. A token listed twice is refused (its id would be ambiguous), and so is
+    a blank line before the last token: it would still take an id, so the ids of the tokens
+    after it would reach the vocabulary size. A dict must number its tokens ``0 .. n-1``,
+    each id once (two tokens on one id, a negative id or one past the size are refused).
     """
     if isinstance(vocab, dict):
         for token, index in vocab.items():
@@ -145,7 +139,7 @@ def checked_vocab(vocab, name="vocab_path", encoding="utf-8"):
                     or not isinstance(index, numbers.Integral):
                 raise TypeError(f"`{name}` as a dict must map str tokens to int ids; "
                                 f"received {token!r}: {index!r}")
-        return {token: int(index) for token, index in vocab.items()}
+        return checked_ids(name, {token: int(index) for token, index in vocab.items()})
     if not isinstance(vocab, (str, os.PathLike)):
         raise TypeError(f"`{name}` must be a path to a vocab.txt or a dict of token -> id; "
                         f"received {type(vocab).__name__}")
@@ -160,16 +154,39 @@ def checked_vocab(vocab, name="vocab_path", encoding="utf-8"):
             raise ValueError(f"`{name}` must be a vocab.txt file (one token a line, "
                              f"{encoding}); {os.fspath(vocab)!r} is not {encoding} text: "
                              f"{error}") from None
+    blank = None
     for line_number, line in enumerate(lines):
         fields = line.split()
         token = fields[0] if fields else line.strip()
         if not token:
+            blank = line_number if blank is None else blank
             continue
+        if blank is not None:
+            raise ValueError(f"`{name}` {os.fspath(vocab)!r} has a blank line (line "
+                             f"{blank + 1}) before the token {token!r} (line "
+                             f"{line_number + 1}): every line must hold one token, as its "
+                             f"line number is its id")
         if token in tokens:
             raise ValueError(f"`{name}` {os.fspath(vocab)!r} lists the token {token!r} "
                              f"twice (lines {tokens[token] + 1} and {line_number + 1})")
         tokens[token] = line_number
     return tokens
+
+
+def checked_ids(name, vocab):
+    """``vocab`` (``{token: id}``) unless its ids are not exactly ``0 .. len(vocab) - 1``: a
+    ``ValueError`` names ``name`` and the tokens at fault (two tokens on one id would decode
+    to one of them; an id outside the size would pass the model's embedding table)."""
+    size, owners = len(vocab), {}
+    for token, index in vocab.items():
+        if not 0 <= index < size:
+            raise ValueError(f"`{name}` must number its {size} tokens 0..{size - 1}; the "
+                             f"token {token!r} has the id {index}")
+        if index in owners:
+            raise ValueError(f"`{name}` gives the id {index} to two tokens, "
+                             f"{owners[index]!r} and {token!r}; each id must name one token")
+        owners[index] = token
+    return vocab
 
 
 def load_vocab(dict_path, encoding="utf-8", simplified=False, startswith=None):
@@ -271,6 +288,14 @@ class Tokenizer(TokenizerBase):
     gives bert4keras' readable text, ``rematch(text, tokens)`` the indices of the characters
     of ``text`` each token came from.
 
+    The ids equal bert4keras' ``Tokenizer`` and Hugging Face's Python ``BertTokenizer``
+    (with ``word_maxlen=100``), except where those two differ: literal ``[CLS]``/``[SEP]``/...
+    written in the text are split into ordinary pieces (as bert4keras: Hugging Face keeps
+    them whole, so text could forge a special id; its ``split_special_tokens=True`` splits
+    them too); text is NFC-composed, private-use and unassigned characters are dropped (as
+    Hugging Face); a word without a WordPiece split is the token ``[UNK]`` (bert4keras keeps
+    the word, whose id is ``[UNK]``'s). A ``pre_tokenize`` word that is a special token is
+    split too (bert4keras would keep it whole).
     The ids equal Hugging Face's Python ``BertTokenizer`` (with ``word_maxlen=100``) and
     bert4keras' ``Tokenizer``, except where those two differ: literal ``[CLS]``/``[MASK]``/...
     written in the text are kept whole, text is NFC-composed, private-use and unassigned
@@ -381,7 +406,7 @@ class Tokenizer(TokenizerBase):
             text = strip_accents(text.lower())
         tokens = []
         for word in self.pre_tokenize(text):
-            if word in self.vocab:
+            if word in self.vocab and word not in SPECIAL_TOKENS:  # never a forged [SEP]
                 tokens.append(word)
             else:
                 tokens.extend(self.word_pieces_of(word))
@@ -389,12 +414,8 @@ class Tokenizer(TokenizerBase):
 
     def word_pieces_of(self, text):
         tokens = []
-        for chunk in split_special_tokens(text):
-            if chunk in SPECIAL_TOKENS:
-                tokens.append(chunk)
-                continue
-            for word in basic_words(chunk, self.do_lower_case):
-                tokens.extend(word_pieces(word, self.vocab, max_chars=self.word_maxlen))
+        for word in basic_words(text, self.do_lower_case):
+            tokens.extend(word_pieces(word, self.vocab, max_chars=self.word_maxlen))
         return tokens
 
     def decode(self, ids, tokens=None):
