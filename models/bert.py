@@ -30,6 +30,7 @@ from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask, OutputMask
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
+from keraformer.models.task import TransformerModel
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import PositionEmbedding, RotaryEmbedding
 
@@ -437,8 +438,8 @@ class BERT(Transformer):
                                      name=f"Transformer-{i}")
             x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)
-        self.model = keras.Model(inputs if self.takes_segments else token_ids,
-                                 self.heads_on(x, token_ids), name=self.name)
+        self.model = TransformerModel(self, inputs if self.takes_segments else token_ids,
+                                      self.heads_on(x, token_ids), name=self.name)
         return self.model
 
     def model_inputs(self, token_ids, segment_ids):

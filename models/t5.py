@@ -30,6 +30,7 @@ from keraformer.masks import AttentionMask, OutputMask, real_tokens
 from keraformer.models import decoding
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.bert import head_activation
+from keraformer.models.task import TransformerModel
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
 
@@ -435,7 +436,7 @@ class T5(Transformer):
         self.decoder = ContextDecoder(graph, pad_id=self.pad_id, name=f"{self.name}_decoder")
         outputs = self.decode(self.encode(encoder_ids), decoder_ids,
                               self.encoder_mask(encoder_ids), self.with_lm)
-        self.model = keras.Model([encoder_ids, decoder_ids], outputs, name=self.name)
+        self.model = TransformerModel(self, [encoder_ids, decoder_ids], outputs, name=self.name)
         return self.model
 
     def encode(self, token_ids):
