@@ -145,6 +145,15 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
                                      is_causal=causal)
 
 
+def write_key_value(cache, key, value, index):
+    """``cache = (keys, values)`` ``(batch, cache_len, heads, size)`` with ``key``/``value``
+    ``(batch, n, heads, size)`` written into columns ``index ... index + n - 1``."""
+    def write(slots, update):
+        start = (0, index, 0, 0)
+        return ops.slice_update(slots, start, ops.cast(update, slots.dtype))
+    return write(cache[0], key), write(cache[1], value)
+
+
 @keras.saving.register_keras_serializable(package="keraformer")
 class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head softmax attention with separate query/key and value head sizes.
@@ -154,6 +163,18 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
     additive ``bias`` and ``causal``; returns ``(batch, q_len, output_dim)``. The sublayers
     ``query``, ``key``, ``value`` and ``output`` are described in
     ``keraformer.attentions.projection``.
+
+    Cached decoding runs the same call: ``cache=(key, value)``, each ``(batch, cache_len,
+    heads, size)`` in projected, rotated form, makes the call return ``(output, cache)``.
+    With ``cache_update_index`` (self-attention) the call projects its own keys and values
+    from ``query`` and writes them into the cache's columns ``cache_update_index ...
+    cache_update_index + q_len`` first; without it (cross-attention) the cache is used as it
+    is, computed once per source by :meth:`project_key_value`. Queries then attend to every
+    column of the cache that ``mask`` (which must cover ``cache_len`` keys) lets them see:
+    the caller decides which columns hold which tokens (``keraformer.models.decoding`` keeps
+    one column per beam and step), so ``causal`` is refused there. ``positions``
+    (``(q_len,)`` or ``(batch, q_len)``) places the rotary embedding of this call's queries
+    and keys (default ``0..q_len-1``).
 
     Args:
         heads: number of heads.
@@ -214,12 +235,21 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
         return self.merge_heads(out)
 
     def call(self, query, key=None, value=None, mask=None, bias=None, causal=False,
-             training=None):
+             training=None, cache=None, cache_update_index=None, positions=None):
         key = query if key is None else key
         value = key if value is None else value
-        q = self.project_query(query)
-        k, v = self.project_key_value(key, value)
-        return self.attend(q, k, v, mask, bias, causal, training)
+        q = self.project_query(query, positions)
+        if cache is None:
+            k, v = self.project_key_value(key, value, positions)
+            return self.attend(q, k, v, mask, bias, causal, training)
+        if causal:
+            raise ValueError("`causal`=True cannot be combined with `cache`: the cache's "
+                             "columns are laid out by the caller, so pass the causal part "
+                             "in `mask`; received causal=True")
+        if cache_update_index is not None:  # self-attention: write this call's keys, values
+            cache = write_key_value(cache, *self.project_key_value(key, value, positions),
+                                    cache_update_index)
+        return self.attend(q, *cache, mask, bias, False, training), cache
 
     def get_config(self):
         return {**super().get_config(), **self.heads_config(),

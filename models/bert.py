@@ -28,8 +28,9 @@ from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_posit
 from keraformer.embedding import Embedding
 from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask, OutputMask
-from keraformer.models.base import IdInputModel, Transformer, Vocabulary
+from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
+from keraformer.models.task import TransformerModel
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import PositionEmbedding, RotaryEmbedding
 
@@ -336,19 +337,19 @@ class BERT(Transformer):
             return rms_norm(self.epsilon, scale=False, name=name)
         return LayerNormalization(epsilon=self.epsilon, name=name)
 
-    def embed(self, token_ids, segment_ids):
-        """Token (+ segment) (+ position) embeddings, normalised, dropped out and mapped from
+    def make_embeddings(self):
+        """The embedding layers: tokens, segments (unless ``segment_vocab_size=0``), the
+        position table (``"table"`` families), the norm, dropout and the mapping from
         ``embedding_size`` to ``hidden_size`` where they differ."""
         self.token_embedding = Embedding(self.vocab_size, self.embedding_size,
                                          embeddings_initializer=self.initializer,
                                          name="Embedding-Token")
-        x = self.token_embedding(token_ids)
-        self.segment_embedding = None
+        self.segment_embedding = self.segment_add = None
         if self.segment_vocab_size:
             self.segment_embedding = Embedding(
                 self.segment_vocab_size, self.embedding_size, ids_name="segment_ids",
                 embeddings_initializer=self.initializer, name="Embedding-Segment")
-            x = keras.layers.Add(name="Embedding-Add")([x, self.segment_embedding(segment_ids)])
+            self.segment_add = keras.layers.Add(name="Embedding-Add")
         self.position_embedding = None
         if self.family.positions == "table":
             rows = self.max_position - self.hf_position_offset()
@@ -361,15 +362,28 @@ class BERT(Transformer):
             self.position_embedding = PositionEmbedding(
                 rows, self.embedding_size, hierarchical=bool(self.hierarchical_position),
                 embeddings_initializer=self.initializer, name="Embedding-Position", **alpha)
-            x = self.position_embedding(x)
         self.embedding_norm = self.norm("Embedding-Norm")
-        x = keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(
-            self.embedding_norm(x))
+        self.embedding_dropout = keras.layers.Dropout(self.dropout_rate,
+                                                      name="Embedding-Dropout")
         self.embedding_mapping_dense = None
         if self.embedding_size != self.hidden_size:
             self.embedding_mapping_dense = keras.layers.Dense(
                 self.hidden_size, use_bias=self.family.biases,
                 kernel_initializer=self.initializer, name="Embedding-Mapping")
+
+    def embed(self, token_ids, segment_ids, positions=None, training=None):
+        """Token (+ segment) (+ position) embeddings, normalised, dropped out and mapped from
+        ``embedding_size`` to ``hidden_size`` where they differ: the model's embedding graph,
+        and each cached decoding step's (``positions``: ids broadcasting to ``token_ids``'
+        shape; default ``0..length-1``)."""
+        x = self.token_embedding(token_ids)
+        if self.segment_embedding is not None:
+            x = self.segment_add([x, self.segment_embedding(segment_ids)])
+        if self.position_embedding is not None:
+            x = (self.position_embedding(x) if positions is None else
+                 self.position_embedding(x, positions=positions))
+        x = self.embedding_dropout(self.embedding_norm(x), training=training)
+        if self.embedding_mapping_dense is not None:
             x = self.embedding_mapping_dense(x)
         return x
 
@@ -414,6 +428,7 @@ class BERT(Transformer):
             segment_ids = keras.Input((self.sequence_length,), dtype="int32",
                                       name="Input-Segment")
             inputs.append(segment_ids)
+        self.make_embeddings()
         # the padding mask rides on the hidden states from here on, so that every block's
         # output (model.get_layer("Transformer-3").output) carries it as its Keras mask
         x = OutputMask(self.pad_id, name="Embedding-Output-Mask")(
@@ -426,8 +441,8 @@ class BERT(Transformer):
                                      name=f"Transformer-{i}")
             x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)
-        self.model = IdInputModel(inputs if self.takes_segments else token_ids,
-                                 self.heads_on(x, token_ids), name=self.name)
+        self.model = TransformerModel(self, inputs if self.takes_segments else token_ids,
+                                      self.heads_on(x, token_ids), name=self.name)
         return self.model
 
     def model_inputs(self, token_ids, segment_ids):
@@ -459,21 +474,28 @@ class BERT(Transformer):
         return outputs[0] if len(outputs) == 1 else outputs
 
     def mlm_head(self, x):
-        """Logits over the vocabulary with the token table tied as output projection; the
-        ``"transform"`` head first applies a dense layer and a norm and adds a bias."""
+        """The MLM head's layers on the last hidden state ``x``: logits (:meth:`mlm_logits`)
+        then the ``with_mlm`` activation."""
         if self.family.mlm_head == "transform":
             self.mlm_dense = keras.layers.Dense(self.embedding_size,
                                                 activation=activation_by_name(self.activation),
                                                 kernel_initializer=self.initializer,
                                                 name="MLM-Dense")
             self.mlm_norm = LayerNormalization(epsilon=self.epsilon, name="MLM-Norm")
+            self.mlm_bias = OutputBias(name="MLM-Bias")
+        return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
+                                       dtype="float32", name="MLM-Activation")(
+            self.mlm_logits(x))
+
+    def mlm_logits(self, x):
+        """Logits over the vocabulary with the token table tied as output projection; the
+        ``"transform"`` head first applies a dense layer and a norm and adds a bias."""
+        if self.family.mlm_head == "transform":
             x = self.mlm_norm(self.mlm_dense(x))
         x = self.token_embedding(x, reverse=True)
         if self.family.mlm_head == "transform":
-            self.mlm_bias = OutputBias(name="MLM-Bias")
             x = self.mlm_bias(x)
-        return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
-                                       dtype="float32", name="MLM-Activation")(x)
+        return x
 
     def generate(self, token_ids, segment_ids=None, max_length=32, method="greedy",
                  end_id=None, **kwargs):

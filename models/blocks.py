@@ -82,9 +82,17 @@ def build_attention(kind, options, name, dtype):
     return attention_class(kind)(**options, name=name, dtype=dtype)
 
 
-def call_attention(layer, x, mask, causal, training):
-    """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``."""
-    return layer(x, mask=mask, causal=causal, training=training)
+def call_attention(layer, x, mask, causal, training, cache=None, cache_update_index=None,
+                   positions=None):
+    """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``;
+    with a ``cache`` (softmax attention), ``(output, cache)``."""
+    if cache is None:
+        return layer(x, mask=mask, causal=causal, training=training)
+    if not isinstance(layer, attention_class("softmax")):
+        raise ValueError(f"a key/value cache needs attention='softmax'; this block's "
+                         f"attention is {type(layer).__name__}")
+    return layer(x, mask=mask, training=training, cache=cache,
+                 cache_update_index=cache_update_index, positions=positions)
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -97,6 +105,11 @@ class TransformerBlock(keras.layers.Layer):
     ``attention_mask`` broadcasting to ``(batch, heads, length, length)``; returns
     ``(batch, length, hidden)``. Options the chosen attention cannot honour raise a
     ``ValueError`` when the block is built (see the module docstring).
+
+    Cached decoding calls the same block with ``self_attention_cache=(keys, values)``,
+    ``cache_update_index`` and ``positions`` (softmax attention only; see
+    ``MultiHeadAttention``) and gets ``(output, self_attention_cache)``, the cache holding
+    this call's keys and values too; ``attention_mask`` then covers every cache column.
 
     Args:
         heads: number of attention heads (softmax, linear, vq; a "gau" unit has one).
@@ -181,16 +194,29 @@ class TransformerBlock(keras.layers.Layer):
             return x + self.dropout(sublayer(norm(x)), training=training)
         return norm(x + self.dropout(sublayer(x), training=training))
 
-    def forward(self, x, attention_mask=None, causal=False, training=None):
-        x = self.residual(x, lambda h: call_attention(self.attention, h, attention_mask,
-                                                      causal, training),
-                          self.attention_norm, training)
-        if not self.use_feedforward:
-            return x
-        return self.residual(x, lambda h: self.feedforward(h, training=training),
-                             self.feedforward_norm, training)
+    def forward(self, x, attention_mask=None, causal=False, training=None, cache=None,
+                cache_update_index=None, positions=None):
+        updated = []
 
-    def call(self, x, attention_mask=None, causal=False, training=None):
+        def attention(h):
+            out = call_attention(self.attention, h, attention_mask, causal, training, cache,
+                                 cache_update_index, positions)
+            if cache is None:
+                return out
+            updated.append(out[1])
+            return out[0]
+
+        x = self.residual(x, attention, self.attention_norm, training)
+        if self.use_feedforward:
+            x = self.residual(x, lambda h: self.feedforward(h, training=training),
+                              self.feedforward_norm, training)
+        return x if cache is None else (x, updated[0])
+
+    def call(self, x, attention_mask=None, causal=False, training=None,
+             self_attention_cache=None, cache_update_index=None, positions=None):
+        if self_attention_cache is not None:  # decoding: inference only, nothing to recompute
+            return self.forward(x, attention_mask, causal, training, self_attention_cache,
+                                cache_update_index, positions)
         if self.recompute:
             from keraformer.optimizers import recompute_grad
             return recompute_grad(self.forward)(x, attention_mask, causal, training=training)

@@ -147,7 +147,9 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model="bert"
     ``recompute``, ``dropout_rate``...) and config keys (``hidden_size``...) are keyword
     arguments. ``checkpoint_path``: any format ``keraformer.models.loading.detect`` knows;
     ``strict=False`` warns about unused checkpoint tensors instead of raising. Returns the
-    ``keras.Model``, or the builder (with ``.model``) when ``return_keras_model=False``.
+    model, a ``keras.Model`` that also generates and saves
+    (``keraformer.models.task.TransformerModel``; ``model.builder`` is its builder), or the
+    builder (with ``.model``) when ``return_keras_model=False``.
 
     Example:
 

@@ -16,6 +16,7 @@ import transformers
 import keras
 from keraformer import generation
 from keraformer.models import build_transformer_model, load_pretrained
+from keraformer.models.decoding import seq2seq_decoder
 
 CONFIG = dict(vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2,
               num_heads=3, relative_attention_num_buckets=8, relative_attention_max_distance=20,
@@ -190,26 +191,28 @@ def test_cache_and_no_cache_give_identical_tokens(pair):
 
 def test_beam_search_keeps_cross_attention_once_per_source(pair):
     """During beam search every step sees the cross-attention keys/values with one row per
-    source (never repeated per beam) and the self-attention cache as (source, beam, ...);
-    the spied decoding gives the same tokens as ``generate``."""
+    source (never repeated per beam) and the self-attention cache with one row per source,
+    holding the start token and one column per beam and step; the spied decoding gives the
+    same tokens as ``generate``."""
     _, _, builder = pair
     ids, beams = sources(5, seed=6), 4
+    decoder = seq2seq_decoder(builder)
     seen = []
 
     def spy(token_ids, index, cache, parents):
-        layer = cache["layers"][0]
-        seen.append((token_ids.shape[0], layer["context_key"].shape[0],
-                     layer["context_value"].shape[0], tuple(layer["key"].shape[:2])))
-        return builder.decode_step(token_ids, index, cache, parents)
+        (context_key, context_value), (key, _) = cache["context"][0], cache["layers"][0]
+        seen.append((token_ids.shape[0], context_key.shape[0], context_value.shape[0],
+                     tuple(key.shape[:2])))
+        return decoder.step(token_ids, index, cache, parents)
 
-    log_probs, cache = builder.decode_start(ids, 6, beams)
+    log_probs, cache = decoder.prefill(ids, 6, beams)
     for loop in (dict(compile=False), dict(loop="device")):  # eager steps, and the trace
         spied = generation.generate(spy, cache, log_probs, 1, max_length=6, method="beam",
                                     beam_size=beams, vocab_size=CONFIG["vocab_size"],
                                     variables=builder.model.weights, **loop)
         np.testing.assert_array_equal(spied, builder.generate(ids, max_length=6,
                                                               method="beam", beam_size=beams))
-    assert seen and all(row == (5 * beams, 5, 5, (5, beams)) for row in seen)
+    assert seen and all(row == (5 * beams, 5, 5, (5, 1 + 6 * beams)) for row in seen)
 
 
 def google_names(version):
@@ -473,3 +476,36 @@ def test_cross_position_bias_cached_decoding_equals_full_decoding():
     full = builder.generate(ids, max_length=8, use_cache=False)
     np.testing.assert_array_equal(cached, full)
     assert len(np.unique(cached)) > 2  # not a degenerate all-end output
+
+
+def test_loaded_model_generates_saves_and_round_trips(tmp_path):
+    """What ``load_pretrained`` returns by default is a ``keras.Model`` that generates the
+    tokens of ``transformers``, writes a directory ``transformers`` loads to equal logits
+    (atol 1e-5), has the encoder and decoder, and survives a ``.keras`` round trip in safe
+    mode with its generate."""
+    hf = hf_model("t5.1.1", seed=2)
+    hf.save_pretrained(str(tmp_path / "hf"))
+    model = load_pretrained(str(tmp_path / "hf"))
+    assert isinstance(model, keras.Model)
+    ids = sources(6, seed=7)
+    reference = hf_generate(hf, ids, do_sample=False, num_beams=1, max_length=9)
+    np.testing.assert_array_equal(model.generate(ids, max_length=8), reference)
+    model.save_pretrained(str(tmp_path / "export"))
+    exported = transformers.T5ForConditionalGeneration.from_pretrained(
+        str(tmp_path / "export")).eval()
+    decoder_ids = np.concatenate([np.zeros((6, 1), "int32"), reference[:, :-1]], axis=1)
+    with torch.no_grad():
+        want = [m(input_ids=torch.tensor(ids, dtype=torch.long),
+                  attention_mask=torch.tensor(ids != 0, dtype=torch.long),
+                  decoder_input_ids=torch.tensor(decoder_ids, dtype=torch.long)).logits.numpy()
+                for m in (hf, exported)]
+    np.testing.assert_allclose(want[1], want[0], atol=1e-5, rtol=0)
+    hidden = np.asarray(model.encoder(ids))
+    assert hidden.shape == (6, ids.shape[1], CONFIG["d_model"])
+    assert model.decoder([hidden, decoder_ids, ids]).shape == (6, 8, CONFIG["vocab_size"])
+    model.save(str(tmp_path / "t5.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "t5.keras"))
+    np.testing.assert_allclose(np.asarray(loaded.predict([ids, decoder_ids], verbose=0)),
+                               np.asarray(model.predict([ids, decoder_ids], verbose=0)),
+                               atol=1e-6)
+    np.testing.assert_array_equal(loaded.generate(ids, max_length=8), reference)
