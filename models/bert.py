@@ -30,6 +30,7 @@ from keraformer.feedforward import activation_by_name
 from keraformer.masks import AttentionMask, OutputMask
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
+from keraformer.models.layer_plan import STACK_OPTIONS, StackOptions
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import PositionEmbedding, RotaryEmbedding
 
@@ -99,7 +100,8 @@ CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "attention_key_size", "attention_head_size", "rotary_value", "model_type")
 COMMON_OPTIONS = ("with_pool", "with_nsp", "with_mlm", "keep_tokens", "compound_tokens",
                   "dropout_rate", "attention_dropout_rate", "segment_vocab_size",
-                  "sequence_length", "recompute", "entropy_scaling", "name")
+                  "sequence_length", "recompute", "entropy_scaling", "name",
+                  *STACK_OPTIONS)
 POSITION_OPTIONS = {"table": ("hierarchical_position", "max_position"),
                     "rotary": ("attention", "attention_options", "rotary_base")}
 
@@ -173,6 +175,18 @@ class BERT(Transformer):
         attention: rotary families: ``"softmax"``, ``"linear"``, ``"vq"`` or ``"gau"``.
         attention_options: rotary families: extra constructor arguments of that layer.
         rotary_base: rotary families: the RoPE base (10000).
+        attention_window: local attention in every block (softmax): query ``i`` sees key
+            ``j`` only when ``|i − j| < attention_window``.
+        rerope_window, rerope_leak: rotary families, softmax: ReRoPE / Leaky ReRoPE
+            (``keraformer.positions.rerope``) in every rotary block.
+        layer_plan: ``"uniform"`` or, rotary families, ``"hwfa"``: every block but the last
+            local (``attention_window``) with RoPE, the last full, without positions, with
+            ``log n`` scaling (``keraformer.models.layer_plan``).
+        deepnorm: DeepNet's ``x ← LN(α·x + G(x))`` and ``β``-scaled initialisation in every
+            block, ``α``, ``β`` from the depth (encoder-only; decoder-only for ``"lm"``).
+        random_positions: ``N``: in training, each row's positions are a sorted random
+            subset of ``[0, N)`` (rotary, or the position table, which needs ``N`` rows);
+            ``0..n−1`` in inference.
     """
 
     model_name = "bert"
@@ -194,8 +208,12 @@ class BERT(Transformer):
                  with_mlm=None, keep_tokens=None, compound_tokens=None, dropout_rate=None,
                  attention_dropout_rate=None, segment_vocab_size=None, sequence_length=None,
                  recompute=False, entropy_scaling=False, name=None, hierarchical_position=False,
-                 max_position=None, attention=None, attention_options=None, rotary_base=10000):
+                 max_position=None, attention=None, attention_options=None, rotary_base=10000,
+                 attention_window=None, rerope_window=None, rerope_leak=None,
+                 layer_plan="uniform", deepnorm=False, random_positions=None):
         family = FAMILIES[self.model_name]
+        stack = StackOptions(attention_window, rerope_window, rerope_leak, layer_plan,
+                             deepnorm, random_positions)
         given = dict(hierarchical_position=hierarchical_position, max_position=max_position,
                      attention=attention, attention_options=attention_options,
                      rotary_base=rotary_base)
@@ -212,7 +230,8 @@ class BERT(Transformer):
                        keep_tokens=keep_tokens, compound_tokens=compound_tokens,
                        dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
                        segment_vocab_size=segment_vocab_size, sequence_length=sequence_length,
-                       recompute=recompute, entropy_scaling=entropy_scaling, name=name)
+                       recompute=recompute, entropy_scaling=entropy_scaling, name=name,
+                       **stack.given())
         options.update({k: given[k] for k in POSITION_OPTIONS[family.positions]})
         super().__init__({**family.config_defaults, **config}, application, **options)
         for option, value in (("with_mlm", with_mlm), ("with_pool", with_pool)):
@@ -308,6 +327,10 @@ class BERT(Transformer):
         self.attention_options = dict(attention_options or {})
         check_positive_numbers(rotary_base=rotary_base)
         self.rotary_base = rotary_base
+        self.stack = stack
+        stack.check(type(self).__name__, self.attention, family.positions == "rotary")
+        self.plan = stack.plan(self.num_layers, family.positions == "rotary",
+                               entropy_scaling)
         if family.positions == "rotary":
             if self.config.get("rotary_value"):
                 raise ValueError("RoFormer with `rotary_value=True` (rotated values) is not "
@@ -373,17 +396,22 @@ class BERT(Transformer):
             x = self.embedding_mapping_dense(x)
         return x
 
-    def block_options(self):
-        """Keyword arguments of every ``TransformerBlock``, read off the family."""
-        family = self.family
+    def block_options(self, index=0):
+        """Keyword arguments of ``TransformerBlock`` ``index``, read off the family and the
+        layer plan."""
+        family, layer = self.family, self.plan[index]
         options = dict(activation=self.activation, norm="post", use_bias=family.biases,
                        normalization={**NORMS[family.norm], "epsilon": self.epsilon},
                        dropout_rate=self.dropout_rate,
                        attention_dropout_rate=self.attention_dropout_rate,
-                       entropy_scaling=self.entropy_scaling, recompute=self.recompute,
+                       entropy_scaling=layer["entropy_scaling"], recompute=self.recompute,
                        kernel_initializer=self.initializer, attention=self.attention,
-                       attention_options=self.attention_options)
-        if family.positions == "rotary":
+                       attention_options={**self.stack.attention_options(layer),
+                                          **self.attention_options})
+        layers = {"decoder_layers" if self.application == "lm" else "encoder_layers":
+                  self.num_layers}
+        options.update(self.stack.norm_options(**layers))
+        if layer["rotary"]:
             options["rotary"] = RotaryEmbedding(base=self.rotary_base, interleaved=True)
         if self.attention == "gau":  # a gated unit takes its width and key size from the config
             options["attention_options"] = {
@@ -419,7 +447,7 @@ class BERT(Transformer):
         self.blocks = []
         for i in range(self.num_layers):
             block = TransformerBlock(self.heads, self.hidden_size // self.heads,
-                                     self.intermediate_size, **self.block_options(),
+                                     self.intermediate_size, **self.block_options(i),
                                      name=f"Transformer-{i}")
             x = block(x, attention_mask=mask, causal=causal)
             self.blocks.append(block)

@@ -21,7 +21,7 @@ import inspect
 import keras
 
 from keraformer.feedforward import FeedForward
-from keraformer.normalization import LayerNormalization
+from keraformer.normalization import LayerNormalization, deepnorm_initializer
 
 ATTENTION_CLASSES = {"softmax": "MultiHeadAttention", "linear": "LinearAttention",
                      "vq": "VQAttention", "gau": "GatedAttentionUnit"}
@@ -82,6 +82,23 @@ def build_attention(kind, options, name, dtype):
     return attention_class(kind)(**options, name=name, dtype=dtype)
 
 
+def check_deepnorm(norm, deepnorm):
+    """``deepnorm``: ``(α, β)`` of positive numbers with ``norm="deepnorm"``, else ``None``;
+    returned as a list (its config form)."""
+    if norm != "deepnorm":
+        if deepnorm is not None:
+            raise ValueError(f"`deepnorm={deepnorm!r}` needs norm='deepnorm'; received "
+                             f"norm={norm!r}")
+        return None
+    if (not isinstance(deepnorm, (list, tuple)) or len(deepnorm) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                   for v in deepnorm)):
+        raise ValueError(f"`deepnorm` must be (alpha, beta), two positive numbers (see "
+                         f"keraformer.normalization.deepnorm_constants), with "
+                         f"norm='deepnorm'; received {deepnorm!r}")
+    return [float(deepnorm[0]), float(deepnorm[1])]
+
+
 def call_attention(layer, x, mask, causal, training):
     """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``."""
     return layer(x, mask=mask, causal=causal, training=training)
@@ -92,7 +109,10 @@ class TransformerBlock(keras.layers.Layer):
     """Attention then (optionally) feed-forward, each with a residual and a normalisation.
 
     ``norm="post"`` (BERT, RoFormer): ``x = norm(x + f(x))``; ``norm="pre"``:
-    ``x = x + f(norm(x))``. Call ``block(x, attention_mask=None, causal=False,
+    ``x = x + f(norm(x))``; ``norm="deepnorm"`` (DeepNet, Wang et al. 2022):
+    ``x = norm(α·x + f(x))``, with the feed-forward kernels and the attention's value and
+    output kernels initialised Xavier-normal times ``β`` (``deepnorm=(α, β)``, from
+    ``keraformer.normalization.deepnorm_constants``). Call ``block(x, attention_mask=None, causal=False,
     training=None)`` with ``x`` ``(batch, length, hidden)`` and an optional boolean
     ``attention_mask`` broadcasting to ``(batch, heads, length, length)``; returns
     ``(batch, length, hidden)``. Options the chosen attention cannot honour raise a
@@ -104,7 +124,8 @@ class TransformerBlock(keras.layers.Layer):
         intermediate_size: width of the feed-forward hidden layer.
         activation: feed-forward activation name.
         use_bias: whether the Dense layers of attention and feed-forward have biases.
-        norm: ``"post"`` or ``"pre"`` normalisation around each residual.
+        norm: ``"post"``, ``"pre"`` or ``"deepnorm"`` normalisation around each residual.
+        deepnorm: ``(α, β)`` of ``norm="deepnorm"`` (only then).
         normalization: ``LayerNormalization`` keyword arguments, e.g.
             ``{"rms": True, "center": False, "scale": False}`` for RoFormerV2.
         dropout_rate: dropout on each residual branch.
@@ -127,10 +148,11 @@ class TransformerBlock(keras.layers.Layer):
                  norm="post", normalization=None, dropout_rate=0.0, attention_dropout_rate=0.0,
                  rotary=None, entropy_scaling=False, glu=False, recompute=False,
                  kernel_initializer="glorot_uniform", attention="softmax",
-                 attention_options=None, feedforward=True, **kwargs):
+                 attention_options=None, feedforward=True, deepnorm=None, **kwargs):
         super().__init__(**kwargs)
-        if norm not in ("post", "pre"):
-            raise ValueError(f"`norm` must be 'post' or 'pre'; received {norm!r}")
+        if norm not in ("post", "pre", "deepnorm"):
+            raise ValueError(f"`norm` must be 'post', 'pre' or 'deepnorm'; received {norm!r}")
+        self.deepnorm = check_deepnorm(norm, deepnorm)
         self.heads, self.head_size, self.intermediate_size = heads, head_size, intermediate_size
         self.activation, self.use_bias, self.norm = activation, use_bias, norm
         self.normalization = dict(normalization or {})
@@ -150,6 +172,9 @@ class TransformerBlock(keras.layers.Layer):
         """Constructor arguments offered to the attention layer: its size, ``use_bias``,
         ``kernel_initializer``, the options that are set, and ``attention_options``."""
         arguments = {"use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer}
+        if self.deepnorm is not None:
+            gain = deepnorm_initializer(self.deepnorm[1])
+            arguments.update(value_initializer=gain, output_initializer=gain)
         if self.attention_kind in MULTI_HEAD:
             arguments.update(heads=self.heads, head_size=self.head_size)
         set_options = {"rotary": self.rotary, "entropy_scaling": self.entropy_scaling,
@@ -166,9 +191,11 @@ class TransformerBlock(keras.layers.Layer):
         self.attention.build(input_shape)
         self.attention_norm.build(input_shape)
         if self.use_feedforward:
+            initializer = (self.kernel_initializer if self.deepnorm is None
+                           else deepnorm_initializer(self.deepnorm[1]))
             self.feedforward = FeedForward(
                 self.intermediate_size, self.activation, glu=self.glu, use_bias=self.use_bias,
-                kernel_initializer=self.kernel_initializer, name="feedforward", dtype=policy)
+                kernel_initializer=initializer, name="feedforward", dtype=policy)
             self.feedforward_norm = LayerNormalization(**self.normalization,
                                                        name="feedforward_norm", dtype=policy)
             self.feedforward.build(input_shape)
@@ -178,7 +205,10 @@ class TransformerBlock(keras.layers.Layer):
     def residual(self, x, sublayer, norm, training):
         if self.norm == "pre":
             return x + self.dropout(sublayer(norm(x)), training=training)
-        return norm(x + self.dropout(sublayer(x), training=training))
+        branch = self.dropout(sublayer(x), training=training)
+        if self.norm == "deepnorm":  # DeepNet: LN(α·x + G(x))
+            return norm(x * self.deepnorm[0] + branch)
+        return norm(x + branch)
 
     def forward(self, x, attention_mask=None, causal=False, training=None):
         x = self.residual(x, lambda h: call_attention(self.attention, h, attention_mask,
@@ -211,4 +241,4 @@ class TransformerBlock(keras.layers.Layer):
                 "recompute": self.recompute,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "attention": self.attention_kind, "attention_options": options,
-                "feedforward": self.use_feedforward}
+                "feedforward": self.use_feedforward, "deepnorm": self.deepnorm}

@@ -1,0 +1,162 @@
+"""The builders' options for long inputs and deep stacks (``attention_window``,
+``rerope_window``/``rerope_leak``, ``layer_plan="hwfa"``, ``deepnorm``): the layers they plan,
+their ties to the plain model on the same weights, padding and leak invariance, refusals by
+name, and the ``.keras`` and keraformer-format round trips. The numerics of each option are
+proven against NumPy in ``tests/attentions/test_window.py``, ``tests/positions/test_rerope.py``
+and ``tests/core/test_deepnorm.py``.
+
+Tolerances: 1e-5 between float32 computations of the same function.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keraformer.models import build_transformer_model, load_pretrained
+from keraformer.models.layer_plan import layer_plan
+from keraformer.normalization import deepnorm_constants
+from tests.references import (assert_builder_no_leak, assert_builder_padding_invariant,
+                              builder_outputs, segment_batch, tiny_configs)
+
+# weights large enough for positions to move the attention weights visibly
+CONFIG = {**tiny_configs(40, layers=3)[0], "initializer_range": 0.5}
+
+
+def build(model="roformer", application="encoder", **options):
+    return build_transformer_model(model=model, application=application,
+                                   return_keras_model=False, **CONFIG, **options)
+
+
+def same_weights(builder, reference):
+    builder.model.set_weights(reference.model.get_weights())
+    return builder
+
+
+def test_layer_plans():
+    assert layer_plan("uniform", 2, 5, True, False) == [
+        {"window": 5, "rotary": True, "entropy_scaling": False}] * 2
+    assert layer_plan("hwfa", 3, 4) == [
+        {"window": 4, "rotary": True, "entropy_scaling": False},
+        {"window": 4, "rotary": True, "entropy_scaling": False},
+        {"window": None, "rotary": False, "entropy_scaling": True}]
+
+
+@pytest.mark.parametrize("args, error, name", [
+    (("hwfa", 3, None), ValueError, "attention_window"),
+    (("hwfa", 1, 4), ValueError, "at least 2 layers"),
+    (("local", 3, 4), ValueError, "layer_plan"),
+    (("hwfa", 3, 0), ValueError, "attention_window")])
+def test_bad_plans_are_refused(args, error, name):
+    with pytest.raises(error, match=name):
+        layer_plan(*args)
+
+
+def test_builders_plan_their_blocks():
+    hwfa = build(layer_plan="hwfa", attention_window=3, rerope_window=2)
+    planned = [(b.attention.window, b.attention.rerope_window, b.attention.rotary is not None,
+                b.entropy_scaling) for b in hwfa.blocks]
+    assert planned == [(3, 2, True, False), (3, 2, True, False), (None, None, False, True)]
+    alpha, beta = deepnorm_constants(encoder_layers=3)["encoder"]
+    assert {tuple(b.deepnorm) for b in build(deepnorm=True).blocks} == {(alpha, beta)}
+    alpha, beta = deepnorm_constants(decoder_layers=3)["decoder"]
+    lm = build(application="lm", deepnorm=True)
+    assert [b.norm for b in lm.blocks] == ["deepnorm"] * 3
+    assert tuple(lm.blocks[0].deepnorm) == pytest.approx((alpha, beta))
+
+
+@pytest.mark.parametrize("application", ["encoder", "lm", "unilm"])
+def test_long_window_and_rerope_equal_the_plain_model(application):
+    tokens, segments = segment_batch(0, 40)
+    plain = build(application=application)
+    want = builder_outputs(plain.model, tokens, segments)
+    for options in ({"attention_window": 9}, {"rerope_window": 9},
+                    {"rerope_window": 2, "rerope_leak": 1}, {"attention_window": 20,
+                                                             "rerope_window": 30}):
+        got = builder_outputs(same_weights(build(application=application, **options),
+                                           plain).model, tokens, segments)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    for options in ({"attention_window": 2}, {"rerope_window": 2},
+                    {"rerope_window": 2, "rerope_leak": 4.0}):
+        got = builder_outputs(same_weights(build(application=application, **options),
+                                           plain).model, tokens, segments)
+        assert np.abs(got - want).max() > 1e-3
+
+
+@pytest.mark.parametrize("options", [{"attention_window": 2}, {"rerope_window": 2},
+                                     {"layer_plan": "hwfa", "attention_window": 2},
+                                     {"deepnorm": True}])
+def test_padding_and_leak(options):
+    # real tokens only: a padding query whose window holds only padding is uniform over
+    # the keys it cannot see, which depends on how many there are (its output is unused)
+    tokens, segments = (x[:, :6] for x in segment_batch(1, 40))
+    assert_builder_padding_invariant(build(**options).model, tokens, segments, extra=4)
+    lm = build(application="lm", **options).model
+    assert_builder_no_leak(lm, tokens, segments, split=5, vocab=40)
+
+
+def test_deepnorm_block_is_alpha_residual_then_norm():
+    """``LN(α·x + G(x))`` with the block's own layers, against the block's output."""
+    builder = build(deepnorm=True)
+    block = builder.blocks[0]
+    alpha = block.deepnorm[0]
+    x = np.random.RandomState(0).randn(2, 5, 16).astype("float32")
+    h = block.attention_norm(alpha * x + np.asarray(block.attention(x)))
+    want = block.feedforward_norm(alpha * h + block.feedforward(h))
+    np.testing.assert_allclose(np.asarray(block(x)), np.asarray(want), atol=1e-5)
+
+
+def test_deepnorm_scales_value_output_and_feedforward_initialisation():
+    keras.utils.set_random_seed(0)
+    sizes = dict(num_hidden_layers=12, hidden_size=64, intermediate_size=64,
+                 num_attention_heads=2, initializer_range=0.1)
+    plain = build_transformer_model(model="bert", return_keras_model=False,
+                                    **{**CONFIG, **sizes})
+    keras.utils.set_random_seed(0)
+    deep = build_transformer_model(model="bert", return_keras_model=False, deepnorm=True,
+                                   **{**CONFIG, **sizes})
+    beta = deepnorm_constants(encoder_layers=12)["encoder"][1]
+    block, base = deep.blocks[0], plain.blocks[0]
+    for layer in (block.attention.value_dense, block.attention.output_dense,
+                  block.feedforward.input_dense, block.feedforward.output_dense):
+        kernel = np.asarray(layer.kernel)
+        want = beta ** 2 * 2 / sum(kernel.shape)
+        assert abs(kernel.var() / want - 1) < 0.15, layer.name
+    # queries and keys keep the builder's initializer (truncated normal 0.1)
+    for a, b in ((block.attention.query_dense, base.attention.query_dense),
+                 (block.attention.key_dense, base.attention.key_dense)):
+        assert abs(np.asarray(a.kernel).std() / np.asarray(b.kernel).std() - 1) < 0.1
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("bert", {"rerope_window": 4}, "BERT does not support rerope_window=4: it needs rotary"),
+    ("bert", {"layer_plan": "hwfa", "attention_window": 3}, "BERT does not support layer_plan"),
+    ("roformer", {"attention": "linear", "attention_window": 3},
+     "attention='linear' does not support attention_window=3"),
+    ("gau_alpha", {"rerope_window": 3, "num_attention_heads": 1},
+     "attention='gau' does not support rerope_window=3"),
+    ("roformer", {"rerope_leak": 2.0}, "`rerope_leak=2.0` needs `rerope_window`"),
+    ("roformer", {"layer_plan": "hwfa"}, "`layer_plan='hwfa'` needs the window"),
+    ("roformer", {"attention_window": 0}, "`attention_window` must be >= 1"),
+    ("roformer", {"deepnorm": "yes"}, "`deepnorm` must be True or False"),
+    ("roformer", {"layer_plan": "full"}, "`layer_plan` must be one of"),
+])
+def test_options_are_refused_by_name(model, options, message):
+    with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(")):
+        build_transformer_model(model=model, **{**CONFIG, **options})
+
+
+def test_keras_and_keraformer_round_trips(tmp_path):
+    tokens, segments = segment_batch(2, 40)
+    options = dict(layer_plan="hwfa", attention_window=3, rerope_window=2, rerope_leak=3.0,
+                   deepnorm=True)
+    builder = build(application="lm", **options)
+    want = builder_outputs(builder.model, tokens, segments)
+    path = str(tmp_path / "model.keras")
+    builder.model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(builder_outputs(loaded, tokens, segments), want)
+    builder.save(str(tmp_path / "saved"))
+    again = load_pretrained(str(tmp_path / "saved"), return_keras_model=False)
+    assert [b.get_config()["attention_options"] for b in again.blocks] == [
+        b.get_config()["attention_options"] for b in builder.blocks]
+    np.testing.assert_array_equal(builder_outputs(again.model, tokens, segments), want)
