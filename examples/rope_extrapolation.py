@@ -7,10 +7,10 @@ on longer inputs. Two tasks:
 
 - ``shift``: output, at each position ``t``, the token seen ``--shift`` places earlier (needs
   the relative position, locally);
-- ``recall``: ``--pairs`` (key, value) pairs lie at random places among filler tokens in the
-  first half of the row; every token of the second half is one of those keys and must be
-  answered with its value (needs the whole context: the pair may be up to ``L`` tokens
-  back).
+- ``recall``: ``--pairs`` stored items (one token each, naming a key and its value) lie at
+  random places among filler tokens in the first half of the row; every token of the
+  second half is one of those keys and must be answered with its value (needs the whole
+  context: the item may be up to ``L`` tokens back).
 
 Rows (evaluation-time methods share the weights of the model trained without them):
 
@@ -55,7 +55,9 @@ def parse_args(argv=None):
                         help="evaluation lengths in tokens")
     parser.add_argument("--shift", type=int, default=8, help="shift: copy the token this far back")
     parser.add_argument("--pairs", type=int, default=8, help="recall: stored key-value pairs")
-    parser.add_argument("--vocab", type=int, default=32, help="distinct tokens (per kind)")
+    parser.add_argument("--vocab", type=int, default=32, help="shift: distinct tokens")
+    parser.add_argument("--recall-vocab", type=int, default=16,
+                        help="recall: distinct keys (and values, and filler tokens)")
     parser.add_argument("--width", type=int, default=64, help="model width")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--layers", type=int, default=2)
@@ -72,7 +74,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.train_length, args.lengths, args.steps, args.eval_tokens = 16, [16, 32], 3, 64
         args.window = args.rerope_window = 4
-        args.shift, args.pairs, args.width = 2, 2, 16
+        args.shift, args.pairs, args.width, args.recall_vocab = 2, 2, 16, 4
     return args
 
 
@@ -87,25 +89,32 @@ def shift_batch(rng, batch, length, args):
 
 
 def recall_batch(rng, batch, length, args):
-    """Keys ``[0, vocab)``, values ``[vocab, 2·vocab)``, filler ``[2·vocab, 3·vocab)``: ``pairs``
-    (key, value) at random even-aligned places in the first half of the row; every token of
-    the second half is one of the stored keys, whose value is its target."""
-    tokens = rng.randint(2 * args.vocab, 3 * args.vocab, (batch, length)).astype("int32")
+    """Queries (keys) ``[0, n)``, values ``[n, 2n)``, filler ``[2n, 3n)`` and stored items
+    ``3n + key·n + value`` (``n = recall_vocab``): ``pairs`` items
+    with distinct keys at random places in the first half of the row; every token of the
+    second half is one of the stored keys, whose value is its target."""
+    n = args.recall_vocab
+    tokens = rng.randint(2 * n, 3 * n, (batch, length)).astype("int32")
     targets = np.zeros_like(tokens)
     weights = np.zeros((batch, length), "float32")
     half = length // 2
     for row in range(batch):
-        keys = rng.choice(args.vocab, args.pairs, replace=False)
-        values = rng.randint(args.vocab, 2 * args.vocab, args.pairs)
-        places = 2 * rng.choice(half // 2, args.pairs, replace=False)
-        tokens[row, places], tokens[row, places + 1] = keys, values
+        keys = rng.choice(n, args.pairs, replace=False)
+        values = rng.randint(0, n, args.pairs)
+        places = rng.choice(half, args.pairs, replace=False)
+        tokens[row, places] = 3 * n + keys * n + values
         asked = rng.randint(0, args.pairs, length - half)
-        tokens[row, half:], targets[row, half:] = keys[asked], values[asked]
+        tokens[row, half:], targets[row, half:] = keys[asked], n + values[asked]
     weights[:, half:] = 1.0
     return tokens, targets, weights
 
 
 TASKS = {"shift": shift_batch, "recall": recall_batch}
+
+
+def vocabulary(args, task):
+    """Number of token ids of ``task``."""
+    return args.vocab if task == "shift" else 3 * args.recall_vocab + args.recall_vocab ** 2
 
 # Trained models: per-layer plan and training options.
 MODELS = {
@@ -158,7 +167,7 @@ def train(args, task, model):
     """Train ``model`` on ``task`` at ``args.train_length``; returns the trained weights."""
     keras.utils.set_random_seed(args.seed)
     rng = np.random.RandomState(args.seed)
-    net = build_model(args, 3 * args.vocab, model)
+    net = build_model(args, vocabulary(args, task), model)
     net.compile(optimizer=keras.optimizers.Adam(2e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     tokens, targets, weights = TASKS[task](rng, args.steps * args.batch, args.train_length,
@@ -170,7 +179,7 @@ def train(args, task, model):
 
 def accuracy(args, task, weights, model, length, **evaluation):
     """Accuracy at ``length`` of the trained ``weights`` under the evaluation options."""
-    net = build_model(args, 3 * args.vocab, model, length, **evaluation)
+    net = build_model(args, vocabulary(args, task), model, length, **evaluation)
     net.set_weights(weights)
     rng = np.random.RandomState(args.seed + length)
     sequences = max(1, args.eval_tokens // length)
