@@ -16,7 +16,8 @@ from keras import ops
 
 from keraformer.attentions.projection import ProjectedHeads
 from keraformer.checks import check_attention_inputs, check_broadcastable, check_positive_ints
-from keraformer.masks import apply_mask, causal_mask, combine_masks, count_keys, window_mask
+from keraformer.masks import (apply_mask, causal_mask, combine_masks, count_keys,
+                              position_window_mask, window_mask)
 from keraformer.positions.rerope import check_rerope_options, rerope_scores
 
 
@@ -143,6 +144,15 @@ def dot_product_attention(q, k, v, mask=None, bias=None, causal=False, scale=Non
                                      is_causal=causal)
 
 
+def write_key_value(cache, key, value, index):
+    """``cache = (keys, values)`` ``(batch, cache_len, heads, size)`` with ``key``/``value``
+    ``(batch, n, heads, size)`` written into columns ``index ... index + n - 1``."""
+    def write(slots, update):
+        start = (0, index, 0, 0)
+        return ops.slice_update(slots, start, ops.cast(update, slots.dtype))
+    return write(cache[0], key), write(cache[1], value)
+
+
 @keras.saving.register_keras_serializable(package="keraformer")
 class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
     """Multi-head softmax attention with separate query/key and value head sizes.
@@ -152,6 +162,21 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
     additive ``bias`` and ``causal``; returns ``(batch, q_len, output_dim)``. The sublayers
     ``query``, ``key``, ``value`` and ``output`` are described in
     ``keraformer.attentions.projection``.
+
+    Cached decoding runs the same call: ``cache=(key, value)``, each ``(batch, cache_len,
+    heads, size)`` in projected, rotated form, makes the call return ``(output, cache)``.
+    With ``cache_update_index`` (self-attention) the call projects its own keys and values
+    from ``query`` and writes them into the cache's columns ``cache_update_index ...
+    cache_update_index + q_len`` first; without it (cross-attention) the cache is used as it
+    is, computed once per source by :meth:`project_key_value`. Queries then attend to every
+    column of the cache that ``mask`` (which must cover ``cache_len`` keys) lets them see:
+    the caller decides which columns hold which tokens (``keraformer.models.decoding`` keeps
+    one column per beam and step), so ``causal`` is refused there. ``positions``
+    (``(q_len,)`` or ``(batch, q_len)``) places the rotary embedding of this call's queries
+    and keys (default ``0..q_len-1``); ``key_positions`` (``(cache_len,)`` or ``(batch,
+    cache_len)``) are the positions of the cache's columns, which ``window`` (a key is seen
+    when ``|query position − key position| < window``) and ReRoPE (whose cache holds
+    unrotated keys, rotated per pair) read.
 
     Args:
         heads: number of heads.
@@ -214,17 +239,20 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
         k = self.rotate(self.split_heads(self.key_dense(key), self.key_size), positions)
         return k, self.split_heads(self.value_dense(value), self.head_size)
 
-    def attend(self, q, k, v, mask=None, bias=None, causal=False, training=None, scores=None):
+    def attend(self, q, k, v, mask=None, bias=None, causal=False, training=None, scores=None,
+               window="layer"):
         """Attention over projected heads; merges the heads and applies the output projection.
-        ``scores``: the query-key products when not ``q kᵀ`` (ReRoPE)."""
+        ``scores``: the query-key products when not ``q kᵀ`` (ReRoPE); ``window``: the
+        layer's own by default (a cached call puts its window in ``mask`` instead)."""
+        window = self.window if window == "layer" else window
         if training and self.dropout_rate > 0:
             probs = attention_probabilities(q, k, mask, bias, causal, self.scale,
                                             self.entropy_scaling, self.scaling_base,
-                                            self.window, scores)
+                                            window, scores)
             out = weighted_values(self.dropout(probs, training=training), v)
         else:
             out = dot_product_attention(q, k, v, mask, bias, causal, self.scale,
-                                        self.entropy_scaling, self.scaling_base, self.window,
+                                        self.entropy_scaling, self.scaling_base, window,
                                         scores)
         return self.merge_heads(out)
 
@@ -236,16 +264,48 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
                              k_positions, causal, rotate=self.rotary)
 
     def call(self, query, key=None, value=None, mask=None, bias=None, causal=False,
-             training=None, positions=None):
+             training=None, cache=None, cache_update_index=None, positions=None,
+             key_positions=None):
         key = query if key is None else key
         value = key if value is None else value
-        if self.rerope_window is not None:
-            q, k, v = self.project(query, key, value)
-            scores = self.rectified_scores(q, k, causal, positions, positions)
-            return self.attend(q, k, v, mask, bias, causal, training, scores)
-        q = self.project_query(query, positions)
-        k, v = self.project_key_value(key, value, positions)
-        return self.attend(q, k, v, mask, bias, causal, training)
+        rectified = self.rerope_window is not None
+        if cache is None:
+            if rectified:
+                q, k, v = self.project(query, key, value)
+                scores = self.rectified_scores(q, k, causal, positions, positions)
+                return self.attend(q, k, v, mask, bias, causal, training, scores)
+            q = self.project_query(query, positions)
+            k, v = self.project_key_value(key, value, positions)
+            return self.attend(q, k, v, mask, bias, causal, training)
+        if causal:
+            raise ValueError("`causal`=True cannot be combined with `cache`: the cache's "
+                             "columns are laid out by the caller, so pass the causal part "
+                             "in `mask`; received causal=True")
+        if (self.window is not None or rectified) and key_positions is None:
+            raise ValueError(f"a cached call of attention with window={self.window} / "
+                             f"rerope_window={self.rerope_window} needs `key_positions` (the "
+                             f"positions of the cache columns); received None")
+        # ReRoPE rotates queries and keys per pair, so its cache holds unrotated keys
+        q = (self.split_heads(self.query_dense(query), self.key_size) if rectified
+             else self.project_query(query, positions))
+        if cache_update_index is not None:  # self-attention: write this call's keys, values
+            new = (self.project(query, key, value)[1:] if rectified
+                   else self.project_key_value(key, value, positions))
+            cache = write_key_value(cache, *new, cache_update_index)
+        keys, values = cache
+        if self.window is not None:
+            mask = combine_masks(mask, position_window_mask(
+                self.query_positions(query, positions), key_positions, self.window))
+        scores = (self.rectified_scores(q, keys, False, self.query_positions(query, positions),
+                                        key_positions) if rectified else None)
+        return self.attend(q, keys, values, mask, bias, False, training, scores,
+                           window=None), cache
+
+    def query_positions(self, query, positions):
+        """``positions``, or ``0..q_len−1`` without them."""
+        if positions is not None:
+            return positions
+        return ops.arange(ops.shape(query)[1])
 
     def get_config(self):
         return {**super().get_config(), **self.heads_config(),

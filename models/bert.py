@@ -32,7 +32,7 @@ from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
 from keraformer.models.layer_plan import STACK_OPTIONS, StackOptions
 from keraformer.normalization import LayerNormalization, rms_norm
-from keraformer.positions import PositionEmbedding, RotaryEmbedding
+from keraformer.positions import PositionEmbedding, RandomPositions, RotaryEmbedding
 
 APPLICATION_MASKS = {"encoder": "padding", "lm": "causal", "unilm": "unilm"}
 FULL_MASK_ATTENTIONS = ("softmax", "gau")  # attentions that take a full boolean mask
@@ -329,6 +329,11 @@ class BERT(Transformer):
         self.rotary_base = rotary_base
         self.stack = stack
         stack.check(type(self).__name__, self.attention, family.positions == "rotary")
+        rows = self.max_position - self.hf_position_offset()
+        if family.positions == "table" and (random_positions or 0) > rows:
+            raise ValueError(f"`random_positions={random_positions}` draws positions below "
+                             f"{random_positions}, but the position table has {rows} rows "
+                             f"(max_position / max_position_embeddings)")
         self.plan = stack.plan(self.num_layers, family.positions == "rotary",
                                entropy_scaling)
         if family.positions == "rotary":
@@ -359,19 +364,19 @@ class BERT(Transformer):
             return rms_norm(self.epsilon, scale=False, name=name)
         return LayerNormalization(epsilon=self.epsilon, name=name)
 
-    def embed(self, token_ids, segment_ids):
-        """Token (+ segment) (+ position) embeddings, normalised, dropped out and mapped from
+    def make_embeddings(self):
+        """The embedding layers: tokens, segments (unless ``segment_vocab_size=0``), the
+        position table (``"table"`` families), the norm, dropout and the mapping from
         ``embedding_size`` to ``hidden_size`` where they differ."""
         self.token_embedding = Embedding(self.vocab_size, self.embedding_size,
                                          embeddings_initializer=self.initializer,
                                          name="Embedding-Token")
-        x = self.token_embedding(token_ids)
-        self.segment_embedding = None
+        self.segment_embedding = self.segment_add = None
         if self.segment_vocab_size:
             self.segment_embedding = Embedding(
                 self.segment_vocab_size, self.embedding_size, ids_name="segment_ids",
                 embeddings_initializer=self.initializer, name="Embedding-Segment")
-            x = keras.layers.Add(name="Embedding-Add")([x, self.segment_embedding(segment_ids)])
+            self.segment_add = keras.layers.Add(name="Embedding-Add")
         self.position_embedding = None
         if self.family.positions == "table":
             rows = self.max_position - self.hf_position_offset()
@@ -384,15 +389,28 @@ class BERT(Transformer):
             self.position_embedding = PositionEmbedding(
                 rows, self.embedding_size, hierarchical=bool(self.hierarchical_position),
                 embeddings_initializer=self.initializer, name="Embedding-Position", **alpha)
-            x = self.position_embedding(x)
         self.embedding_norm = self.norm("Embedding-Norm")
-        x = keras.layers.Dropout(self.dropout_rate, name="Embedding-Dropout")(
-            self.embedding_norm(x))
+        self.embedding_dropout = keras.layers.Dropout(self.dropout_rate,
+                                                      name="Embedding-Dropout")
         self.embedding_mapping_dense = None
         if self.embedding_size != self.hidden_size:
             self.embedding_mapping_dense = keras.layers.Dense(
                 self.hidden_size, use_bias=self.family.biases,
                 kernel_initializer=self.initializer, name="Embedding-Mapping")
+
+    def embed(self, token_ids, segment_ids, positions=None, training=None):
+        """Token (+ segment) (+ position) embeddings, normalised, dropped out and mapped from
+        ``embedding_size`` to ``hidden_size`` where they differ: the model's embedding graph,
+        and each cached decoding step's (``positions``: ids broadcasting to ``token_ids``'
+        shape; default ``0..length-1``)."""
+        x = self.token_embedding(token_ids)
+        if self.segment_embedding is not None:
+            x = self.segment_add([x, self.segment_embedding(segment_ids)])
+        if self.position_embedding is not None:
+            x = (self.position_embedding(x) if positions is None else
+                 self.position_embedding(x, positions=positions))
+        x = self.embedding_dropout(self.embedding_norm(x), training=training)
+        if self.embedding_mapping_dense is not None:
             x = self.embedding_mapping_dense(x)
         return x
 
@@ -442,18 +460,32 @@ class BERT(Transformer):
             segment_ids = keras.Input((self.sequence_length,), dtype="int32",
                                       name="Input-Segment")
             inputs.append(segment_ids)
-        x = self.embed(token_ids, segment_ids)
+        self.make_embeddings()
+        positions, placed = self.random_positions(token_ids)
+        x = self.embed(token_ids, segment_ids, positions)
         mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
         for i in range(self.num_layers):
             block = TransformerBlock(self.heads, self.hidden_size // self.heads,
                                      self.intermediate_size, **self.block_options(i),
                                      name=f"Transformer-{i}")
-            x = block(x, attention_mask=mask, causal=causal)
+            x = block(x, attention_mask=mask, causal=causal, **placed)
             self.blocks.append(block)
         self.model = keras.Model(inputs if self.takes_segments else token_ids,
                                  self.heads_on(x, token_ids), name=self.name)
         return self.model
+
+    def random_positions(self, token_ids):
+        """``(positions, block keywords)`` of ``random_positions=N``: a
+        :class:`~keraformer.positions.RandomPositions` layer's ids (random in training,
+        ``0..n−1`` otherwise) for the position table or the blocks' rotary embeddings;
+        ``(None, {})`` without the option."""
+        if self.stack.random_positions is None:
+            return None, {}
+        positions = RandomPositions(self.stack.random_positions,
+                                    name="Random-Positions")(token_ids)
+        rotary = self.family.positions == "rotary"
+        return (None if rotary else positions), ({"positions": positions} if rotary else {})
 
     def model_inputs(self, token_ids, segment_ids):
         """What ``self.model`` takes for these ids: ``[token_ids, segment_ids]``, or
@@ -484,21 +516,28 @@ class BERT(Transformer):
         return outputs[0] if len(outputs) == 1 else outputs
 
     def mlm_head(self, x):
-        """Logits over the vocabulary with the token table tied as output projection; the
-        ``"transform"`` head first applies a dense layer and a norm and adds a bias."""
+        """The MLM head's layers on the last hidden state ``x``: logits (:meth:`mlm_logits`)
+        then the ``with_mlm`` activation."""
         if self.family.mlm_head == "transform":
             self.mlm_dense = keras.layers.Dense(self.embedding_size,
                                                 activation=activation_by_name(self.activation),
                                                 kernel_initializer=self.initializer,
                                                 name="MLM-Dense")
             self.mlm_norm = LayerNormalization(epsilon=self.epsilon, name="MLM-Norm")
+            self.mlm_bias = OutputBias(name="MLM-Bias")
+        return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
+                                       dtype="float32", name="MLM-Activation")(
+            self.mlm_logits(x))
+
+    def mlm_logits(self, x):
+        """Logits over the vocabulary with the token table tied as output projection; the
+        ``"transform"`` head first applies a dense layer and a norm and adds a bias."""
+        if self.family.mlm_head == "transform":
             x = self.mlm_norm(self.mlm_dense(x))
         x = self.token_embedding(x, reverse=True)
         if self.family.mlm_head == "transform":
-            self.mlm_bias = OutputBias(name="MLM-Bias")
             x = self.mlm_bias(x)
-        return keras.layers.Activation(head_activation("with_mlm", self.with_mlm),
-                                       dtype="float32", name="MLM-Activation")(x)
+        return x
 
     def generate(self, token_ids, segment_ids=None, max_length=32, method="greedy",
                  end_id=None, **kwargs):

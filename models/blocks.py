@@ -99,9 +99,21 @@ def check_deepnorm(norm, deepnorm):
     return [float(deepnorm[0]), float(deepnorm[1])]
 
 
-def call_attention(layer, x, mask, causal, training):
-    """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``."""
-    return layer(x, mask=mask, causal=causal, training=training)
+def call_attention(layer, x, mask, causal, training, cache=None, cache_update_index=None,
+                   positions=None, key_positions=None):
+    """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``;
+    ``positions`` (softmax attention: random positions in training, a decoding step's) place
+    the rotary embedding; with a ``cache`` (softmax attention), ``(output, cache)``, the
+    cache's columns at ``key_positions``."""
+    if cache is None:
+        placed = {} if positions is None else {"positions": positions}
+        return layer(x, mask=mask, causal=causal, training=training, **placed)
+    if not isinstance(layer, attention_class("softmax")):
+        raise ValueError(f"a key/value cache needs attention='softmax'; this block's "
+                         f"attention is {type(layer).__name__}")
+    return layer(x, mask=mask, training=training, cache=cache,
+                 cache_update_index=cache_update_index, positions=positions,
+                 key_positions=key_positions)
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -117,6 +129,14 @@ class TransformerBlock(keras.layers.Layer):
     ``attention_mask`` broadcasting to ``(batch, heads, length, length)``; returns
     ``(batch, length, hidden)``. Options the chosen attention cannot honour raise a
     ``ValueError`` when the block is built (see the module docstring).
+
+    Cached decoding calls the same block with ``self_attention_cache=(keys, values)``,
+    ``cache_update_index``, ``positions`` and ``key_positions`` (the cache columns'
+    positions, which local attention and ReRoPE read; softmax attention only; see
+    ``MultiHeadAttention``) and gets ``(output, self_attention_cache)``, the cache holding
+    this call's keys and values too; ``attention_mask`` then covers every cache column.
+    Without a cache, ``positions`` (softmax attention) are the rotary positions of the
+    tokens (random positions in training).
 
     Args:
         heads: number of attention heads (softmax, linear, vq; a "gau" unit has one).
@@ -210,20 +230,35 @@ class TransformerBlock(keras.layers.Layer):
             return norm(x * self.deepnorm[0] + branch)
         return norm(x + branch)
 
-    def forward(self, x, attention_mask=None, causal=False, training=None):
-        x = self.residual(x, lambda h: call_attention(self.attention, h, attention_mask,
-                                                      causal, training),
-                          self.attention_norm, training)
-        if not self.use_feedforward:
-            return x
-        return self.residual(x, lambda h: self.feedforward(h, training=training),
-                             self.feedforward_norm, training)
+    def forward(self, x, attention_mask=None, causal=False, training=None, cache=None,
+                cache_update_index=None, positions=None, key_positions=None):
+        updated = []
 
-    def call(self, x, attention_mask=None, causal=False, training=None):
+        def attention(h):
+            out = call_attention(self.attention, h, attention_mask, causal, training, cache,
+                                 cache_update_index, positions, key_positions)
+            if cache is None:
+                return out
+            updated.append(out[1])
+            return out[0]
+
+        x = self.residual(x, attention, self.attention_norm, training)
+        if self.use_feedforward:
+            x = self.residual(x, lambda h: self.feedforward(h, training=training),
+                              self.feedforward_norm, training)
+        return x if cache is None else (x, updated[0])
+
+    def call(self, x, attention_mask=None, causal=False, training=None,
+             self_attention_cache=None, cache_update_index=None, positions=None,
+             key_positions=None):
+        if self_attention_cache is not None:  # decoding: inference only, nothing to recompute
+            return self.forward(x, attention_mask, causal, training, self_attention_cache,
+                                cache_update_index, positions, key_positions)
         if self.recompute:
             from keraformer.optimizers import recompute_grad
-            return recompute_grad(self.forward)(x, attention_mask, causal, training=training)
-        return self.forward(x, attention_mask, causal, training=training)
+            return recompute_grad(self.forward)(x, attention_mask, causal, training=training,
+                                                positions=positions)
+        return self.forward(x, attention_mask, causal, training=training, positions=positions)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape

@@ -1,113 +1,61 @@
-"""Key/value-cached decoding for the builders, driven by ``keraformer.generation``.
+"""Cached decoding of the builders, driven by ``keraformer.generation``: the BERT-family
+``lm``/``unilm`` decoder and T5's sequence-to-sequence decoder, side by side.
 
-The cache of one attention layer has two parts. The *prompt* part holds the keys and values
-of what every hypothesis of an input shares (a BERT ``lm``/``unilm`` prompt, T5's start token,
-T5's encoder output for cross-attention): ``(batch, prompt_len, heads, size)``, computed once
-per input and never copied per beam. The *generated* part holds one slot per beam and step,
-``(batch, beams, max_length, heads, size)``: at step ``t`` every beam writes its new key in
-column ``t`` of its own row, so nothing is ever gathered when beams are reordered. A beam's
-history runs through other beams' rows; ``slots (batch, beams, max_length)`` records, for each
-beam and earlier step, the row holding its token, and attention masks the generated keys by it
-(a query of beam ``b`` sees key ``(a, s)`` when ``slots[b, s] == a`` and ``s <= t``). The
-queries of one input's beams are the "length" axis of one attention call, so a cached step is
-``(batch, beams)`` wide and attends over ``prompt_len + beams · max_length`` keys.
+Both run the model's own layers: every step calls the same embeddings, the same blocks'
+``call`` (with ``self_attention_cache=`` and ``cache_update_index=``) and the same output
+head as ``fit`` and ``predict``; nothing here re-writes a forward pass.
+
+The cache of one self-attention layer is ``(keys, values)``, each ``(batch, columns, heads,
+size)``: one row per input, never one per beam. Its first ``prompt`` columns hold what every
+hypothesis of an input shares (a BERT ``lm``/``unilm`` prompt, T5's start token); then one
+column per step and beam, step-major: the token that beam row ``a`` generated at step ``s``
+has its key in column ``prompt + s·beams + a``. A step writes its ``beams`` new keys into one
+contiguous block of columns and nothing is ever gathered when beams are reordered. A beam's
+history runs through other beams' rows: ``slots (batch, beams, max_length)`` records, for
+each beam and earlier step, the row holding its token, and the attention mask lets a query
+of beam ``b`` see column ``(s, a)`` when ``slots[b, s] == a`` and ``s <= t``. The queries of
+one input's beams are the "length" axis of one attention call, so a step is ``(batch,
+beams)`` wide. T5's cross-attention cache is the encoder output's keys and values
+``(batch, src_len, heads, d_kv)``, computed once per source.
 
 :class:`LanguageModelDecoder` gives BERT, RoBERTa, RoFormer and RoFormerV2 ``lm``/``unilm``
 builders their ``generate``: the prompt (right-padded with id 0) runs once with the
 application's mask (causal for ``lm``; for ``unilm`` bidirectional over segment 0, causal
 over segment 1), each generated token at position ``prompt_length + t`` with segment 1
 (``unilm``) or 0 (``lm``) attends to the prompt and to its own ancestors.
+:class:`Seq2SeqDecoder` gives T5 its ``generate``: the source is encoded once, the start
+token decoded at position 0, the token of step ``t`` at position ``t + 1``.
 """
-
-import math
 
 import numpy as np
 from keras import ops
 
 from keraformer import generation
 from keraformer.masks import causal_mask, padding_mask, unilm_mask
+from keraformer.positions.relative import relative_position_bucket
 
 
-# -- attention over cached blocks -----------------------------------------------------------
-def split_heads(x, heads):
-    """``(batch, length, heads·size)`` to ``(batch, length, heads, size)``."""
-    return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], heads, x.shape[-1] // heads))
+# -- the cache layout -----------------------------------------------------------------------
+def empty_cache(batch, columns, attention, dtype):
+    """Zero ``(keys, values)`` ``(batch, columns, heads, size)`` of a ``MultiHeadAttention``."""
+    return (ops.zeros((batch, columns, attention.heads, attention.key_size), dtype),
+            ops.zeros((batch, columns, attention.heads, attention.head_size), dtype))
 
 
-def project_key_value(attention, x, positions=None):
-    """Keys and values ``(batch, length, heads, size)`` of a ``MultiHeadAttention`` for
-    ``x (batch, length, dim)``, keys rotated at ``positions`` when the layer is rotary."""
-    k = split_heads(attention.key_dense(x), attention.heads)
-    v = split_heads(attention.value_dense(x), attention.heads)
-    rotary = getattr(attention, "rotary", None)
-    return (k if rotary is None else rotary(k, positions=positions)), v
+def step_column(prompt, index, beams):
+    """The first cache column of step ``index`` (its beams fill ``beams`` columns)."""
+    return prompt + index * beams
 
 
-def project(attention, x, positions=None):
-    """Queries, keys and values ``(batch, length, heads, size)`` of a ``MultiHeadAttention``
-    for ``x (batch, length, dim)``, rotated at ``positions`` when the layer is rotary."""
-    q = split_heads(attention.query_dense(x), attention.heads)
-    rotary = getattr(attention, "rotary", None)
-    if rotary is not None:
-        q = rotary(q, positions=positions)
-    return (q,) + project_key_value(attention, x, positions)
-
-
-def logit_scale(attention):
-    """The attention layer's logit scale (default ``1/sqrt(key size)``)."""
-    if attention.scale is not None:
-        return attention.scale
-    return 1.0 / math.sqrt(attention.query_dense.kernel.shape[-1] // attention.heads)
-
-
-def attend(q, blocks, scale):
-    """Softmax attention of ``q (batch, q_len, heads, d)`` over the concatenation of key
-    blocks, without concatenating the keys: ``blocks`` is a list of ``(k, v, mask, bias)``
-    with ``k, v (batch, k_len_i, heads, d)``, a boolean ``mask`` and an additive ``bias``
-    (either may be ``None``) broadcasting to ``(batch, heads, q_len, k_len_i)``.
-    Returns ``(batch, q_len, heads·d_v)``; the softmax is taken in float32."""
-    q32 = ops.cast(q, "float32")
-    logits, sizes = [], []
-    for k, _, mask, bias in blocks:
-        block = ops.einsum("bqhd,bkhd->bhqk", q32, ops.cast(k, "float32")) * scale
-        if bias is not None:
-            block = block + ops.cast(bias, "float32")
-        if mask is not None:
-            block = ops.where(mask, block, generation.BLOCKED)
-        logits.append(block)
-        sizes.append(k.shape[1])
-    logits = ops.concatenate(logits, axis=-1) if len(logits) > 1 else logits[0]
-    if sum(sizes) == 1:  # one key (T5's start token): all the weight on it
-        probs = ops.ones_like(logits)
-    else:
-        probs = ops.softmax(logits, axis=-1)
-    out, start = None, 0
-    for (_, v, _, _), size in zip(blocks, sizes):
-        part = ops.cast(probs[..., start:start + size], v.dtype)
-        start += size
-        term = ops.einsum("bhqk,bkhd->bqhd", part, v)
-        out = term if out is None else out + term
-    return ops.reshape(out, (ops.shape(out)[0], ops.shape(out)[1], -1))
-
-
-def empty_slots(batch, beams, max_length, like):
-    """An empty generated-key cache ``(batch, beams, max_length, heads, size)`` for keys or
-    values shaped and typed like ``like (batch, length, heads, size)``."""
-    return ops.zeros((batch, beams, max_length) + tuple(like.shape[2:]), like.dtype)
-
-
-def write(cache, update, index):
-    """Write ``update (batch, beams, heads, size)`` into column ``index`` of
-    ``cache (batch, beams, max_length, heads, size)``."""
-    return ops.slice_update(cache, (0, 0, index, 0, 0),
-                            ops.cast(update, cache.dtype)[:, :, None])
-
-
-def flatten_beams(cache):
-    """``(batch, beams, max_length, heads, size)`` as ``(batch, beams·max_length, heads,
-    size)`` keys (beam-major)."""
-    shape = tuple(cache.shape)
-    return ops.reshape(cache, (ops.shape(cache)[0], shape[1] * shape[2]) + shape[3:])
+def column_positions(prompt, lengths, max_length, beams):
+    """Position of each cache column ``(batch, prompt + max_length·beams)``: the prompt's
+    columns hold positions ``0..prompt−1``, step ``s``'s columns (every beam) position
+    ``lengths + s`` (local attention and ReRoPE read them)."""
+    batch = ops.shape(lengths)[0]
+    shared = ops.broadcast_to(ops.arange(prompt, dtype="int32")[None], (batch, prompt))
+    steps = ops.repeat(ops.arange(max_length, dtype="int32"), beams)
+    generated = ops.cast(lengths, "int32")[:, None] + steps[None]
+    return ops.concatenate([shared, generated], axis=1)
 
 
 def follow_parents(slots, parents, index):
@@ -121,17 +69,32 @@ def follow_parents(slots, parents, index):
     return ops.where(ops.arange(slots.shape[2]) == index, own, slots)
 
 
-def generated_mask(index, max_length, slots=None):
-    """Mask of the generated keys for the queries of step ``index``: ``(1, 1, 1,
-    max_length)`` without beams, else ``(batch, 1, beams, beams·max_length)`` from
-    ``slots``."""
+def generated_mask(index, max_length, beams, slots=None):
+    """Which generated columns the queries of step ``index`` see: ``(1, 1, 1, max_length)``
+    without beams, else ``(batch, 1, beams, max_length·beams)`` from ``slots``."""
     written = ops.arange(max_length) <= index
     if slots is None:
         return written[None, None, None, :]
-    beams = slots.shape[1]
-    own = ops.equal(slots[:, :, None, :], ops.arange(beams, dtype="int32")[None, None, :, None])
-    own = ops.logical_and(own, written)
-    return ops.reshape(own, (ops.shape(slots)[0], 1, beams, beams * max_length))
+    own = ops.equal(slots[:, :, :, None], ops.arange(beams, dtype="int32")[None, None, None])
+    own = ops.logical_and(own, written[None, None, :, None])  # (batch, b, s, a)
+    return ops.reshape(own, (ops.shape(slots)[0], 1, beams, max_length * beams))
+
+
+def step_mask(prompt_mask, index, max_length, beams, slots=None):
+    """The mask of a step's queries over every cache column: the shared prompt columns
+    (``prompt_mask`` ``(batch or 1, 1, 1, prompt)``) then the generated ones."""
+    generated = generated_mask(index, max_length, beams, slots)
+    rows = ops.shape(generated)[0] if slots is not None else ops.shape(prompt_mask)[0]
+    prompt = ops.broadcast_to(prompt_mask, (rows, 1, beams, prompt_mask.shape[-1]))
+    generated = ops.broadcast_to(generated, (rows, 1, beams, generated.shape[-1]))
+    return ops.concatenate([prompt, generated], axis=-1)
+
+
+def prompt_columns_mask(mask, generated_columns):
+    """A prompt's own mask ``(batch, 1, P, P)`` over every cache column (the generated ones,
+    still empty, hidden)."""
+    hidden = ops.zeros(tuple(ops.shape(mask)[:3]) + (generated_columns,), "bool")
+    return ops.concatenate([ops.cast(mask, "bool"), hidden], axis=-1)
 
 
 def check_use_cache(use_cache, options):
@@ -149,21 +112,9 @@ def check_use_cache(use_cache, options):
         options.setdefault("compile", False)
 
 
-# -- BERT / RoFormer lm and unilm -----------------------------------------------------------
-def residual(block, x, sublayer, norm):
-    """A ``TransformerBlock`` residual at inference: pre- or post-norm."""
-    if block.norm == "pre":
-        return x + sublayer(norm(x))
-    return norm(x + sublayer(x))
-
-
-class LanguageModelDecoder:
-    """Cached and uncached decoding of a BERT-family builder built as ``lm`` or ``unilm``.
-
-    ``LanguageModelDecoder(builder).generate(token_ids, segment_ids=None, max_length=32,
-    method="greedy", end_id=None, use_cache=True, **options)`` returns int32
-    ``(batch, <= max_length)`` generated ids; see ``keraformer.generation`` for the options.
-    """
+class Decoder:
+    """What both decoders share: compiled start functions and loops kept per decoder, and
+    the entry point's order (check, start, loop)."""
 
     def __init__(self, builder):
         self.builder = builder
@@ -171,7 +122,29 @@ class LanguageModelDecoder:
         self.variables = builder.model.weights
         self.cached = generation.Generator(self.step, self.variables)
         self.uncached = generation.Generator(self.full_step)
-        self.prefills = {}
+        self.starts = {}
+
+    def check_supported(self):
+        """Raise a ``ValueError`` when the builder cannot generate."""
+
+    def compiled_start(self, max_length, beams, compile):
+        """The start function (:meth:`prefill`) for these sizes, compiled once."""
+        key = (max_length, beams, compile)
+        if key not in self.starts:
+            start = lambda *a: self.prefill(*a, max_length, beams)  # noqa: E731
+            self.starts[key] = (generation.compile_function(start, self.variables)
+                                if compile else start)
+        return self.starts[key]
+
+
+# -- BERT / RoFormer lm and unilm -----------------------------------------------------------
+class LanguageModelDecoder(Decoder):
+    """Cached and uncached decoding of a BERT-family builder built as ``lm`` or ``unilm``.
+
+    ``LanguageModelDecoder(builder).generate(token_ids, segment_ids=None, max_length=32,
+    method="greedy", end_id=None, use_cache=True, **options)`` returns int32
+    ``(batch, <= max_length)`` generated ids; see ``keraformer.generation`` for the options.
+    """
 
     def check_supported(self):
         builder = self.builder
@@ -249,31 +222,7 @@ class LanguageModelDecoder:
         """Segment id of generated tokens: 1 for ``unilm`` (the target), 0 for ``lm``."""
         return 1 if self.builder.application == "unilm" else 0
 
-    # -- the model, piece by piece ---------------------------------------------------------
-    def embed(self, ids, segments, positions, total):
-        """Embeddings of ``ids (batch, n)`` at ``positions`` (broadcasting to ``(batch,
-        n)``), as the builder's embedding graph computes them."""
-        builder = self.builder
-        x = builder.token_embedding(ids)
-        segment = getattr(builder, "segment_embedding", None)
-        if segment is not None:
-            x = x + segment(segments)
-        table = getattr(builder, "position_embedding", None)
-        if table is not None:
-            vectors = table.position_vectors(total)
-            x = x + ops.take(vectors, ops.broadcast_to(positions, ops.shape(ids)), axis=0)
-        x = builder.embedding_norm(x)
-        mapping = getattr(builder, "embedding_mapping_dense", None)
-        return x if mapping is None else mapping(x)
-
-    def logits(self, x):
-        """Vocabulary logits of final hidden states (the MLM head without its softmax)."""
-        builder = self.builder
-        if getattr(builder, "mlm_dense", None) is not None:
-            x = builder.mlm_norm(builder.mlm_dense(x))
-            return builder.mlm_bias(builder.token_embedding(x, reverse=True))
-        return builder.token_embedding(x, reverse=True)  # RoFormerV2: tied, no transform
-
+    # -- the model's layers, with a cache --------------------------------------------------
     def prompt_mask(self, ids, segments):
         """The application's mask over the prompt ``(batch, 1, P, P)``."""
         mask = padding_mask(ids, self.builder.pad_id)
@@ -281,78 +230,61 @@ class LanguageModelDecoder:
             return ops.logical_and(mask, unilm_mask(segments))
         return ops.logical_and(mask, causal_mask(ops.shape(ids)[1]))
 
+    def run_blocks(self, x, caches, mask, index, positions, key_positions):
+        """The builder's blocks with their caches: ``(x, caches)``."""
+        updated = []
+        for block, cache in zip(self.builder.blocks, caches):
+            x, cache = block(x, attention_mask=mask, self_attention_cache=cache,
+                             cache_update_index=index, positions=positions,
+                             key_positions=key_positions)
+            updated.append(cache)
+        return x, updated
+
+    def log_probs(self, x):
+        """float32 log-probabilities ``(rows, vocab)`` of final hidden states ``x``."""
+        logits = self.builder.mlm_logits(x)
+        return ops.log_softmax(ops.cast(ops.reshape(logits, (-1, logits.shape[-1])),
+                                        "float32"), axis=-1)
+
     def prefill(self, ids, segments, lengths, max_length, beams):
         """Run the prompt: first-token log-probabilities ``(batch, vocab)`` and the cache."""
-        prompt = ids.shape[1]
-        total = prompt + max_length - 1
-        x = self.embed(ids, segments, ops.arange(prompt)[None], total)
-        mask = self.prompt_mask(ids, segments)
-        batch = ops.shape(ids)[0]
-        layers = []
-        for block in self.builder.blocks:
-            attention = block.attention
-            scale = logit_scale(attention)
-            kv = {}
-
-            def sublayer(h, attention=attention, scale=scale, kv=kv):
-                q, k, v = project(attention, h)
-                kv["key"], kv["value"] = k, v
-                return attention.output_dense(attend(q, [(k, v, mask, None)], scale))
-
-            x = residual(block, x, sublayer, block.attention_norm)
-            if getattr(block, "feedforward", None) is not None:
-                x = residual(block, x, block.feedforward, block.feedforward_norm)
-            k, v = kv["key"], kv["value"]
-            layers.append({"prompt_key": k, "prompt_value": v,
-                           "key": empty_slots(batch, beams, max_length, k),
-                           "value": empty_slots(batch, beams, max_length, v)})
+        builder = self.builder
+        prompt, batch = ids.shape[1], ops.shape(ids)[0]
+        positions = ops.arange(prompt)[None]
+        x = builder.embed(ids, segments, positions)
+        caches = [empty_cache(batch, prompt + max_length * beams, block.attention, x.dtype)
+                  for block in builder.blocks]
+        mask = prompt_columns_mask(self.prompt_mask(ids, segments), max_length * beams)
+        key_positions = column_positions(prompt, lengths, max_length, beams)
+        x, caches = self.run_blocks(x, caches, mask, 0, positions, key_positions)
         last = generation.gather_beams(x, ops.cast(lengths - 1, "int32")[:, None])
-        logits = ops.cast(self.logits(last)[:, 0], "float32")
-        cache = {"layers": layers, "prompt_mask": padding_mask(ids, self.builder.pad_id),
-                 "lengths": lengths}
+        cache = {"layers": caches, "prompt_mask": padding_mask(ids, builder.pad_id),
+                 "lengths": lengths, "key_positions": key_positions}
         if beams > 1:
             cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
-        return ops.log_softmax(logits, axis=-1), cache
+        return self.log_probs(last), cache
 
     def step(self, token_ids, index, cache, parents):
         """Cached step (see ``keraformer.generation``): the tokens generated at ``index``
         of every row, at positions ``prompt_length + index``."""
-        lengths = cache["lengths"]
-        batch, rows = ops.shape(lengths)[0], token_ids.shape[0]
-        first = cache["layers"][0]
-        beams, max_length = first["key"].shape[1], first["key"].shape[2]
-        prompt = first["prompt_key"].shape[1]
+        lengths, prompt_mask = cache["lengths"], cache["prompt_mask"]
+        batch = ops.shape(lengths)[0]
+        beams = cache["slots"].shape[1] if "slots" in cache else 1
+        prompt = prompt_mask.shape[-1]
+        max_length = (cache["layers"][0][0].shape[1] - prompt) // beams
         ids = ops.reshape(token_ids, (batch, beams))
         positions = ops.broadcast_to(lengths[:, None] + index, (batch, beams))
         segments = ops.full((batch, beams), self.generated_segment(), "int32")
-        x = self.embed(ids, segments, positions, prompt + max_length - 1)
+        x = self.builder.embed(ids, segments, positions)
         cache = dict(cache)
         slots = None
         if parents is not None and beams > 1:
             slots = cache["slots"] = follow_parents(cache["slots"], parents, index)
-        generated = generated_mask(index, max_length, slots)
-        layers = []
-        for block, layer in zip(self.builder.blocks, cache["layers"]):
-            attention = block.attention
-            scale = logit_scale(attention)
-            layer = dict(layer)
-
-            def sublayer(h, attention=attention, scale=scale, layer=layer):
-                q, k, v = project(attention, h, positions)
-                layer["key"] = write(layer["key"], k, index)
-                layer["value"] = write(layer["value"], v, index)
-                blocks = [(layer["prompt_key"], layer["prompt_value"], cache["prompt_mask"], None),
-                          (flatten_beams(layer["key"]), flatten_beams(layer["value"]), generated,
-                           None)]
-                return attention.output_dense(attend(q, blocks, scale))
-
-            x = residual(block, x, sublayer, block.attention_norm)
-            if getattr(block, "feedforward", None) is not None:
-                x = residual(block, x, block.feedforward, block.feedforward_norm)
-            layers.append(layer)
-        cache["layers"] = layers
-        logits = ops.cast(ops.reshape(self.logits(x), (rows, -1)), "float32")
-        return ops.log_softmax(logits, axis=-1), cache
+        mask = step_mask(prompt_mask, index, max_length, beams, slots)
+        x, cache["layers"] = self.run_blocks(x, cache["layers"], mask,
+                                             step_column(prompt, index, beams), positions,
+                                             cache["key_positions"])
+        return self.log_probs(x), cache
 
     # -- without a cache: the whole model on the growing sequence ----------------------------
     def full_start(self, ids, segments, lengths, max_length, beams):
@@ -408,13 +340,9 @@ class LanguageModelDecoder:
         ids, segments, lengths = self.check_inputs(token_ids, segment_ids, max_length)
         beams = checked["beam_size"] if method == "beam" else 1
         if use_cache:
-            key = (max_length, beams, checked["compile"])
-            if key not in self.prefills:
-                prefill = lambda i, s, n: self.prefill(i, s, n, max_length, beams)  # noqa: E731
-                self.prefills[key] = (generation.compile_function(prefill, self.variables)
-                                      if checked["compile"] else prefill)
-            log_probs, cache = self.prefills[key](*(ops.convert_to_tensor(a) for a in
-                                                     (ids, segments, lengths)))
+            start = self.compiled_start(max_length, beams, checked["compile"])
+            log_probs, cache = start(*(ops.convert_to_tensor(a) for a in
+                                       (ids, segments, lengths)))
             return self.cached(cache, log_probs, end_id, max_length, method,
                                builder.vocab_size, **options)
         log_probs, cache = self.full_start(ids, segments, lengths, max_length, beams)
@@ -422,9 +350,161 @@ class LanguageModelDecoder:
                              **options)
 
 
-def language_model_decoder(builder):
-    """The builder's :class:`LanguageModelDecoder`, made once (it keeps compiled loops)."""
-    decoder = getattr(builder, "language_model_decoder", None)
+# -- T5 -------------------------------------------------------------------------------------
+class Seq2SeqDecoder(Decoder):
+    """Cached and uncached decoding of a T5 builder: ``generate(token_ids, max_length=32,
+    method="greedy", use_cache=True, **options)`` (``end_id`` defaults to the config's
+    ``eos_token_id``, ``pad_id`` to ``pad_token_id``) returns int32 ``(batch, <=
+    max_length)`` generated ids after the start token."""
+
+    def position_bias(self, query_position, key_positions):
+        """The decoder's relative bias ``(1, heads, 1, keys)`` of one query position, from
+        the decoder stack's own bias table."""
+        builder = self.builder
+        buckets = relative_position_bucket(key_positions - query_position, False,
+                                           builder.num_buckets, builder.max_distance)
+        table = ops.cast(builder.decoder_bias.embeddings, builder.decoder_bias.compute_dtype)
+        return ops.transpose(ops.take(table, buckets, axis=0))[None, :, None, :]
+
+    def key_positions(self, max_length, beams):
+        """Decoder position of every self-attention cache column: 0 (the start token), then
+        ``s + 1`` for the ``beams`` columns of step ``s``."""
+        generated = ops.repeat(ops.arange(1, max_length + 1, dtype="int32"), beams)
+        return ops.concatenate([ops.zeros((1,), "int32"), generated])
+
+    def context_bias(self, query_position, cache):
+        """With ``cross_position_bias`` (bert4keras), the decoder's relative bias of one
+        query position over the source positions; else None."""
+        if not self.builder.cross_position_bias:
+            return None
+        sources = ops.shape(cache["context"][0][0])[1]
+        return self.position_bias(query_position, ops.arange(sources))
+
+    def run_blocks(self, x, cache, mask, bias, index, context_bias):
+        """The decoder blocks with their caches: ``(x, self-attention caches)``."""
+        updated = []
+        for block, layer, context in zip(self.builder.decoder_blocks, cache["layers"],
+                                         cache["context"]):
+            x, layer = block(x, bias, attention_mask=mask, context_mask=cache["context_mask"],
+                             context_bias=context_bias, self_attention_cache=layer,
+                             cache_update_index=index, cross_attention_cache=context)
+            updated.append(layer)
+        return x, updated
+
+    def log_probs(self, x, cache):
+        """float32 log-probabilities ``(rows, vocab)`` of the decoder blocks' output."""
+        logits = self.builder.logits(self.builder.decoder_norm(x), cache.get("output_kernel"))
+        return ops.log_softmax(ops.cast(ops.reshape(logits, (-1, logits.shape[-1])),
+                                        "float32"), axis=-1)
+
+    def prefill(self, token_ids, max_length, beams):
+        """Encode source ``token_ids (batch, src_len)`` and decode the start token: the first
+        generated token's log-probabilities ``(batch, vocab)`` and the cache."""
+        builder = self.builder
+        context = builder.encoder(token_ids)
+        batch = ops.shape(token_ids)[0]
+        columns = 1 + max_length * beams
+        cache = {"context": [block.cross_attention_cache(context)
+                             for block in builder.decoder_blocks],
+                 "context_mask": padding_mask(token_ids, builder.pad_id)}
+        x = builder.token_embedding(ops.full((batch, 1), builder.start_id, "int32"))
+        cache["layers"] = [empty_cache(batch, columns, block.self_attention, x.dtype)
+                           for block in builder.decoder_blocks]
+        if beams > 1:
+            cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
+        mask = (ops.arange(columns) < 1)[None, None, None, :]
+        bias = self.position_bias(0, self.key_positions(max_length, beams))
+        x, cache["layers"] = self.run_blocks(x, cache, mask, bias, 0,
+                                             self.context_bias(0, cache))
+        if not builder.tied:
+            # the output kernel transposed to (vocab, d_model) once per call: XLA's CPU dot
+            # multiplies by it about twice as fast as by the (d_model, vocab) kernel
+            cache["output_kernel"] = ops.transpose(ops.cast(
+                builder.output_dense.kernel, builder.output_dense.compute_dtype))
+        return self.log_probs(x, cache), cache
+
+    def step(self, token_ids, index, cache, parents=None):
+        """The ``keraformer.generation`` step: log-probabilities ``(rows, vocab)`` of the token
+        after ``token_ids (rows, 1)``, generated at ``index`` (decoder position ``index + 1``),
+        and the updated cache; ``rows`` is ``batch · beams``."""
+        builder = self.builder
+        batch = ops.shape(cache["context_mask"])[0]
+        beams = cache["slots"].shape[1] if "slots" in cache else 1
+        max_length = (cache["layers"][0][0].shape[1] - 1) // beams
+        x = builder.token_embedding(ops.reshape(token_ids, (batch, beams)))
+        cache = dict(cache)
+        slots = None
+        if parents is not None and beams > 1:
+            slots = cache["slots"] = follow_parents(cache["slots"], parents, index)
+        query = index + 1
+        mask = step_mask(ops.ones((1, 1, 1, 1), "bool"), index, max_length, beams, slots)
+        bias = self.position_bias(query, self.key_positions(max_length, beams))
+        x, cache["layers"] = self.run_blocks(x, cache, mask, bias,
+                                             step_column(1, index, beams),
+                                             self.context_bias(query, cache))
+        return self.log_probs(x, cache), cache
+
+    # -- without a cache ---------------------------------------------------------------------
+    def full_start(self, token_ids, max_length, beams=1):
+        """First log-probabilities from the whole model, and a cache of every row's source
+        and decoder tokens for :meth:`full_step`."""
+        builder = self.builder
+        start = np.full((len(token_ids), 1), builder.start_id, "int32")
+        probs = builder.model([ops.convert_to_tensor(token_ids), ops.convert_to_tensor(start)])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        rows = np.repeat(token_ids, beams, axis=0)
+        tokens = np.full((len(rows), max_length + 1), builder.start_id, "int32")
+        return log_probs, {"sources": ops.convert_to_tensor(rows),
+                           "tokens": ops.convert_to_tensor(tokens)}
+
+    def full_step(self, token_ids, index, cache, parents=None):
+        """A step that re-runs the whole model over the decoded prefix (eager)."""
+        tokens = cache["tokens"]
+        if parents is not None:
+            tokens = ops.take(tokens, parents, axis=0)
+        index = int(ops.convert_to_numpy(index))
+        tokens = ops.slice_update(tokens, (0, index + 1), token_ids)
+        probs = self.builder.model([cache["sources"], tokens[:, :index + 2]])
+        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
+        return log_probs, {**cache, "tokens": tokens}
+
+    # -- entry point ----------------------------------------------------------------------
+    def generate(self, token_ids, max_length=32, method="greedy", use_cache=True, **options):
+        builder = self.builder
+        end_id = options.pop("end_id", builder.end_id)
+        options.setdefault("pad_id", builder.pad_id)
+        check_use_cache(use_cache, options)
+        checked = generation.check_options(method, max_length, end_id, builder.vocab_size,
+                                           **options)
+        generation.check_token_id("decoder_start_token_id", builder.start_id,
+                                  builder.vocab_size)
+        ids = generation.check_id_batch(token_ids, builder.vocab_size, "src_len")
+        beams = checked["beam_size"] if method == "beam" else 1
+        if not use_cache:
+            log_probs, cache = self.full_start(ids, max_length, beams)
+            return self.uncached(cache, log_probs, end_id, max_length, method,
+                                 builder.vocab_size, **options)
+        start = self.compiled_start(max_length, beams, checked["compile"])
+        log_probs, cache = start(ops.convert_to_tensor(ids))
+        return self.cached(cache, log_probs, end_id, max_length, method, builder.vocab_size,
+                           **options)
+
+
+def decoder_of(builder, cls, attribute):
+    """The builder's decoder of class ``cls``, made once and kept as ``builder.attribute``
+    (it keeps the compiled loops)."""
+    decoder = getattr(builder, attribute, None)
     if decoder is None:
-        decoder = builder.language_model_decoder = LanguageModelDecoder(builder)
+        decoder = cls(builder)
+        setattr(builder, attribute, decoder)
     return decoder
+
+
+def language_model_decoder(builder):
+    """The builder's :class:`LanguageModelDecoder`."""
+    return decoder_of(builder, LanguageModelDecoder, "language_model_decoder")
+
+
+def seq2seq_decoder(builder):
+    """The builder's :class:`Seq2SeqDecoder`."""
+    return decoder_of(builder, Seq2SeqDecoder, "seq2seq_decoder")

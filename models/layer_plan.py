@@ -52,8 +52,8 @@ class StackOptions:
     (``random_positions=N``).
 
     ``check`` refuses, by the option's name, what the stack cannot honour: ReRoPE and
-    ``"hwfa"`` need rotary positions; local attention, ReRoPE and ``"hwfa"`` need softmax
-    attention (``MultiHeadAttention``).
+    ``"hwfa"`` need rotary positions; local attention, ReRoPE, ``"hwfa"`` and, with rotary
+    positions, random positions need softmax attention (``MultiHeadAttention``).
     """
 
     def __init__(self, attention_window=None, rerope_window=None, rerope_leak=None,
@@ -89,7 +89,9 @@ class StackOptions:
             if name in given and not rotary:
                 raise ValueError(f"{owner} does not support {name}={given[name]!r}: it needs "
                                  f"rotary positions (RoFormer families), and {owner} has none")
-        for name in ("attention_window", "rerope_window", "rerope_leak", "layer_plan"):
+        softmax_only = ("attention_window", "rerope_window", "rerope_leak", "layer_plan") + (
+            ("random_positions",) if rotary else ())  # rotary positions reach MHA alone
+        for name in softmax_only:
             if name in given and attention != "softmax":
                 raise ValueError(f"attention={attention!r} does not support {name}="
                                  f"{given[name]!r}: local attention and ReRoPE are options "

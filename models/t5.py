@@ -18,22 +18,20 @@ decoder's position 0, the start token, counts as real although its id is the pad
 """
 
 import keras
-import numpy as np
 from keras import ops
 
-from keraformer import checkpoints, generation
+from keraformer import checkpoints
 from keraformer.attentions import MultiHeadAttention
 from keraformer.checks import (check_bools, check_ids_in_vocabulary, check_positive_ints,
                                check_positive_numbers, check_rates)
 from keraformer.embedding import Embedding
 from keraformer.feedforward import FeedForward, activation_by_name
-from keraformer.masks import AttentionMask, OutputMask, padding_mask, real_tokens
+from keraformer.masks import AttentionMask, OutputMask, real_tokens
 from keraformer.models import decoding
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.bert import head_activation
 from keraformer.normalization import LayerNormalization, rms_norm
 from keraformer.positions import RelativePositionBias
-from keraformer.positions.relative import relative_position_bucket
 
 
 def feed_forward_kind(proj):
@@ -62,8 +60,12 @@ class T5Block(keras.layers.Layer):
     heads, q_len, k_len)`` and, for decoder blocks, the encoder output ``context (batch,
     src_len, d_model)`` with its key mask ``context_mask``. Returns ``(batch, length,
     d_model)``. ``context_bias`` is an optional position bias of the cross-attention
-    (bert4keras' ``cross_position_bias``). ``step`` is the cached single-position form for
-    decoding.
+    (bert4keras' ``cross_position_bias``).
+
+    Cached decoding runs the same call with ``self_attention_cache=(keys, values)`` and
+    ``cache_update_index`` (see ``MultiHeadAttention``; the masks and bias then cover every
+    cache column) and the encoder's ``cross_attention_cache`` (:meth:`cross_attention_cache`)
+    in place of ``context``; it returns ``(output, self_attention_cache)``.
 
     Args:
         heads: number of attention heads.
@@ -113,65 +115,35 @@ class T5Block(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def call(self, x, position_bias, attention_mask=None, causal=False, context=None,
-             context_mask=None, context_bias=None, training=None):
+             context_mask=None, context_bias=None, training=None, self_attention_cache=None,
+             cache_update_index=None, cross_attention_cache=None):
         h = self.self_attention_norm(x)
-        h = self.self_attention(h, mask=attention_mask, bias=position_bias, causal=causal,
-                                training=training)
+        if self_attention_cache is None:
+            h = self.self_attention(h, mask=attention_mask, bias=position_bias, causal=causal,
+                                    training=training)
+        else:
+            h, self_attention_cache = self.self_attention(
+                h, mask=attention_mask, bias=position_bias, training=training,
+                cache=self_attention_cache, cache_update_index=cache_update_index)
         x = x + self.dropout(h, training=training)
         if self.has_cross_attention:
-            h = self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask,
-                                     bias=context_bias, training=training)
+            h = self.cross_attention_norm(x)
+            if cross_attention_cache is None:
+                h = self.cross_attention(h, context, mask=context_mask, bias=context_bias,
+                                         training=training)
+            else:
+                h, _ = self.cross_attention(h, mask=context_mask, bias=context_bias,
+                                            training=training, cache=cross_attention_cache)
             x = x + self.dropout(h, training=training)
         h = self.feedforward(self.feedforward_norm(x), training=training)
-        return x + self.dropout(h, training=training)
+        x = x + self.dropout(h, training=training)
+        return x if self_attention_cache is None else (x, self_attention_cache)
 
-    def context_key_value(self, context):
+    def cross_attention_cache(self, context):
         """Cross-attention keys and values ``(batch, src_len, heads, d_kv)`` of the encoder
-        output, computed once per source and shared by all its beams."""
-        return decoding.project_key_value(self.cross_attention, context)
-
-    def cross_and_feedforward(self, x, cache, context_mask, context_bias=None):
-        """The cached cross-attention and feed-forward residuals of a decoding step
-        (``context_bias``: bert4keras' decoder position bias over the source, or None)."""
-        h = self.cross_attention_norm(x)
-        q = decoding.split_heads(self.cross_attention.query_dense(h), self.heads)
-        out = decoding.attend(q, [(cache["context_key"], cache["context_value"], context_mask,
-                                   context_bias)], decoding.logit_scale(self.cross_attention))
-        x = x + self.cross_attention.output_dense(out)
-        return x + self.feedforward(self.feedforward_norm(x))
-
-    def start(self, x, position_bias, cache, context_mask, context_bias=None):
-        """Decode the start token ``x (batch, 1, d_model)``; its keys and values become the
-        cache's shared ``prompt_key``/``prompt_value``."""
-        h = self.self_attention_norm(x)
-        q, k, v = decoding.project(self.self_attention, h)
-        out = decoding.attend(q, [(k, v, None, position_bias)],
-                              decoding.logit_scale(self.self_attention))
-        x = x + self.self_attention.output_dense(out)
-        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
-                {**cache, "prompt_key": k, "prompt_value": v})
-
-    def step(self, x, position_biases, cache, index, generated_mask, context_mask,
-             context_bias=None):
-        """Decode the tokens of step ``index`` of every beam, ``x (batch, beams, d_model)``.
-
-        ``cache`` holds this layer's ``prompt_key``/``prompt_value`` (the start token),
-        ``key``/``value`` ``(batch, beams, max_length, heads, d_kv)`` (written at
-        ``index``) and the cross-attention ``context_key``/``context_value``;
-        ``position_biases`` are the relative biases of both key blocks. Returns the output
-        and the updated cache (see ``keraformer.models.decoding``).
-        """
-        h = self.self_attention_norm(x)
-        q, k, v = decoding.project(self.self_attention, h)
-        keys = decoding.write(cache["key"], k, index)
-        values = decoding.write(cache["value"], v, index)
-        blocks = [(cache["prompt_key"], cache["prompt_value"], None, position_biases[0]),
-                  (decoding.flatten_beams(keys), decoding.flatten_beams(values), generated_mask,
-                   position_biases[1])]
-        out = decoding.attend(q, blocks, decoding.logit_scale(self.self_attention))
-        x = x + self.self_attention.output_dense(out)
-        return (self.cross_and_feedforward(x, cache, context_mask, context_bias),
-                {**cache, "key": keys, "value": values})
+        output ``context``, the ``cross_attention_cache`` of every decoding step (computed
+        once per source, shared by its beams)."""
+        return self.cross_attention.project_key_value(context, context)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape
@@ -497,125 +469,18 @@ class T5(Transformer):
                                         name="Decoder-Output-Activation")(self.logits(x))
         return OutputMask(self.pad_id, keep_first=True)([x, token_ids])
 
-    def logits(self, x):
+    def logits(self, x, transposed_kernel=None):
         """Vocabulary logits of the final decoder states: scaled by ``d_model^-0.5`` when
         tied (or with ``bert4keras_scaling``), then the shared embedding or the output
-        projection."""
+        projection (``transposed_kernel``: its kernel as ``(vocab, d_model)``, which
+        decoding transposes once per call since XLA's CPU dot is faster with it)."""
         if self.scale_output:
             x = self.output_scale(x)
         if self.tied:
             return self.token_embedding(x, reverse=True)
+        if transposed_kernel is not None:
+            return ops.einsum("bqd,vd->bqv", x, transposed_kernel)
         return self.output_dense(x)
-
-    # -- cached decoding ------------------------------------------------------------------
-    def initial_cache(self, encoder_output, context_mask, max_length, beams=1):
-        """Decoding state for ``encoder_output (batch, src_len, d_model)`` and its key mask
-        ``(batch, 1, 1, src_len)``: per decoder layer the cross-attention keys/values,
-        computed once per source (never per beam), and an empty self-attention cache
-        ``(batch, beams, max_length, heads, d_kv)``; with beams, the ``slots`` of
-        ``keraformer.models.decoding``."""
-        encoder_output = ops.convert_to_tensor(encoder_output, self.decoder_norm.compute_dtype)
-        batch = ops.shape(encoder_output)[0]
-        layers = []
-        for block in self.decoder_blocks:
-            k, v = block.context_key_value(encoder_output)
-            empty = ops.zeros((batch, beams, max_length, self.heads, self.head_size), k.dtype)
-            layers.append({"key": empty, "value": empty, "context_key": k, "context_value": v})
-        cache = {"layers": layers, "context_mask": context_mask}
-        if beams > 1:
-            cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
-        return cache
-
-    def decoder_position_bias(self, query_position, key_positions):
-        """Relative bias ``(1, heads, 1, keys)`` of one decoder query position."""
-        buckets = relative_position_bucket(key_positions - query_position, False,
-                                           self.num_buckets, self.max_distance)
-        table = ops.cast(self.decoder_bias.embeddings, self.decoder_bias.compute_dtype)
-        return ops.transpose(ops.take(table, buckets, axis=0))[None, :, None, :]
-
-    def cached_context_bias(self, query_position, cache):
-        """With ``cross_position_bias`` (bert4keras), the decoder's relative bias of one query
-        position over the source positions; else None."""
-        if not self.cross_position_bias:
-            return None
-        sources = ops.shape(cache["layers"][0]["context_key"])[1]
-        return self.decoder_position_bias(query_position, ops.arange(sources))
-
-    def decode_start(self, token_ids, max_length, beams=1):
-        """Encode source ``token_ids (batch, src_len)`` and decode the start token: the first
-        generated token's log-probabilities ``(batch, vocab)`` and the cache."""
-        encoder_output = self.encoder(token_ids)
-        cache = self.initial_cache(encoder_output, padding_mask(token_ids, self.pad_id),
-                                   max_length, beams)
-        start = ops.full((ops.shape(token_ids)[0], 1), self.start_id, "int32")
-        x = self.token_embedding(start)
-        bias = self.decoder_position_bias(0, ops.zeros((1,), "int32"))
-        layers = []
-        for block, layer in zip(self.decoder_blocks, cache["layers"]):
-            x, layer = block.start(x, bias, layer, cache["context_mask"],
-                                   self.cached_context_bias(0, cache))
-            layers.append(layer)
-        logits = ops.cast(self.logits(self.decoder_norm(x))[:, -1], "float32")
-        cache = {**cache, "layers": layers}
-        if not self.tied:
-            # the output kernel transposed to (vocab, d_model) once per call: XLA's CPU dot
-            # multiplies by it about twice as fast as by the (d_model, vocab) kernel
-            cache["output_kernel"] = ops.transpose(ops.cast(self.output_dense.kernel,
-                                                            self.output_dense.compute_dtype))
-        return ops.log_softmax(logits, axis=-1), cache
-
-    def decode_step(self, token_ids, index, cache, parents=None):
-        """The ``keraformer.generation`` step: log-probabilities ``(rows, vocab)`` of the token
-        after ``token_ids (rows, 1)``, generated at ``index`` (decoder position ``index + 1``),
-        and the updated cache; ``rows`` is ``batch · beams``."""
-        first = cache["layers"][0]
-        batch, beams, max_length = ops.shape(first["key"])[0], *first["key"].shape[1:3]
-        x = self.token_embedding(ops.reshape(token_ids, (batch, beams)))
-        cache = dict(cache)
-        slots = None
-        if parents is not None and beams > 1:
-            slots = cache["slots"] = decoding.follow_parents(cache["slots"], parents, index)
-        query = index + 1
-        biases = (self.decoder_position_bias(query, ops.zeros((1,), "int32")),
-                  ops.tile(self.decoder_position_bias(query, ops.arange(1, max_length + 1)),
-                           (1, 1, 1, beams)))
-        mask = decoding.generated_mask(index, max_length, slots)
-        context_bias = self.cached_context_bias(query, cache)
-        layers = []
-        for block, layer in zip(self.decoder_blocks, cache["layers"]):
-            x, layer = block.step(x, biases, layer, index, mask, cache["context_mask"],
-                                  context_bias)
-            layers.append(layer)
-        x = self.decoder_norm(x)
-        if "output_kernel" in cache:
-            logits = ops.einsum("bqd,vd->bqv", x, cache["output_kernel"])
-        else:
-            logits = self.logits(x)
-        logits = ops.reshape(ops.cast(logits, "float32"), (ops.shape(token_ids)[0], -1))
-        return ops.log_softmax(logits, axis=-1), {**cache, "layers": layers}
-
-    def full_decode_start(self, token_ids, max_length, beams=1):
-        """Without a cache: first log-probabilities from the whole model, and a cache of
-        every row's source and decoder tokens for :meth:`full_decode_step`."""
-        batch = len(token_ids)
-        start = np.full((batch, 1), self.start_id, "int32")
-        probs = self.model([ops.convert_to_tensor(token_ids), ops.convert_to_tensor(start)])
-        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
-        rows = np.repeat(token_ids, beams, axis=0)
-        tokens = np.full((len(rows), max_length + 1), self.start_id, "int32")
-        return log_probs, {"sources": ops.convert_to_tensor(rows),
-                           "tokens": ops.convert_to_tensor(tokens)}
-
-    def full_decode_step(self, token_ids, index, cache, parents=None):
-        """A step that re-runs the whole model over the decoded prefix (no cache; eager)."""
-        tokens = cache["tokens"]
-        if parents is not None:
-            tokens = ops.take(tokens, parents, axis=0)
-        index = int(ops.convert_to_numpy(index))
-        tokens = ops.slice_update(tokens, (0, index + 1), token_ids)
-        probs = self.model([cache["sources"], tokens[:, :index + 2]])
-        log_probs = ops.log(ops.maximum(ops.cast(probs[:, -1], "float32"), 1e-30))
-        return log_probs, {**cache, "tokens": tokens}
 
     def generate(self, token_ids, max_length=32, method="greedy", use_cache=True, **kwargs):
         """Decode a batch of source ``token_ids (batch, src_len)`` with
@@ -624,32 +489,10 @@ class T5(Transformer):
         ``top_p``, ``min_length``, ``seed``, ``loop``... in ``kwargs``). Returns int32
         ``(batch, <= max_length)`` generated ids (after the start token), padded with
         ``pad_token_id`` after the end id. ``use_cache=False`` re-runs the model on the
-        whole prefix every step (a reference; eager, host loop)."""
-        end_id = kwargs.pop("end_id", self.end_id)
-        kwargs.setdefault("pad_id", self.pad_id)
-        decoding.check_use_cache(use_cache, kwargs)
-        checked = generation.check_options(method, max_length, end_id, self.vocab_size,
-                                           **kwargs)
-        generation.check_token_id("decoder_start_token_id", self.start_id, self.vocab_size)
-        ids = generation.check_id_batch(token_ids, self.vocab_size, "src_len")
-        beams = checked["beam_size"] if method == "beam" else 1
-        if not use_cache:
-            if getattr(self, "uncached_generator", None) is None:
-                self.uncached_generator = generation.Generator(self.full_decode_step)
-            log_probs, cache = self.full_decode_start(ids, max_length, beams)
-            return self.uncached_generator(cache, log_probs, end_id, max_length, method,
-                                           self.vocab_size, **kwargs)
-        if getattr(self, "generator", None) is None:  # compiled loops, kept per builder
-            self.generator = generation.Generator(self.decode_step, self.model.weights)
-            self.starts = {}
-        key = (max_length, beams, checked["compile"])
-        if key not in self.starts:
-            start = lambda ids: self.decode_start(ids, max_length, beams)  # noqa: E731
-            self.starts[key] = (generation.compile_function(start, self.model.weights)
-                                if checked["compile"] else start)
-        log_probs, cache = self.starts[key](ops.convert_to_tensor(ids))
-        return self.generator(cache, log_probs, end_id, max_length, method, self.vocab_size,
-                              **kwargs)
+        whole prefix every step (a reference; eager, host loop). See
+        ``keraformer.models.decoding``."""
+        return decoding.seq2seq_decoder(self).generate(token_ids, max_length, method,
+                                                       use_cache, **kwargs)
 
     # -- checkpoint names -----------------------------------------------------------------
     def attention_mapping(self, prefix, attention):

@@ -16,8 +16,14 @@ def hierarchical_positions(table, length, alpha=0.4):
     if isinstance(length, int) and length > rows * rows:
         raise ValueError(f"hierarchical positions reach {rows}² = {rows * rows} positions; "
                          f"received an input of length {length}")
+    return hierarchical_vectors(table, ops.arange(length), alpha)
+
+
+def hierarchical_vectors(table, positions, alpha=0.4):
+    """Vectors ``positions.shape + (dim,)`` of integer ``positions`` (below ``N²``) from a
+    ``(N, dim)`` table."""
+    rows = table.shape[0]
     u = (table - alpha * table[:1]) / (1 - alpha)
-    positions = ops.arange(length)
     outer = ops.take(u, positions // rows, axis=0)
     inner = ops.take(u, positions % rows, axis=0)
     return alpha * outer + (1 - alpha) * inner
@@ -28,7 +34,8 @@ class PositionEmbedding(keras.layers.Layer):
     """Trained position vectors added to (``merge_mode="add"``) or returned for the input.
 
     Input ``(batch, length, dim)``; output the same shape (``"add"``) or ``(1, length, dim)``
-    (``"zero"``: the position vectors alone). Inputs longer than ``input_dim`` need
+    (``"zero"``: the position vectors alone); ``positions`` (ids broadcasting to ``(batch,
+    length)``) places the inputs elsewhere than ``0..length-1``. Inputs longer than ``input_dim`` need
     ``hierarchical=True`` and raise a ``ValueError`` otherwise.
     """
 
@@ -64,7 +71,17 @@ class PositionEmbedding(keras.layers.Layer):
             return table[:length]
         return hierarchical_positions(table, length, self.alpha)
 
-    def call(self, inputs):
+    def vectors_at(self, positions):
+        """Vectors ``positions.shape + (output_dim,)`` of integer ``positions``."""
+        table = ops.cast(self.embeddings, self.compute_dtype)
+        if self.hierarchical:
+            return hierarchical_vectors(table, positions, self.alpha)
+        return ops.take(table, positions, axis=0)
+
+    def call(self, inputs, positions=None):
+        if positions is not None:  # (batch, length) ids, e.g. a cached decoding step's
+            vectors = self.vectors_at(ops.broadcast_to(positions, ops.shape(inputs)[:2]))
+            return vectors if self.merge_mode == "zero" else inputs + vectors
         length = inputs.shape[1] if inputs.shape[1] is not None else ops.shape(inputs)[1]
         vectors = self.position_vectors(length)[None]
         return vectors if self.merge_mode == "zero" else inputs + vectors

@@ -142,3 +142,38 @@ def test_mha_serialization_and_mixed_precision(mha_and_input, tmp_path):
     layer, x = mha_and_input
     assert_round_trips(layer, x, str(tmp_path / "mha.keras"), causal=True)
     assert_mixed_bfloat16_close(layer, x, calls=({"causal": True},))
+
+
+def test_mha_cached_steps_match_numpy_reference(mha_and_input):
+    """Decoding ``x`` one position at a time through a cache of 9 columns, position ``i``
+    written at column ``2 + i`` (columns 0-1 and those not yet written hidden by the mask),
+    gives the causal NumPy reference at every position, rotary at the given positions and
+    entropy scaling counting the visible columns."""
+    layer, x = mha_and_input
+    q, k, v, output = project_heads(layer, x, HEADS, KEY, HEAD)
+    want = output(numpy_softmax_attention(numpy_rope(q), numpy_rope(k), v,
+                                          causal_allowed(7, 7), entropy_base=512))
+    cache = (np.zeros((2, 9, HEADS, KEY), "float32"), np.zeros((2, 9, HEADS, HEAD), "float32"))
+    for i in range(7):
+        visible = (np.arange(9) >= 2) & (np.arange(9) <= 2 + i)
+        out, cache = layer(x[:, i:i + 1], mask=visible[None, None, None], cache=cache,
+                           cache_update_index=2 + i, positions=np.array([i]))
+        np.testing.assert_allclose(np.asarray(out)[:, 0], want[:, i], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(cache[0])[:, :2], 0.0)  # never written
+
+
+def test_mha_cross_attention_cache_equals_the_uncached_call(mha_and_input):
+    layer, x = mha_and_input
+    context = np.random.RandomState(8).randn(2, 5, DIM).astype("float32")
+    keep = random_keep(3, 2, 5)[:, None, None, :]
+    out, cache = layer(x, mask=keep, cache=layer.project_key_value(context, context))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(layer(x, context, mask=keep)),
+                               atol=1e-6)
+    assert cache[0].shape == (2, 5, HEADS, KEY)
+
+
+def test_mha_cache_refuses_causal(mha_and_input):
+    layer, x = mha_and_input
+    cache = (np.zeros((2, 7, HEADS, KEY), "float32"), np.zeros((2, 7, HEADS, HEAD), "float32"))
+    with pytest.raises(ValueError, match="causal"):
+        layer(x, causal=True, cache=cache, cache_update_index=0)

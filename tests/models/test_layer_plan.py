@@ -127,7 +127,28 @@ def test_deepnorm_scales_value_output_and_feedforward_initialisation():
         assert abs(np.asarray(a.kernel).std() / np.asarray(b.kernel).std() - 1) < 0.1
 
 
+@pytest.mark.parametrize("model", ["roformer", "bert"])
+def test_random_positions_draw_in_training_only(model):
+    """Inference places tokens at ``0..n−1`` (the plain model's output on the same weights);
+    training draws sorted positions below ``N`` (the output moves), and ``fit`` runs."""
+    tokens, segments = segment_batch(3, 40)
+    plain = build(model=model)
+    drawn = same_weights(build(model=model, random_positions=64), plain)
+    want = builder_outputs(plain.model, tokens, segments)
+    np.testing.assert_allclose(builder_outputs(drawn.model, tokens, segments), want, atol=1e-6)
+    trained = np.asarray(drawn.model([tokens, segments], training=True))
+    assert np.abs(trained - want).max() > 1e-3
+    model_ = drawn.model
+    model_.compile(optimizer="sgd", loss="mse")
+    model_.fit([tokens, segments], np.zeros(want.shape, "float32"), verbose=0)
+
+
 @pytest.mark.parametrize("model, options, message", [
+    ("bert", {"random_positions": 600}, "`random_positions=600` draws positions below 600, "
+                                        "but the position table has 512 rows"),
+    ("roformer", {"attention": "linear", "random_positions": 64},
+     "attention='linear' does not support random_positions=64"),
+    ("roformer", {"random_positions": 0}, "`random_positions` must be >= 1"),
     ("bert", {"rerope_window": 4}, "BERT does not support rerope_window=4: it needs rotary"),
     ("bert", {"layer_plan": "hwfa", "attention_window": 3}, "BERT does not support layer_plan"),
     ("roformer", {"attention": "linear", "attention_window": 3},
@@ -148,7 +169,7 @@ def test_options_are_refused_by_name(model, options, message):
 def test_keras_and_keraformer_round_trips(tmp_path):
     tokens, segments = segment_batch(2, 40)
     options = dict(layer_plan="hwfa", attention_window=3, rerope_window=2, rerope_leak=3.0,
-                   deepnorm=True)
+                   deepnorm=True, random_positions=30)
     builder = build(application="lm", **options)
     want = builder_outputs(builder.model, tokens, segments)
     path = str(tmp_path / "model.keras")
@@ -160,3 +181,54 @@ def test_keras_and_keraformer_round_trips(tmp_path):
     assert [b.get_config()["attention_options"] for b in again.blocks] == [
         b.get_config()["attention_options"] for b in builder.blocks]
     np.testing.assert_array_equal(builder_outputs(again.model, tokens, segments), want)
+
+
+# -- cached decoding: the same layers, the cache's columns placed by position ---------------
+DECODING = [{"attention_window": 3}, {"rerope_window": 2, "rerope_leak": 3.0},
+            {"layer_plan": "hwfa", "attention_window": 2, "rerope_window": 1}]
+
+
+@pytest.fixture(scope="module", params=DECODING, ids=lambda o: "-".join(map(str, o.values())))
+def decoding_builder(request):
+    from tests.models.test_decoding import CONFIG as DECODER_CONFIG, random_weights
+    builder = build_transformer_model(model="roformer", application="lm",
+                                      return_keras_model=False, **DECODER_CONFIG,
+                                      **request.param)
+    random_weights(builder)
+    return builder
+
+
+def test_cached_steps_follow_the_full_model(decoding_builder):
+    """Random tokens and beam parents (3 beams) from right-padded prompts of 1-5 tokens:
+    every cached step's log-probabilities equal the whole model's on that row's own history
+    (atol 1e-4, float32 in another order)."""
+    from tests.models.test_decoding import full_model_log_probs, prompts
+    from keraformer.models.decoding import language_model_decoder
+    decoder = language_model_decoder(decoding_builder)
+    ids, beams, steps = prompts(), 3, 4
+    lengths = (ids != 0).sum(1).astype("int32")
+    rng = np.random.default_rng(5)
+    log_probs, cache = decoder.prefill(ids, np.zeros_like(ids), lengths, steps + 1, beams)
+    expected = [full_model_log_probs(decoding_builder, row, []) for row in ids]
+    np.testing.assert_allclose(np.asarray(log_probs), expected, atol=1e-4, rtol=0)
+    histories = [[] for _ in range(len(ids) * beams)]
+    for index in range(steps):
+        parents = (np.arange(len(ids))[:, None] * beams
+                   + rng.integers(0, beams, (len(ids), beams))).reshape(-1).astype("int32")
+        tokens = rng.integers(4, 40, len(histories)).astype("int32")
+        histories = [histories[p] + [int(t)] for p, t in zip(parents, tokens)]
+        log_probs, cache = decoder.step(tokens[:, None], np.int32(index), cache, parents)
+        expected = [full_model_log_probs(decoding_builder, ids[row // beams], history)
+                    for row, history in enumerate(histories)]
+        np.testing.assert_allclose(np.asarray(log_probs), expected, atol=1e-4, rtol=0)
+
+
+def test_cached_generation_equals_uncached(decoding_builder):
+    from tests.models.test_decoding import END, prompts
+    ids = prompts(seed=2)
+    for method, options in (("greedy", {}), ("beam", {"beam_size": 3})):
+        cached = decoding_builder.generate(ids, max_length=7, method=method, end_id=END,
+                                           **options)
+        full = decoding_builder.generate(ids, max_length=7, method=method, end_id=END,
+                                         use_cache=False, **options)
+        np.testing.assert_array_equal(cached, full)

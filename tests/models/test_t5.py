@@ -16,6 +16,7 @@ import transformers
 import keras
 from keraformer import generation
 from keraformer.models import build_transformer_model, load_pretrained
+from keraformer.models.decoding import seq2seq_decoder
 
 CONFIG = dict(vocab_size=48, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2,
               num_heads=3, relative_attention_num_buckets=8, relative_attention_max_distance=20,
@@ -187,26 +188,28 @@ def test_cache_and_no_cache_give_identical_tokens(pair):
 
 def test_beam_search_keeps_cross_attention_once_per_source(pair):
     """During beam search every step sees the cross-attention keys/values with one row per
-    source (never repeated per beam) and the self-attention cache as (source, beam, ...);
-    the spied decoding gives the same tokens as ``generate``."""
+    source (never repeated per beam) and the self-attention cache with one row per source,
+    holding the start token and one column per beam and step; the spied decoding gives the
+    same tokens as ``generate``."""
     _, _, builder = pair
     ids, beams = sources(5, seed=6), 4
+    decoder = seq2seq_decoder(builder)
     seen = []
 
     def spy(token_ids, index, cache, parents):
-        layer = cache["layers"][0]
-        seen.append((token_ids.shape[0], layer["context_key"].shape[0],
-                     layer["context_value"].shape[0], tuple(layer["key"].shape[:2])))
-        return builder.decode_step(token_ids, index, cache, parents)
+        (context_key, context_value), (key, _) = cache["context"][0], cache["layers"][0]
+        seen.append((token_ids.shape[0], context_key.shape[0], context_value.shape[0],
+                     tuple(key.shape[:2])))
+        return decoder.step(token_ids, index, cache, parents)
 
-    log_probs, cache = builder.decode_start(ids, 6, beams)
+    log_probs, cache = decoder.prefill(ids, 6, beams)
     for loop in (dict(compile=False), dict(loop="device")):  # eager steps, and the trace
         spied = generation.generate(spy, cache, log_probs, 1, max_length=6, method="beam",
                                     beam_size=beams, vocab_size=CONFIG["vocab_size"],
                                     variables=builder.model.weights, **loop)
         np.testing.assert_array_equal(spied, builder.generate(ids, max_length=6,
                                                               method="beam", beam_size=beams))
-    assert seen and all(row == (5 * beams, 5, 5, (5, beams)) for row in seen)
+    assert seen and all(row == (5 * beams, 5, 5, (5, 1 + 6 * beams)) for row in seen)
 
 
 def google_names(version):

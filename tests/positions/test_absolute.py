@@ -27,6 +27,21 @@ def test_hierarchical_positions(alpha):
         layer(np.zeros((1, 65, 4), "float32"))
 
 
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_given_positions_pick_those_rows(hierarchical):
+    """``positions`` (a decoding step's, per row) add the vectors of those positions: the
+    table's rows, or the NumPy hierarchical formula beyond them."""
+    layer = PositionEmbedding(8, 4, hierarchical=hierarchical,
+                              embeddings_initializer="random_normal")
+    x = np.random.RandomState(0).randn(2, 3, 4).astype("float32")
+    layer(x)
+    positions = np.array([[5, 0, 7], [2, 2, 6]]) + (20 if hierarchical else 0)
+    table = np.asarray(layer.embeddings)
+    vectors = numpy_hierarchical(table, 30, 0.4) if hierarchical else table
+    np.testing.assert_allclose(np.asarray(layer(x, positions=positions)),
+                               x + vectors[positions], atol=1e-6)
+
+
 def test_too_long_without_hierarchical_names_the_length():
     layer = PositionEmbedding(8, 4)
     with pytest.raises(ValueError, match="9.*8"):
