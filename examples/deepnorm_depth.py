@@ -14,8 +14,9 @@ seed, in each normalisation:
 
 Reported per depth and normalisation: the first update's change of the model output, the
 mean over tokens of ``‖F(x; θ₁) − F(x; θ₀)‖`` for the last hidden state (the quantity the
-paper bounds: post-LN's grows with depth, DeepNorm's stays ``O(1)``), the training loss over
-the last tenth of the steps (per target token), and the accuracy on held-out rows (chance is ``1/vocab``).
+paper bounds: post-LN's grows with depth, DeepNorm's stays ``O(1)``), the mean training loss
+per target token (Keras' running mean over the run, read over its last tenth of steps), and
+the accuracy on held-out rows after training (chance is ``1/vocab``).
 
     python examples/deepnorm_depth.py
     python examples/deepnorm_depth.py --depths 6 24 --steps 150
@@ -117,7 +118,7 @@ def main(argv=None):
     print(f"width {args.width}, {args.heads} heads, Adam {args.learning_rate} without warm-up, "
           f"{args.steps} steps of {args.batch} × {args.length}; shift {args.shift}, vocab "
           f"{args.vocab} (chance accuracy {1 / args.vocab:.3f}, loss {np.log(args.vocab):.3f})")
-    print("| depth | norm | first-update ‖ΔF‖ | final loss | accuracy |")
+    print("| depth | norm | first-update ‖ΔF‖ | mean training loss | accuracy |")
     print("|---|---|---|---|---|")
     for depth in args.depths:
         for norm in args.norms:

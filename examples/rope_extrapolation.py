@@ -26,8 +26,8 @@ Rows (evaluation-time methods share the weights of the model trained without the
 - ``random positions``: trained with a sorted random subset of ``[0, max length)`` as each
   row's positions (Ruoss et al. 2023); evaluated at ``0..L−1``.
 
-Accuracy is over the positions with a target. Fixed seeds. About 10 minutes of CPU time for
-both tasks with the defaults on 2 cores (``--tasks shift`` alone: about 4):
+Accuracy is over the positions with a target. Fixed seeds. About 3 minutes of CPU time per
+task with the defaults (15-20 minutes of wall time on 2 heavily shared cores):
 
     python examples/rope_extrapolation.py
     python examples/rope_extrapolation.py --tasks recall --lengths 64 256 1024
