@@ -232,3 +232,4 @@ def test_cached_generation_equals_uncached(decoding_builder):
         full = decoding_builder.generate(ids, max_length=7, method=method, end_id=END,
                                          use_cache=False, **options)
         np.testing.assert_array_equal(cached, full)
+
