@@ -11,7 +11,6 @@ import pytest
 
 from keraformer.attentions import MultiHeadAttention
 from keraformer.positions import RandomPositions, RotaryEmbedding, random_positions
-from tests.references import assert_round_trips
 
 
 def test_rows_are_sorted_distinct_and_in_range():
