@@ -24,7 +24,8 @@ class ProjectedHeads:
     """
 
     def init_heads(self, heads, head_size, key_size=None, output_dim=None, use_bias=True,
-                   kernel_initializer="glorot_uniform", rotary=None):
+                   kernel_initializer="glorot_uniform", rotary=None, value_initializer=None,
+                   output_initializer=None):
         check_positive_ints(heads=heads, head_size=head_size)
         check_positive_ints(**{name: value for name, value in (("key_size", key_size),
                                                                 ("output_dim", output_dim))
@@ -33,12 +34,16 @@ class ProjectedHeads:
         self.key_size = key_size or head_size
         self.output_dim, self.use_bias = output_dim, use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.value_initializer = keras.initializers.get(value_initializer or kernel_initializer)
+        self.output_initializer = keras.initializers.get(output_initializer
+                                                         or kernel_initializer)
+        self.own_initializers = (value_initializer, output_initializer)
         self.rotary = rotary_argument(rotary, self.key_size, "`key_size` (default `head_size`)")
         self.supports_masking = True  # `mask` is the attention mask, not a Keras input mask
 
-    def _dense(self, units, name, input_shape):
+    def _dense(self, units, name, input_shape, initializer=None):
         layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                   kernel_initializer=self.kernel_initializer,
+                                   kernel_initializer=initializer or self.kernel_initializer,
                                    dtype=self.dtype_policy)
         layer.build(input_shape)
         return layer
@@ -48,9 +53,11 @@ class ProjectedHeads:
         value_shape = value_shape or key_shape
         self.query_dense = self._dense(self.heads * self.key_size, "query", query_shape)
         self.key_dense = self._dense(self.heads * self.key_size, "key", key_shape)
-        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape)
+        self.value_dense = self._dense(self.heads * self.head_size, "value", value_shape,
+                                       self.value_initializer)
         self.output_dense = self._dense(self.output_dim or query_shape[-1], "output",
-                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,))
+                                        tuple(query_shape[:-1]) + (self.heads * self.head_size,),
+                                        self.output_initializer)
 
     def split_heads(self, x, size):
         """``(batch, length, heads·size)`` to ``(batch, length, heads, size)``."""
@@ -83,4 +90,9 @@ class ProjectedHeads:
         return {"heads": self.heads, "head_size": self.head_size, "key_size": self.key_size,
                 "output_dim": self.output_dim, "use_bias": self.use_bias,
                 "rotary": rotary_config(self.rotary),
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                **{name: keras.initializers.serialize(initializer)
+                   for name, initializer, given in (
+                       ("value_initializer", self.value_initializer, self.own_initializers[0]),
+                       ("output_initializer", self.output_initializer,
+                        self.own_initializers[1])) if given is not None}}

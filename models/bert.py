@@ -31,8 +31,9 @@ from keraformer.masks import AttentionMask, OutputMask
 from keraformer.models.base import Transformer, Vocabulary
 from keraformer.models.blocks import TransformerBlock, attention_class
 from keraformer.models.task import TransformerModel
+from keraformer.models.layer_plan import STACK_OPTIONS, StackOptions
 from keraformer.normalization import LayerNormalization, rms_norm
-from keraformer.positions import PositionEmbedding, RotaryEmbedding
+from keraformer.positions import PositionEmbedding, RandomPositions, RotaryEmbedding
 
 APPLICATION_MASKS = {"encoder": "padding", "lm": "causal", "unilm": "unilm"}
 FULL_MASK_ATTENTIONS = ("softmax", "gau")  # attentions that take a full boolean mask
@@ -100,7 +101,8 @@ CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "attention_key_size", "attention_head_size", "rotary_value", "model_type")
 COMMON_OPTIONS = ("with_pool", "with_nsp", "with_mlm", "keep_tokens", "compound_tokens",
                   "dropout_rate", "attention_dropout_rate", "segment_vocab_size",
-                  "sequence_length", "recompute", "entropy_scaling", "name")
+                  "sequence_length", "recompute", "entropy_scaling", "name",
+                  *STACK_OPTIONS)
 POSITION_OPTIONS = {"table": ("hierarchical_position", "max_position"),
                     "rotary": ("attention", "attention_options", "rotary_base")}
 
@@ -174,6 +176,18 @@ class BERT(Transformer):
         attention: rotary families: ``"softmax"``, ``"linear"``, ``"vq"`` or ``"gau"``.
         attention_options: rotary families: extra constructor arguments of that layer.
         rotary_base: rotary families: the RoPE base (10000).
+        attention_window: local attention in every block (softmax): query ``i`` sees key
+            ``j`` only when ``|i − j| < attention_window``.
+        rerope_window, rerope_leak: rotary families, softmax: ReRoPE / Leaky ReRoPE
+            (``keraformer.positions.rerope``) in every rotary block.
+        layer_plan: ``"uniform"`` or, rotary families, ``"hwfa"``: every block but the last
+            local (``attention_window``) with RoPE, the last full, without positions, with
+            ``log n`` scaling (``keraformer.models.layer_plan``).
+        deepnorm: DeepNet's ``x ← LN(α·x + G(x))`` and ``β``-scaled initialisation in every
+            block, ``α``, ``β`` from the depth (encoder-only; decoder-only for ``"lm"``).
+        random_positions: ``N``: in training, each row's positions are a sorted random
+            subset of ``[0, N)`` (rotary, or the position table, which needs ``N`` rows);
+            ``0..n−1`` in inference.
     """
 
     model_name = "bert"
@@ -195,8 +209,12 @@ class BERT(Transformer):
                  with_mlm=None, keep_tokens=None, compound_tokens=None, dropout_rate=None,
                  attention_dropout_rate=None, segment_vocab_size=None, sequence_length=None,
                  recompute=False, entropy_scaling=False, name=None, hierarchical_position=False,
-                 max_position=None, attention=None, attention_options=None, rotary_base=10000):
+                 max_position=None, attention=None, attention_options=None, rotary_base=10000,
+                 attention_window=None, rerope_window=None, rerope_leak=None,
+                 layer_plan="uniform", deepnorm=False, random_positions=None):
         family = FAMILIES[self.model_name]
+        stack = StackOptions(attention_window, rerope_window, rerope_leak, layer_plan,
+                             deepnorm, random_positions)
         given = dict(hierarchical_position=hierarchical_position, max_position=max_position,
                      attention=attention, attention_options=attention_options,
                      rotary_base=rotary_base)
@@ -213,7 +231,8 @@ class BERT(Transformer):
                        keep_tokens=keep_tokens, compound_tokens=compound_tokens,
                        dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
                        segment_vocab_size=segment_vocab_size, sequence_length=sequence_length,
-                       recompute=recompute, entropy_scaling=entropy_scaling, name=name)
+                       recompute=recompute, entropy_scaling=entropy_scaling, name=name,
+                       **stack.given())
         options.update({k: given[k] for k in POSITION_OPTIONS[family.positions]})
         super().__init__({**family.config_defaults, **config}, application, **options)
         for option, value in (("with_mlm", with_mlm), ("with_pool", with_pool)):
@@ -309,6 +328,15 @@ class BERT(Transformer):
         self.attention_options = dict(attention_options or {})
         check_positive_numbers(rotary_base=rotary_base)
         self.rotary_base = rotary_base
+        self.stack = stack
+        stack.check(type(self).__name__, self.attention, family.positions == "rotary")
+        rows = self.max_position - self.hf_position_offset()
+        if family.positions == "table" and (random_positions or 0) > rows:
+            raise ValueError(f"`random_positions={random_positions}` draws positions below "
+                             f"{random_positions}, but the position table has {rows} rows "
+                             f"(max_position / max_position_embeddings)")
+        self.plan = stack.plan(self.num_layers, family.positions == "rotary",
+                               entropy_scaling)
         if family.positions == "rotary":
             if self.config.get("rotary_value"):
                 raise ValueError("RoFormer with `rotary_value=True` (rotated values) is not "
@@ -387,17 +415,22 @@ class BERT(Transformer):
             x = self.embedding_mapping_dense(x)
         return x
 
-    def block_options(self):
-        """Keyword arguments of every ``TransformerBlock``, read off the family."""
-        family = self.family
+    def block_options(self, index=0):
+        """Keyword arguments of ``TransformerBlock`` ``index``, read off the family and the
+        layer plan."""
+        family, layer = self.family, self.plan[index]
         options = dict(activation=self.activation, norm="post", use_bias=family.biases,
                        normalization={**NORMS[family.norm], "epsilon": self.epsilon},
                        dropout_rate=self.dropout_rate,
                        attention_dropout_rate=self.attention_dropout_rate,
-                       entropy_scaling=self.entropy_scaling, recompute=self.recompute,
+                       entropy_scaling=layer["entropy_scaling"], recompute=self.recompute,
                        kernel_initializer=self.initializer, attention=self.attention,
-                       attention_options=self.attention_options)
-        if family.positions == "rotary":
+                       attention_options={**self.stack.attention_options(layer),
+                                          **self.attention_options})
+        layers = {"decoder_layers" if self.application == "lm" else "encoder_layers":
+                  self.num_layers}
+        options.update(self.stack.norm_options(**layers))
+        if layer["rotary"]:
             options["rotary"] = RotaryEmbedding(base=self.rotary_base, interleaved=True)
         if self.attention == "gau":  # a gated unit takes its width and key size from the config
             options["attention_options"] = {
@@ -429,21 +462,34 @@ class BERT(Transformer):
                                       name="Input-Segment")
             inputs.append(segment_ids)
         self.make_embeddings()
+        positions, placed = self.random_positions(token_ids)
         # the padding mask rides on the hidden states from here on, so that every block's
         # output (model.get_layer("Transformer-3").output) carries it as its Keras mask
         x = OutputMask(self.pad_id, name="Embedding-Output-Mask")(
-            [self.embed(token_ids, segment_ids), token_ids])
+            [self.embed(token_ids, segment_ids, positions), token_ids])
         mask, causal = self.attention_masks(token_ids, segment_ids)
         self.blocks = []
         for i in range(self.num_layers):
             block = TransformerBlock(self.heads, self.hidden_size // self.heads,
-                                     self.intermediate_size, **self.block_options(),
+                                     self.intermediate_size, **self.block_options(i),
                                      name=f"Transformer-{i}")
-            x = block(x, attention_mask=mask, causal=causal)
+            x = block(x, attention_mask=mask, causal=causal, **placed)
             self.blocks.append(block)
         self.model = TransformerModel(self, inputs if self.takes_segments else token_ids,
                                       self.heads_on(x, token_ids), name=self.name)
         return self.model
+
+    def random_positions(self, token_ids):
+        """``(positions, block keywords)`` of ``random_positions=N``: a
+        :class:`~keraformer.positions.RandomPositions` layer's ids (random in training,
+        ``0..n−1`` otherwise) for the position table or the blocks' rotary embeddings;
+        ``(None, {})`` without the option."""
+        if self.stack.random_positions is None:
+            return None, {}
+        positions = RandomPositions(self.stack.random_positions,
+                                    name="Random-Positions")(token_ids)
+        rotary = self.family.positions == "rotary"
+        return (None if rotary else positions), ({"positions": positions} if rotary else {})
 
     def model_inputs(self, token_ids, segment_ids):
         """What ``self.model`` takes for these ids: ``[token_ids, segment_ids]``, or

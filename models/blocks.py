@@ -21,7 +21,7 @@ import inspect
 import keras
 
 from keraformer.feedforward import FeedForward
-from keraformer.normalization import LayerNormalization
+from keraformer.normalization import LayerNormalization, deepnorm_initializer
 
 ATTENTION_CLASSES = {"softmax": "MultiHeadAttention", "linear": "LinearAttention",
                      "vq": "VQAttention", "gau": "GatedAttentionUnit"}
@@ -82,17 +82,38 @@ def build_attention(kind, options, name, dtype):
     return attention_class(kind)(**options, name=name, dtype=dtype)
 
 
+def check_deepnorm(norm, deepnorm):
+    """``deepnorm``: ``(α, β)`` of positive numbers with ``norm="deepnorm"``, else ``None``;
+    returned as a list (its config form)."""
+    if norm != "deepnorm":
+        if deepnorm is not None:
+            raise ValueError(f"`deepnorm={deepnorm!r}` needs norm='deepnorm'; received "
+                             f"norm={norm!r}")
+        return None
+    if (not isinstance(deepnorm, (list, tuple)) or len(deepnorm) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                   for v in deepnorm)):
+        raise ValueError(f"`deepnorm` must be (alpha, beta), two positive numbers (see "
+                         f"keraformer.normalization.deepnorm_constants), with "
+                         f"norm='deepnorm'; received {deepnorm!r}")
+    return [float(deepnorm[0]), float(deepnorm[1])]
+
+
 def call_attention(layer, x, mask, causal, training, cache=None, cache_update_index=None,
-                   positions=None):
+                   positions=None, key_positions=None):
     """Call an attention layer of any kind on ``x`` with a boolean ``mask`` and ``causal``;
-    with a ``cache`` (softmax attention), ``(output, cache)``."""
+    ``positions`` (softmax attention: random positions in training, a decoding step's) place
+    the rotary embedding; with a ``cache`` (softmax attention), ``(output, cache)``, the
+    cache's columns at ``key_positions``."""
     if cache is None:
-        return layer(x, mask=mask, causal=causal, training=training)
+        placed = {} if positions is None else {"positions": positions}
+        return layer(x, mask=mask, causal=causal, training=training, **placed)
     if not isinstance(layer, attention_class("softmax")):
         raise ValueError(f"a key/value cache needs attention='softmax'; this block's "
                          f"attention is {type(layer).__name__}")
     return layer(x, mask=mask, training=training, cache=cache,
-                 cache_update_index=cache_update_index, positions=positions)
+                 cache_update_index=cache_update_index, positions=positions,
+                 key_positions=key_positions)
 
 
 @keras.saving.register_keras_serializable(package="keraformer")
@@ -100,16 +121,22 @@ class TransformerBlock(keras.layers.Layer):
     """Attention then (optionally) feed-forward, each with a residual and a normalisation.
 
     ``norm="post"`` (BERT, RoFormer): ``x = norm(x + f(x))``; ``norm="pre"``:
-    ``x = x + f(norm(x))``. Call ``block(x, attention_mask=None, causal=False,
+    ``x = x + f(norm(x))``; ``norm="deepnorm"`` (DeepNet, Wang et al. 2022):
+    ``x = norm(α·x + f(x))``, with the feed-forward kernels and the attention's value and
+    output kernels initialised Xavier-normal times ``β`` (``deepnorm=(α, β)``, from
+    ``keraformer.normalization.deepnorm_constants``). Call ``block(x, attention_mask=None, causal=False,
     training=None)`` with ``x`` ``(batch, length, hidden)`` and an optional boolean
     ``attention_mask`` broadcasting to ``(batch, heads, length, length)``; returns
     ``(batch, length, hidden)``. Options the chosen attention cannot honour raise a
     ``ValueError`` when the block is built (see the module docstring).
 
     Cached decoding calls the same block with ``self_attention_cache=(keys, values)``,
-    ``cache_update_index`` and ``positions`` (softmax attention only; see
+    ``cache_update_index``, ``positions`` and ``key_positions`` (the cache columns'
+    positions, which local attention and ReRoPE read; softmax attention only; see
     ``MultiHeadAttention``) and gets ``(output, self_attention_cache)``, the cache holding
     this call's keys and values too; ``attention_mask`` then covers every cache column.
+    Without a cache, ``positions`` (softmax attention) are the rotary positions of the
+    tokens (random positions in training).
 
     Args:
         heads: number of attention heads (softmax, linear, vq; a "gau" unit has one).
@@ -117,7 +144,8 @@ class TransformerBlock(keras.layers.Layer):
         intermediate_size: width of the feed-forward hidden layer.
         activation: feed-forward activation name.
         use_bias: whether the Dense layers of attention and feed-forward have biases.
-        norm: ``"post"`` or ``"pre"`` normalisation around each residual.
+        norm: ``"post"``, ``"pre"`` or ``"deepnorm"`` normalisation around each residual.
+        deepnorm: ``(α, β)`` of ``norm="deepnorm"`` (only then).
         normalization: ``LayerNormalization`` keyword arguments, e.g.
             ``{"rms": True, "center": False, "scale": False}`` for RoFormerV2.
         dropout_rate: dropout on each residual branch.
@@ -140,11 +168,12 @@ class TransformerBlock(keras.layers.Layer):
                  norm="post", normalization=None, dropout_rate=0.0, attention_dropout_rate=0.0,
                  rotary=None, entropy_scaling=False, glu=False, recompute=False,
                  kernel_initializer="glorot_uniform", attention="softmax",
-                 attention_options=None, feedforward=True, **kwargs):
+                 attention_options=None, feedforward=True, deepnorm=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True  # the Keras (padding) mask of x passes through
-        if norm not in ("post", "pre"):
-            raise ValueError(f"`norm` must be 'post' or 'pre'; received {norm!r}")
+        if norm not in ("post", "pre", "deepnorm"):
+            raise ValueError(f"`norm` must be 'post', 'pre' or 'deepnorm'; received {norm!r}")
+        self.deepnorm = check_deepnorm(norm, deepnorm)
         self.heads, self.head_size, self.intermediate_size = heads, head_size, intermediate_size
         self.activation, self.use_bias, self.norm = activation, use_bias, norm
         self.normalization = dict(normalization or {})
@@ -164,6 +193,9 @@ class TransformerBlock(keras.layers.Layer):
         """Constructor arguments offered to the attention layer: its size, ``use_bias``,
         ``kernel_initializer``, the options that are set, and ``attention_options``."""
         arguments = {"use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer}
+        if self.deepnorm is not None:
+            gain = deepnorm_initializer(self.deepnorm[1])
+            arguments.update(value_initializer=gain, output_initializer=gain)
         if self.attention_kind in MULTI_HEAD:
             arguments.update(heads=self.heads, head_size=self.head_size)
         set_options = {"rotary": self.rotary, "entropy_scaling": self.entropy_scaling,
@@ -180,9 +212,11 @@ class TransformerBlock(keras.layers.Layer):
         self.attention.build(input_shape)
         self.attention_norm.build(input_shape)
         if self.use_feedforward:
+            initializer = (self.kernel_initializer if self.deepnorm is None
+                           else deepnorm_initializer(self.deepnorm[1]))
             self.feedforward = FeedForward(
                 self.intermediate_size, self.activation, glu=self.glu, use_bias=self.use_bias,
-                kernel_initializer=self.kernel_initializer, name="feedforward", dtype=policy)
+                kernel_initializer=initializer, name="feedforward", dtype=policy)
             self.feedforward_norm = LayerNormalization(**self.normalization,
                                                        name="feedforward_norm", dtype=policy)
             self.feedforward.build(input_shape)
@@ -192,15 +226,18 @@ class TransformerBlock(keras.layers.Layer):
     def residual(self, x, sublayer, norm, training):
         if self.norm == "pre":
             return x + self.dropout(sublayer(norm(x)), training=training)
-        return norm(x + self.dropout(sublayer(x), training=training))
+        branch = self.dropout(sublayer(x), training=training)
+        if self.norm == "deepnorm":  # DeepNet: LN(α·x + G(x))
+            return norm(x * self.deepnorm[0] + branch)
+        return norm(x + branch)
 
     def forward(self, x, attention_mask=None, causal=False, training=None, cache=None,
-                cache_update_index=None, positions=None):
+                cache_update_index=None, positions=None, key_positions=None):
         updated = []
 
         def attention(h):
             out = call_attention(self.attention, h, attention_mask, causal, training, cache,
-                                 cache_update_index, positions)
+                                 cache_update_index, positions, key_positions)
             if cache is None:
                 return out
             updated.append(out[1])
@@ -213,14 +250,16 @@ class TransformerBlock(keras.layers.Layer):
         return x if cache is None else (x, updated[0])
 
     def call(self, x, attention_mask=None, causal=False, training=None,
-             self_attention_cache=None, cache_update_index=None, positions=None):
+             self_attention_cache=None, cache_update_index=None, positions=None,
+             key_positions=None):
         if self_attention_cache is not None:  # decoding: inference only, nothing to recompute
             return self.forward(x, attention_mask, causal, training, self_attention_cache,
-                                cache_update_index, positions)
+                                cache_update_index, positions, key_positions)
         if self.recompute:
             from keraformer.optimizers import recompute_grad
-            return recompute_grad(self.forward)(x, attention_mask, causal, training=training)
-        return self.forward(x, attention_mask, causal, training=training)
+            return recompute_grad(self.forward)(x, attention_mask, causal, training=training,
+                                                positions=positions)
+        return self.forward(x, attention_mask, causal, training=training, positions=positions)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return input_shape
@@ -238,4 +277,4 @@ class TransformerBlock(keras.layers.Layer):
                 "recompute": self.recompute,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "attention": self.attention_kind, "attention_options": options,
-                "feedforward": self.use_feedforward}
+                "feedforward": self.use_feedforward, "deepnorm": self.deepnorm}

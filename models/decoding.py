@@ -47,6 +47,17 @@ def step_column(prompt, index, beams):
     return prompt + index * beams
 
 
+def column_positions(prompt, lengths, max_length, beams):
+    """Position of each cache column ``(batch, prompt + max_length·beams)``: the prompt's
+    columns hold positions ``0..prompt−1``, step ``s``'s columns (every beam) position
+    ``lengths + s`` (local attention and ReRoPE read them)."""
+    batch = ops.shape(lengths)[0]
+    shared = ops.broadcast_to(ops.arange(prompt, dtype="int32")[None], (batch, prompt))
+    steps = ops.repeat(ops.arange(max_length, dtype="int32"), beams)
+    generated = ops.cast(lengths, "int32")[:, None] + steps[None]
+    return ops.concatenate([shared, generated], axis=1)
+
+
 def follow_parents(slots, parents, index):
     """Slots of the beams after a beam-search step: each row takes its parent's history
     (``parents (batch·beams,)``: rows of the previous step) and its own row at ``index``."""
@@ -219,12 +230,13 @@ class LanguageModelDecoder(Decoder):
             return ops.logical_and(mask, unilm_mask(segments))
         return ops.logical_and(mask, causal_mask(ops.shape(ids)[1]))
 
-    def run_blocks(self, x, caches, mask, index, positions):
+    def run_blocks(self, x, caches, mask, index, positions, key_positions):
         """The builder's blocks with their caches: ``(x, caches)``."""
         updated = []
         for block, cache in zip(self.builder.blocks, caches):
             x, cache = block(x, attention_mask=mask, self_attention_cache=cache,
-                             cache_update_index=index, positions=positions)
+                             cache_update_index=index, positions=positions,
+                             key_positions=key_positions)
             updated.append(cache)
         return x, updated
 
@@ -243,10 +255,11 @@ class LanguageModelDecoder(Decoder):
         caches = [empty_cache(batch, prompt + max_length * beams, block.attention, x.dtype)
                   for block in builder.blocks]
         mask = prompt_columns_mask(self.prompt_mask(ids, segments), max_length * beams)
-        x, caches = self.run_blocks(x, caches, mask, 0, positions)
+        key_positions = column_positions(prompt, lengths, max_length, beams)
+        x, caches = self.run_blocks(x, caches, mask, 0, positions, key_positions)
         last = generation.gather_beams(x, ops.cast(lengths - 1, "int32")[:, None])
         cache = {"layers": caches, "prompt_mask": padding_mask(ids, builder.pad_id),
-                 "lengths": lengths}
+                 "lengths": lengths, "key_positions": key_positions}
         if beams > 1:
             cache["slots"] = ops.zeros((batch, beams, max_length), "int32")
         return self.log_probs(last), cache
@@ -269,7 +282,8 @@ class LanguageModelDecoder(Decoder):
             slots = cache["slots"] = follow_parents(cache["slots"], parents, index)
         mask = step_mask(prompt_mask, index, max_length, beams, slots)
         x, cache["layers"] = self.run_blocks(x, cache["layers"], mask,
-                                             step_column(prompt, index, beams), positions)
+                                             step_column(prompt, index, beams), positions,
+                                             cache["key_positions"])
         return self.log_probs(x), cache
 
     # -- without a cache: the whole model on the growing sequence ----------------------------

@@ -65,6 +65,43 @@ def numpy_rope(x, positions=None, base=10000.0):
     return out
 
 
+def window_allowed(q_len, k_len, window):
+    """``(q_len, k_len)``: query ``i`` (at position ``i + k_len - q_len``) sees key ``j`` when
+    ``|i + k_len - q_len - j| < window``."""
+    rows = np.arange(q_len)[:, None] + (k_len - q_len)
+    return np.abs(rows - np.arange(k_len)[None]) < window
+
+
+def rectified_position(r, window, leak=None):
+    """ReRoPE's relative position: ``r`` if ``|r| < window``, else ``±window`` (``leak=None``)
+    or ``±(window + (|r| - window)/leak)`` (Leaky ReRoPE)."""
+    if abs(r) < window:
+        return float(r)
+    far = window if leak is None else window + (abs(r) - window) / leak
+    return math.copysign(far, r)
+
+
+def numpy_rerope_scores(q, k, window, leak=None, q_positions=None, k_positions=None):
+    """``(batch, heads, q_len, k_len)`` float64 products pair by pair: the rectified relative
+    position ``ρ`` of query position ``m`` and key position ``n`` is built explicitly
+    (:func:`rectified_position` of ``m − n``) and the product is ``⟨R_ρ q_m, k_n⟩``, which for
+    ``ρ = m − n`` is RoPE's ``⟨R_m q, R_n k⟩``. Positions ``(length,)`` or ``(batch, length)``;
+    defaults as in cached decoding (queries are the last ``q_len`` keys)."""
+    q, k = np.asarray(q, "float64"), np.asarray(k, "float64")
+    batch, q_len, heads, d = q.shape
+    k_len = k.shape[1]
+    q_positions = np.broadcast_to(np.arange(q_len) + k_len - q_len if q_positions is None
+                                  else q_positions, (batch, q_len))
+    k_positions = np.broadcast_to(np.arange(k_len) if k_positions is None else k_positions,
+                                  (batch, k_len))
+    out = np.zeros((batch, heads, q_len, k_len))
+    for b, i, j in np.ndindex(batch, q_len, k_len):
+        rho = rectified_position(q_positions[b, i] - k_positions[b, j], window, leak)
+        rotated = numpy_rope(q[b:b + 1, i:i + 1], positions=np.array([rho]))[0, 0]  # (heads, d)
+        out[b, :, i, j] = np.sum(rotated * k[b, j], axis=-1)
+    return out
+
+
 # -- task heads (bert4keras' GlobalPointer, CRF and multi-label loss) --------------------------
 
 def numpy_global_pointer(x, weights, heads, head_size, efficient=False, rope=True, mask=None,
@@ -138,10 +175,12 @@ def crf_path_scores(emissions, transitions, starts=None, ends=None):
 
 # -- attention --------------------------------------------------------------------------------
 
-def numpy_softmax_attention(q, k, v, allowed=None, bias=None, scale=None, entropy_base=None):
+def numpy_softmax_attention(q, k, v, allowed=None, bias=None, scale=None, entropy_base=None,
+                            scores=None):
     """Query by query, softmax over the allowed keys; ``allowed`` broadcasts to
     ``(batch, heads, q_len, k_len)``; ``entropy_base`` multiplies the logits by
-    ``log(n)/log(base)``, ``n`` the allowed keys. A query with no allowed key gives zeros."""
+    ``log(n)/log(base)``, ``n`` the allowed keys. A query with no allowed key gives zeros.
+    ``scores`` ``(batch, heads, q_len, k_len)`` replace the products ``q·k``."""
     q, k, v = (np.asarray(x, "float64") for x in (q, k, v))
     batch, q_len, heads, d = q.shape
     k_len = k.shape[1]
@@ -155,7 +194,8 @@ def numpy_softmax_attention(q, k, v, allowed=None, bias=None, scale=None, entrop
         keys = np.flatnonzero(allowed[b, h, i])
         if not len(keys):
             continue
-        logits = np.array([q[b, i, h] @ k[b, j, h] for j in keys]) * scale
+        logits = np.array([q[b, i, h] @ k[b, j, h] if scores is None else scores[b, h, i, j]
+                           for j in keys]) * scale
         if entropy_base:
             logits = logits * math.log(len(keys)) / math.log(entropy_base)
         logits = logits + bias[b, h, i, keys]

@@ -68,6 +68,30 @@ def causal_mask(q_len, k_len=None, offset=0):
     return ops.greater_equal(rows, cols)[None, None]
 
 
+def window_mask(q_len, k_len=None, window=1, offset=0):
+    """Band ``(1, 1, q_len, k_len)`` mask of local attention: query ``i`` (at position
+    ``i + offset``) sees key ``j`` when ``|i + offset − j| < window``.
+
+    Combined with :func:`causal_mask` this is the causal window ``0 ≤ i + offset − j < window``;
+    ``offset`` is the number of keys before the first query (cached decoding).
+    """
+    k_len = q_len if k_len is None else k_len
+    distance = ops.arange(q_len)[:, None] + offset - ops.arange(k_len)[None, :]
+    return ops.less(ops.abs(distance), window)[None, None]
+
+
+def position_window_mask(q_positions, k_positions, window):
+    """Local attention by position: ``(batch or 1, 1, q_len, k_len)``, query at position
+    ``m`` sees key at ``n`` when ``|m − n| < window``; positions ``(length,)`` or ``(batch,
+    length)`` (cached decoding, where cache columns are not in position order)."""
+    q_positions = ops.cast(q_positions, "int32")
+    k_positions = ops.cast(k_positions, "int32")
+    q_positions = q_positions[None] if len(q_positions.shape) == 1 else q_positions
+    k_positions = k_positions[None] if len(k_positions.shape) == 1 else k_positions
+    distance = q_positions[:, :, None] - k_positions[:, None, :]
+    return ops.less(ops.abs(distance), window)[:, None]
+
+
 def unilm_mask(segment_ids):
     """UniLM sequence-to-sequence mask ``(batch, 1, length, length)``.
 

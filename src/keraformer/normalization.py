@@ -179,3 +179,43 @@ def rms_norm(epsilon=1e-6, scale=True, **kwargs):
         (array([[1., 1.]], dtype=float32), 0)
     """
     return LayerNormalization(rms=True, center=False, scale=scale, epsilon=epsilon, **kwargs)
+
+
+def deepnorm_constants(encoder_layers=0, decoder_layers=0):
+    """DeepNorm's residual weight ``α`` and initialisation gain ``β`` (Wang et al. 2022,
+    "DeepNet: Scaling Transformers to 1,000 Layers", Figure 2), per stack.
+
+    Each sub-layer ``G`` computes ``x ← LN(α·x + G(x))``, and the feed-forward, value and
+    attention-output projections start from Xavier-normal weights times ``β``:
+
+    - encoder-only (``N = encoder_layers``): ``α = (2N)^¼``, ``β = (8N)^-¼``;
+    - decoder-only (``M = decoder_layers``): ``α = (2M)^¼``, ``β = (8M)^-¼``;
+    - encoder-decoder: encoder ``α = 0.81·(N⁴M)^(1/16)``, ``β = 0.87·(N⁴M)^(-1/16)``;
+      decoder ``α = (3M)^¼``, ``β = (12M)^-¼``.
+
+    Returns ``{"encoder": (α, β)}``, ``{"decoder": (α, β)}`` or both, for the stacks that have
+    layers.
+    """
+    for name, value in (("encoder_layers", encoder_layers), ("decoder_layers", decoder_layers)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"`{name}` must be an integer; received {value!r} of type "
+                            f"{type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0; received {value}")
+    n, m = encoder_layers, decoder_layers
+    if not n and not m:
+        raise ValueError("DeepNorm needs layers: `encoder_layers` and `decoder_layers` are "
+                         "both 0")
+    if not m:
+        return {"encoder": ((2 * n) ** 0.25, (8 * n) ** -0.25)}
+    if not n:
+        return {"decoder": ((2 * m) ** 0.25, (8 * m) ** -0.25)}
+    return {"encoder": (0.81 * (n ** 4 * m) ** (1 / 16), 0.87 * (n ** 4 * m) ** (-1 / 16)),
+            "decoder": ((3 * m) ** 0.25, (12 * m) ** -0.25)}
+
+
+def deepnorm_initializer(beta, seed=None):
+    """Xavier (Glorot) normal initialisation with gain ``beta``: variance
+    ``β²·2/(fan_in + fan_out)``, untruncated, as DeepNet's ``xavier_normal_(w, gain=β)``."""
+    return keras.initializers.VarianceScaling(scale=beta ** 2, mode="fan_avg",
+                                              distribution="untruncated_normal", seed=seed)
