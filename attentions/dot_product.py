@@ -233,8 +233,10 @@ class MultiHeadAttention(ProjectedHeads, keras.layers.Layer):
             are clipped to it (``keraformer.positions.rerope``); ``None``: plain RoPE.
         rerope_leak: Leaky ReRoPE: beyond ``rerope_window`` relative positions grow by
             ``1/rerope_leak`` per token instead of staying (``None``: ReRoPE; ``1``: RoPE).
-        value_initializer, output_initializer: initializers of the value and output
-            kernels (default ``kernel_initializer``; DeepNorm scales them by ``β``).
+        value_initializer: initializer of the value kernel (default
+            ``kernel_initializer``; DeepNorm scales it by ``β``).
+        output_initializer: initializer of the output kernel (default
+            ``kernel_initializer``; DeepNorm scales it by ``β``).
 
     ``call(query, key=None, value=None, mask=None, bias=None, causal=False,
     training=None, positions=None)``: ``positions`` ``(length,)`` or ``(batch, length)``
