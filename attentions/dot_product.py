@@ -110,6 +110,10 @@ def attention_probabilities(q, k, mask=None, bias=None, causal=False, scale=None
         >>> probs = np.asarray(attention_probabilities(q, k, causal=True))
         >>> probs.shape, bool(np.allclose(probs.sum(-1), 1)), float(probs[0, 0, 0, 1])
         ((2, 2, 6, 6), True, 0.0)
+        >>> local = np.asarray(attention_probabilities(q, k, window=2))   # |i − j| < 2
+        >>> (local[0, 0] > 0).astype(int).tolist()
+        [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 0, 0],
+         [0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]]
     """
     check_mask_and_bias(q, k, mask, bias)
     check_window(window)

@@ -46,6 +46,23 @@ class LossLayer(keras.layers.Layer):
 
     Args:
         output_axis: which of the inputs the layer returns (``None``: all, as given).
+
+    Example:
+
+        >>> import keras
+        >>> import numpy as np
+        >>> from keraformer.losses import LossLayer
+        >>> class MeanSquare(LossLayer):
+        ...     def compute_loss(self, inputs, mask=None):
+        ...         return keras.ops.mean(keras.ops.square(inputs[0] - inputs[1]))
+        >>> x, y = keras.Input((2,)), keras.Input((2,))
+        >>> prediction = keras.layers.Dense(2, kernel_initializer="ones")(x)
+        >>> model = keras.Model([x, y], MeanSquare(output_axis=0)([prediction, y]))
+        >>> model.compile(optimizer="sgd")                   # no loss: the layer adds it
+        >>> np.asarray(model([np.ones((1, 2)), np.zeros((1, 2))])).tolist()   # returns inputs[0]
+        [[2.0, 2.0]]
+        >>> [round(float(loss), 4) for loss in model.losses]                  # mean((2 − 0)²)
+        [4.0]
     """
 
     def __init__(self, output_axis=None, **kwargs):

@@ -45,6 +45,17 @@ def sparse_softmax_crossentropy(y_true, y_pred, k):
     in ``[1, classes]``. A label outside ``[0, classes)`` raises eagerly and gives NaN in
     compiled code. A target outside the top-``k`` still counts (the loss is then at least
     the gap between the top logit and its own).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import sparse_softmax_crossentropy
+        >>> logits = np.array([[2.0, 1.0, 0.0, -1.0]], "float32")
+        >>> loss = np.asarray(sparse_softmax_crossentropy(np.array([1]), logits, k=2))
+        >>> # log(e² + e¹) − 1: the two smallest logits are left out of the normaliser
+        >>> reference = np.log(np.exp(2.0) + np.exp(1.0)) - 1.0
+        >>> loss.shape, round(float(loss[0]), 4), round(float(reference), 4)
+        ((1,), 1.3133, 1.3133)
     """
     y_pred = ops.convert_to_tensor(y_pred)
     k = check_k(k, y_pred.shape[-1])
@@ -60,7 +71,15 @@ def sparse_softmax_crossentropy(y_true, y_pred, k):
 def sparse_softmax(logits, k):
     """Softmax over the top-``k`` logits of the last axis, 0 elsewhere (float32, shape of
     ``logits``): the probabilities the sparse-softmax loss trains. Logits tied with the
-    ``k``-th largest are all kept, so a row may hold more than ``k`` non-zero entries."""
+    ``k``-th largest are all kept, so a row may hold more than ``k`` non-zero entries.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import sparse_softmax
+        >>> np.asarray(sparse_softmax(np.array([[2.0, 1.0, 0.0, -1.0]]), k=2)).round(4)
+        array([[0.7311, 0.2689, 0.    , 0.    ]], dtype=float32)
+    """
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     k = check_k(k, logits.shape[-1])
     threshold = ops.min(ops.top_k(logits, k)[0], axis=-1, keepdims=True)
@@ -77,6 +96,15 @@ class SparseSoftmaxCrossentropy(keras.losses.Loss):
         k: the number of top logits the softmax runs over (an integer >= 1).
         name, reduction, dtype: as for every Keras loss; sample weights apply per example
             (per token for seq2seq).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import SparseSoftmaxCrossentropy
+        >>> loss = SparseSoftmaxCrossentropy(k=2)
+        >>> logits = np.array([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
+        >>> round(float(loss(np.array([1, 0]), logits)), 4)     # mean of 1.3133 and 0.3133
+        0.8133
     """
 
     def __init__(self, k, name="sparse_softmax_crossentropy",
@@ -99,6 +127,13 @@ class SparseSoftmax(keras.layers.Layer):
 
     Args:
         k: the number of top logits kept (an integer >= 1).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.losses import SparseSoftmax
+        >>> np.asarray(SparseSoftmax(k=1)(np.array([[0.5, 3.0, 1.0]]))).tolist()
+        [[0.0, 1.0, 0.0]]
     """
 
     def __init__(self, k, **kwargs):

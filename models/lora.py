@@ -73,7 +73,7 @@ def enable_lora(model, rank, alpha=None, targets=DEFAULT_TARGETS, backbone=None)
         >>> bert = build_transformer_model(vocab_size=30, hidden_size=8, num_hidden_layers=2,
         ...                                num_attention_heads=2, intermediate_size=16)
         >>> enable_lora(bert, rank=2)  # adapters on query and value, rest frozen
-        <Functional ...>
+        <TransformerModel name=bert, built=True>
         >>> classifier = keras.Model(bert.inputs, keras.layers.Dense(2)(bert.output[:, 0]))
         >>> sorted({w.path.split("/")[-1] for w in classifier.trainable_weights})
         ['bias', 'kernel', 'lora_kernel_a', 'lora_kernel_b']

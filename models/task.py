@@ -23,6 +23,23 @@ class TransformerModel(IdInputModel):
     ``keraformer.models`` builder whose layers make the graph from ``inputs`` to ``outputs``.
     ``model.builder`` is that builder (``return_keras_model=False`` returns it). Its id
     inputs are checked where they enter, as :class:`keraformer.models.base.IdInputModel`'s.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from keraformer.models import build_transformer_model
+        >>> model = build_transformer_model(model="roformer", application="lm", with_mlm=True,
+        ...                                 vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                                 num_attention_heads=2, intermediate_size=16)
+        >>> type(model).__name__, type(model.builder).__name__
+        ('TransformerModel', 'RoFormer')
+        >>> ids = model.generate(np.array([[2, 7, 9]]), max_length=4)   # builder.generate
+        >>> ids.shape, ids.dtype
+        ((1, 4), dtype('int32'))
+        >>> folder = model.save_pretrained(os.path.join(tempfile.mkdtemp(), "hf"))
+        >>> sorted(os.listdir(folder))                                       # transformers loads it
+        ['config.json', 'model.safetensors']
     """
 
     def __init__(self, builder, inputs, outputs, **kwargs):

@@ -15,7 +15,19 @@ from keraformer.checks import check_positive_ints
 def random_positions(batch, length, max_position, seed=None):
     """``(batch, length)`` int32: per row, ``length`` distinct positions drawn uniformly from
     ``[0, max_position)`` and sorted increasingly. ``seed``: an int or a
-    ``keras.random.SeedGenerator``."""
+    ``keras.random.SeedGenerator``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import random_positions
+        >>> positions = np.asarray(random_positions(2, 4, max_position=16, seed=0))
+        >>> positions.shape, positions.dtype
+        ((2, 4), dtype('int32'))
+        >>> increasing = bool((np.diff(positions, axis=1) > 0).all())
+        >>> increasing, bool(positions.min() >= 0 and positions.max() < 16)
+        (True, True)
+    """
     if isinstance(length, int) and isinstance(max_position, int) and length > max_position:
         raise ValueError(f"random positions need `max_position` >= the input length; received "
                          f"max_position={max_position} for length {length}")
@@ -35,6 +47,18 @@ class RandomPositions(keras.layers.Layer):
         max_position: ``N``, the range the positions are drawn from (a learned table needs
             ``N`` rows); must be at least the training length.
         seed: seed of the draws (an int or ``None``).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import RandomPositions
+        >>> layer = RandomPositions(max_position=64, seed=0)
+        >>> x = np.zeros((2, 5, 8), "float32")
+        >>> np.asarray(layer(x)).tolist()                              # inference: 0..length−1
+        [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+        >>> drawn = np.asarray(layer(x, training=True))                # training: sorted draws
+        >>> drawn.shape, bool((np.diff(drawn, axis=1) > 0).all()), bool(drawn.max() < 64)
+        ((2, 5), True, True)
     """
 
     def __init__(self, max_position, seed=None, **kwargs):

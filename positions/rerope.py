@@ -78,6 +78,21 @@ def rerope_scores(q, k, window, leak=None, q_positions=None, k_positions=None, c
     skips the products for keys after the query (they are masked anyway). ``rotate(x,
     positions)`` is the rotary embedding (default :func:`apply_rotary`; a
     ``RotaryEmbedding`` layer keeps its base and scaling).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.positions import apply_rotary, rerope_scores
+        >>> rng = np.random.default_rng(0)
+        >>> q, k = (rng.normal(size=(1, 6, 2, 4)).astype("float32") for _ in range(2))
+        >>> scores = np.asarray(rerope_scores(q, k, window=3))
+        >>> rope = np.einsum("bqhd,bkhd->bhqk", apply_rotary(q, np.arange(6)),
+        ...                  apply_rotary(k, np.arange(6)))
+        >>> i, j = np.indices((6, 6))
+        >>> near = abs(i - j) < 3                       # inside the window ReRoPE is plain RoPE
+        >>> same = np.allclose(scores[..., near], np.asarray(rope)[..., near], atol=1e-5)
+        >>> scores.shape, bool(same)
+        ((1, 2, 6, 6), True)
     """
     check_rerope_options(window, leak)
     rotate = rotate or (lambda x, positions: apply_rotary(x, positions))

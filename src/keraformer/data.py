@@ -764,6 +764,27 @@ def mlm_dataset(texts, tokenizer=None, maxlen=None, batch_size=32, mask_rate=0.1
         pre_tokenize: None or a function text -> list of words (whole-word masking).
         special_ids: more ids never to mask (e.g. ``[unused*]``).
         drop_remainder: drop a last batch smaller than ``batch_size``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.data import mlm_dataset
+        >>> from keraformer.tokenizers import Tokenizer
+        >>> vocab = {t: i for i, t in enumerate(
+        ...     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "plot"])}
+        >>> dataset = mlm_dataset(["a good film", "a bad plot a good film"], Tokenizer(vocab),
+        ...                       batch_size=2, mask_rate=0.5, seed=0)
+        >>> (token_ids, segment_ids), labels, weights = next(iter(dataset))
+        >>> tuple(token_ids.shape), tuple(labels.shape), tuple(weights.shape)
+        ((2, 8), (2, 8), (2, 8))
+        >>> original = np.array([[2, 5, 6, 8, 3, 0, 0, 0], [2, 5, 7, 9, 5, 6, 8, 3]])
+        >>> chosen = weights.numpy() == 1
+        >>> bool((labels.numpy()[chosen] == original[chosen]).all())      # labels: the original ids
+        True
+        >>> bool((token_ids.numpy()[~chosen] == original[~chosen]).all())  # the rest is unchanged
+        True
+        >>> bool(chosen[:, 0].any() or chosen[original == 0].any())        # never [CLS] or padding
+        False
     """
     import tensorflow as tf
 
@@ -899,6 +920,28 @@ def span_corruption_dataset(texts, tokenizer=None, maxlen=None, batch_size=32,
         seed: None or an int: the shuffle's and the spans' seed.
         decoder_start_id: the id the decoder starts from.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+
+    Example:
+
+        >>> import os, tempfile
+        >>> import sentencepiece
+        >>> from keraformer.data import span_corruption_dataset
+        >>> from keraformer.tokenizers import SpTokenizer
+        >>> folder = tempfile.mkdtemp()
+        >>> texts = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"] * 20
+        >>> sentencepiece.SentencePieceTrainer.train(
+        ...     sentence_iterator=iter(texts), model_prefix=os.path.join(folder, "sp"),
+        ...     vocab_size=20, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+        >>> tokenizer = SpTokenizer(os.path.join(folder, "sp.model"), token_start=None,
+        ...                         token_end="</s>", extra_ids=10)
+        >>> dataset = span_corruption_dataset(["the cat sat on the mat"], tokenizer=tokenizer,
+        ...                                   batch_size=1, noise_density=0.3, seed=0)
+        >>> (encoder_ids, decoder_ids), labels, weights = next(iter(dataset))
+        >>> labels = labels.numpy()[0].tolist()
+        >>> tokenizer.id_to_token(labels[0]), tokenizer.id_to_token(labels[-1])
+        ('<extra_id_0>', '</s>')
+        >>> decoder_ids.numpy()[0].tolist() == [0] + labels[:-1]   # shifted right
+        True
     """
     import tensorflow as tf
 
@@ -993,6 +1036,24 @@ def lm_dataset(texts, tokenizer=None, maxlen=None, batch_size=32, application="l
         seed: seed of the shuffle.
         bucket_boundaries: None or increasing lengths that separate the buckets.
         drop_remainder: drop a last batch smaller than ``batch_size``.
+
+    Example:
+
+        >>> from keraformer.data import lm_dataset
+        >>> from keraformer.tokenizers import Tokenizer
+        >>> tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"]
+        >>> vocab = {t: i for i, t in enumerate(tokens)}
+        >>> dataset = lm_dataset(["a b c"], tokenizer=Tokenizer(vocab), batch_size=1)
+        >>> (token_ids, segment_ids), labels, weights = next(iter(dataset))
+        >>> token_ids.numpy().tolist(), labels.numpy().tolist(), weights.numpy().tolist()
+        ([[2, 4, 5, 6, 3]], [[4, 5, 6, 3, 0]], [[1.0, 1.0, 1.0, 1.0, 0.0]])
+        >>> dataset = lm_dataset(["a b"], tokenizer=Tokenizer(vocab), batch_size=1,
+        ...                      application="unilm", second=["c"])   # source, target
+        >>> (token_ids, segment_ids), labels, weights = next(iter(dataset))
+        >>> token_ids.numpy().tolist(), segment_ids.numpy().tolist()
+        ([[2, 4, 5, 3, 6, 3]], [[0, 0, 0, 0, 1, 1]])
+        >>> labels.numpy().tolist(), weights.numpy().tolist()   # target only
+        ([[4, 5, 3, 6, 3, 0]], [[0.0, 0.0, 0.0, 1.0, 1.0, 0.0]])
     """
     import tensorflow as tf
 

@@ -195,6 +195,16 @@ def deepnorm_constants(encoder_layers=0, decoder_layers=0):
 
     Returns ``{"encoder": (α, β)}``, ``{"decoder": (α, β)}`` or both, for the stacks that have
     layers.
+
+    Example:
+
+        >>> from keraformer.normalization import deepnorm_constants
+        >>> alpha, beta = deepnorm_constants(encoder_layers=6)["encoder"]
+        >>> round(alpha, 4), round(beta, 4), round(12 ** 0.25, 4), round(48 ** -0.25, 4)
+        (1.8612, 0.3799, 1.8612, 0.3799)
+        >>> both = deepnorm_constants(encoder_layers=6, decoder_layers=6)
+        >>> {stack: tuple(round(c, 4) for c in ab) for stack, ab in both.items()}
+        {'encoder': (1.4179, 0.497), 'decoder': (2.0598, 0.3433)}
     """
     for name, value in (("encoder_layers", encoder_layers), ("decoder_layers", decoder_layers)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -216,6 +226,15 @@ def deepnorm_constants(encoder_layers=0, decoder_layers=0):
 
 def deepnorm_initializer(beta, seed=None):
     """Xavier (Glorot) normal initialisation with gain ``beta``: variance
-    ``β²·2/(fan_in + fan_out)``, untruncated, as DeepNet's ``xavier_normal_(w, gain=β)``."""
+    ``β²·2/(fan_in + fan_out)``, untruncated, as DeepNet's ``xavier_normal_(w, gain=β)``.
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.normalization import deepnorm_initializer
+        >>> w = np.asarray(deepnorm_initializer(beta=0.5, seed=0)((400, 600)))
+        >>> w.shape, round(float(w.std()), 3), round(0.5 * (2 / (400 + 600)) ** 0.5, 3)
+        ((400, 600), 0.022, 0.022)
+    """
     return keras.initializers.VarianceScaling(scale=beta ** 2, mode="fan_avg",
                                               distribution="untruncated_normal", seed=seed)

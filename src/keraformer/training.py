@@ -151,6 +151,26 @@ def adversarial_training(model, embedding_name=None, epsilon=1.0, method="fgm", 
     Raises ``TypeError``/``ValueError`` naming the argument for an uncompiled model, an
     unknown method, ``epsilon <= 0`` or a name that is no embedding layer of the model, and
     ``ValueError`` on the torch backend (TensorFlow and JAX are supported).
+
+    Example:
+
+        >>> import numpy as np
+        >>> from keraformer.models import build_transformer_model
+        >>> from keraformer.training import adversarial_training
+        >>> model = build_transformer_model(model="bert", with_pool=True, vocab_size=30,
+        ...                                 hidden_size=8, num_hidden_layers=1,
+        ...                                 num_attention_heads=2, intermediate_size=16)
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> model = adversarial_training(model, epsilon=0.5)      # FGM on "Embedding-Token"
+        >>> ids = np.array([[2, 5, 6, 3], [2, 7, 3, 0]])
+        >>> history = model.fit([ids, 0 * ids], np.zeros((2, 8)), epochs=1, verbose=0)
+        >>> norm = history.history["perturbation_norm"][0]           # ‖r‖ = ε
+        >>> sorted(history.history), round(float(norm), 4)
+        (['loss', 'perturbation_norm'], 0.5)
+        >>> adversarial_training(model, method="pgd")
+        Traceback (most recent call last):
+        ...
+        ValueError: `method` must be one of ('fgm', 'gradient_penalty', 'vat'); received 'pgd'
     """
     check_compiled(model)
     if not isinstance(method, str) or method not in METHODS:
