@@ -94,8 +94,10 @@ class SparseSoftmaxCrossentropy(keras.losses.Loss):
 
     Args:
         k: the number of top logits the softmax runs over (an integer >= 1).
-        name, reduction, dtype: as for every Keras loss; sample weights apply per example
-            (per token for seq2seq).
+        name: the loss' name, as for every Keras loss.
+        reduction: as for every Keras loss; sample weights apply per example (per token
+            for seq2seq).
+        dtype: as for every Keras loss.
 
     Example:
 
