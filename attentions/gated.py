@@ -221,6 +221,8 @@ class GatedAttentionUnit(keras.layers.Layer):
         if self.rotary is not None:
             q = self.rotary(q, positions=positions)
             k = self.rotary(k, positions=positions)
+        if mask is not None:  # refused by name (shape, batch) before any use
+            single_head_mask(mask, q.shape[1], k.shape[1], False, q.shape[0])
         k, v = zero_unseen_keys(mask, k, v)  # 0 · NaN at padding would reach every query
         if self.chunk_size is not None:
             mixed = mixed_chunk_attention(q, k, v, mask, causal, self.chunk_size)
