@@ -55,6 +55,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from generation import best_time  # noqa: E402  (benchmarks/generation.py, beside this script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("correctness", "bert", "t5", "attention", "memory")
 # The fast numerical tests: attention cores, positions, builders against their references,
@@ -156,17 +158,6 @@ def synchronize():
     import torch
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def best_of(function, repeats):
-    """``(seconds, output)``: the fastest of ``repeats`` calls after one warm-up call."""
-    output = function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        output = function()
-        times.append(time.perf_counter() - start)
-    return min(times), output
 
 
 def full_float32_matmuls(enabled):
@@ -337,7 +328,7 @@ def matrix_rate(n):
             out = product(a, b)
         keras.ops.convert_to_numpy(out[:1, :1])
 
-    seconds, _ = best_of(run, 3)
+    seconds, _ = best_time(run, 3)
     return 10 * 2 * n ** 3 / seconds
 
 
@@ -482,8 +473,8 @@ def t5_generation(record, sizes, tiny):
                     return np.asarray(builder.generate(sources, max_length=new, end_id=None,
                                                        loop="device", **options))
 
-                their_s, their_tokens = best_of(theirs, sizes["repeats"])
-                our_s, our_tokens = best_of(ours, sizes["repeats"])
+                their_s, their_tokens = best_time(theirs, sizes["repeats"])
+                our_s, our_tokens = best_time(ours, sizes["repeats"])
                 same = (their_tokens.shape == our_tokens.shape
                         and bool(np.array_equal(their_tokens, our_tokens)))
                 rows.append({"method": method, "batch": batch, "new_tokens": new,
@@ -618,7 +609,7 @@ def long_sequences(record, sizes, tiny):
                 def run():
                     block(step(q, k, v, codebook))
 
-                row["seconds"], _ = best_of(run, 3)
+                row["seconds"], _ = best_time(run, 3)
             except Exception as error:  # e.g. out of memory: recorded per row
                 row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
     by_length = {}

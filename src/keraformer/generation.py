@@ -374,6 +374,29 @@ def gather_beams(x, indices):
     return ops.reshape(gathered, (batch, indices.shape[1]) + tuple(x.shape[2:]))
 
 
+def first_beam_scores(batch, beams):
+    """``(batch, beams)`` starting scores: 0 for the first beam, blocked for the others (the
+    beams start identical, so only the first is expanded)."""
+    scores = ops.where(ops.arange(beams) == 0, 0.0, BLOCKED)
+    return ops.broadcast_to(ops.cast(scores, "float32")[None], (batch, beams))
+
+
+def beam_body_and_running(step, update, max_length):
+    """The loop body and the running test shared by both beam searches: ``update`` folds one
+    step's log-probabilities into the beam state ``(index, tokens, parents, stop, beam)``."""
+
+    def body(state, cache):
+        index, tokens, parents, _, beam = state
+        log_probs, cache = step(tokens[:, None], index - 1, cache, parents)
+        return update(beam, ops.cast(log_probs, "float32"), index), cache
+
+    def running(state):
+        index, _, _, stop, _ = state
+        return ops.logical_and(index < max_length, ops.logical_not(stop))
+
+    return body, running
+
+
 def beam_loop_parts(step, options):
     """``first``, ``body``, ``running`` and ``result`` of beam search (see
     :func:`beam_search`); the state is ``(index, tokens, parents, stop, beams)``."""
@@ -431,27 +454,16 @@ def beam_loop_parts(step, options):
         batch = ops.shape(log_probs)[0]
         running = ops.full((batch, beams, max_length), pad_id, "int32")
         # identical beams at the start: expand only the first
-        running_scores = ops.where(ops.arange(beams) == 0, 0.0, BLOCKED)
-        running_scores = ops.broadcast_to(ops.cast(running_scores, "float32")[None],
-                                          (batch, beams))
+        running_scores = first_beam_scores(batch, beams)
         beam = (running, running_scores, running, ops.full((batch, beams), BLOCKED, "float32"),
                 ops.zeros((batch, beams), "bool"), ops.ones((batch,), "bool"))
         log_probs = ops.repeat(ops.cast(log_probs, "float32"), beams, axis=0)
         return update(beam, log_probs, ops.convert_to_tensor(0, "int32"))
 
-    def body(state, cache):
-        index, tokens, parents, _, beam = state
-        log_probs, cache = step(tokens[:, None], index - 1, cache, parents)
-        return update(beam, ops.cast(log_probs, "float32"), index), cache
-
-    def running(state):
-        index, _, _, stop, _ = state
-        return ops.logical_and(index < max_length, ops.logical_not(stop))
-
     def result(state):
         return state[4][2][:, 0], state[0]
 
-    return first, body, running, result
+    return first, *beam_body_and_running(step, update, max_length), result
 
 
 def bert4keras_beam_loop_parts(step, options):
@@ -498,27 +510,16 @@ def bert4keras_beam_loop_parts(step, options):
         batch = ops.shape(log_probs)[0]
         running = ops.full((batch, beams, max_length), pad_id, "int32")
         # one live beam at the start, as bert4keras' single first row
-        running_scores = ops.where(ops.arange(beams) == 0, 0.0, BLOCKED)
-        running_scores = ops.broadcast_to(ops.cast(running_scores, "float32")[None],
-                                          (batch, beams))
+        running_scores = first_beam_scores(batch, beams)
         beam = (running, running_scores, ops.full((batch,), beams, "int32"),
                 ops.full((batch, max_length), pad_id, "int32"), ops.zeros((batch,), "bool"))
         log_probs = ops.repeat(ops.cast(log_probs, "float32"), beams, axis=0)
         return update(beam, log_probs, ops.convert_to_tensor(0, "int32"))
 
-    def body(state, cache):
-        index, tokens, parents, _, beam = state
-        log_probs, cache = step(tokens[:, None], index - 1, cache, parents)
-        return update(beam, ops.cast(log_probs, "float32"), index), cache
-
-    def running(state):
-        index, _, _, stop, _ = state
-        return ops.logical_and(index < max_length, ops.logical_not(stop))
-
     def result(state):
         return state[4][3], state[0]
 
-    return first, body, running, result
+    return first, *beam_body_and_running(step, update, max_length), result
 
 
 # -- the loops ----------------------------------------------------------------------------
